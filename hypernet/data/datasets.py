@@ -1,0 +1,369 @@
+"""Training and validation samples: one item per draw of a video.
+
+An item is what stage 1 and stage 2 both need:
+
+    context      (K, C, h, w)   K LR frames drawn from across the WHOLE video (the hypernet's input)
+    lr           (N, C, p, p)   N consecutive LR frames, patch-cropped
+    hr           (N, C, s*p, s*p) the matching HR frames
+    video_id     str
+    degradation  (D,)           this video's degradation parameters (`Degradation.as_tensor`)
+
+Sources are "videos": objects with `video_id`, `num_frames`, `hr_size` and `hr_frames(indices)`.
+Built-in stills videos render frames on demand; video files and frame folders decode only the
+frames asked for. The degradation of a video is drawn once from a generator seeded by the
+video, so every sample of a video carries the same parameters.
+
+Training draws are *fresh*: item i of the training set is a new video (new photo crop, camera
+path and degradation) seeded by (seed, i), and the sampler hands out new indices every epoch.
+DESIGN.md: content diversity is the largest lever; a small fixed pool memorises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from hypernet.data import video_io
+from hypernet.data.camera import StillsVideo, image_pyramid, load_image
+from hypernet.data.degrade import (
+    Degradation,
+    DegradationRanges,
+    bd_downsample,
+    degrade,
+    sample_degradation,
+)
+
+
+class Video(Protocol):
+    video_id: str
+    num_frames: int
+
+    @property
+    def hr_size(self) -> tuple[int, int]: ...
+
+    def hr_frames(self, indices: list[int]) -> torch.Tensor: ...
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from any values, the same in every process and Python run (unlike hash())."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class FileVideo:
+    """A video file or a folder of frames, decoded lazily through `video_io`."""
+
+    def __init__(self, path: str | Path, *, video_id: str | None = None):
+        self.path = Path(path)
+        info = video_io.probe(self.path)
+        self.num_frames = info.num_frames
+        self._size = (info.height, info.width)
+        self.video_id = video_id or self.path.stem
+
+    @property
+    def hr_size(self) -> tuple[int, int]:
+        return self._size
+
+    def hr_frames(self, indices: list[int]) -> torch.Tensor:
+        frames = video_io.read_frames(self.path, list(indices))  # (n, H, W, 3) uint8
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """How LR is made from HR. mode: "BI" (MATLAB bicubic), "BD" (blur 1.6 + subsample) or
+    "random" (per-video blur, noise and optional H.264 drawn from `ranges`)."""
+
+    mode: str = "random"
+    scale: int = 4
+    ranges: DegradationRanges = field(default_factory=DegradationRanges)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("BI", "BD", "random"):
+            raise ValueError(f"data.degradation.mode must be 'BI', 'BD' or 'random', got {self.mode!r}")
+        if self.scale not in (2, 3, 4):
+            raise ValueError(f"data.scale must be 2, 3 or 4, got {self.scale}")
+
+    def for_video(self, seed: int) -> Degradation:
+        if self.mode == "random":
+            return sample_degradation(np.random.default_rng(seed), scale=self.scale, ranges=self.ranges)
+        blur = 1.6 if self.mode == "BD" else 0.0
+        return Degradation(scale=self.scale, blur_sigma=blur, noise_sigma=0.0, crf=None, seed=seed)
+
+    def apply(self, hr: torch.Tensor, d: Degradation, indices: Sequence[int]) -> torch.Tensor:
+        if self.mode == "BD":  # the BD protocol subsamples after a fixed 13x13 blur
+            lr = bd_downsample(hr, d.scale)
+            return (lr.clamp(0, 1) * 255).round() / 255
+        return degrade(hr, d, frame_indices=list(indices))
+
+
+def spread_indices(num_frames: int, k: int, rng: np.random.Generator | None) -> list[int]:
+    """k frame indices covering the whole video: one per equal segment, jittered when rng is given."""
+    if k > num_frames:
+        raise ValueError(
+            f"hypernet.context_frames={k} is larger than the video ({num_frames} frames): lower it or use longer videos"
+        )
+    edges = np.linspace(0, num_frames, k + 1)
+    if rng is None:
+        return [int((edges[i] + edges[i + 1]) / 2) for i in range(k)]
+    return [int(rng.integers(int(edges[i]), max(int(edges[i + 1]), int(edges[i]) + 1))) for i in range(k)]
+
+
+def make_sample(
+    video: Video,
+    *,
+    degradation: DegradationConfig,
+    video_seed: int,
+    clip_len: int,
+    context_frames: int,
+    patch_size: int | None,
+    rng: np.random.Generator | None,
+) -> dict:
+    """One item of a video (module docstring). rng=None: deterministic centre clip, full frames."""
+    scale = degradation.scale
+    height, width = video.hr_size
+    if height % scale or width % scale:
+        # crop HR to a multiple of the scale (what BasicSR's mod_crop does) rather than fail
+        height, width = height - height % scale, width - width % scale
+    lr_h, lr_w = height // scale, width // scale
+    if clip_len > video.num_frames:
+        raise ValueError(
+            f"video {video.video_id} has {video.num_frames} frames, fewer than data.clip_len={clip_len}"
+        )
+    if patch_size is not None and (patch_size > lr_h or patch_size > lr_w):
+        raise ValueError(
+            f"video {video.video_id}: LR frames are {lr_w}x{lr_h}, smaller than data.patch_size={patch_size}"
+        )
+    d = degradation.for_video(video_seed)
+    if rng is None:
+        start = (video.num_frames - clip_len) // 2
+    else:
+        start = int(rng.integers(0, video.num_frames - clip_len + 1))
+    clip_indices = list(range(start, start + clip_len))
+    context_indices = spread_indices(video.num_frames, context_frames, rng) if context_frames else []
+
+    hr_clip = video.hr_frames(clip_indices)[..., :height, :width]
+    lr_clip = degradation.apply(hr_clip, d, clip_indices)
+    if patch_size is not None:
+        if rng is None:
+            top, left = (lr_h - patch_size) // 2, (lr_w - patch_size) // 2
+        else:
+            top, left = (
+                int(rng.integers(0, lr_h - patch_size + 1)),
+                int(rng.integers(0, lr_w - patch_size + 1)),
+            )
+        lr_clip = lr_clip[..., top : top + patch_size, left : left + patch_size]
+        hr_clip = hr_clip[
+            ..., top * scale : (top + patch_size) * scale, left * scale : (left + patch_size) * scale
+        ]
+    if context_indices:
+        context = degradation.apply(
+            video.hr_frames(context_indices)[..., :height, :width], d, context_indices
+        )
+    else:
+        context = lr_clip.new_zeros(0, *lr_clip.shape[1:])
+    return {
+        "context": context,
+        "lr": lr_clip,
+        "hr": hr_clip,
+        "video_id": video.video_id,
+        "degradation": d.as_tensor(),
+        "start": start,
+    }
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    clip_len: int = 5
+    context_frames: int = 8
+    patch_size: int | None = None  # LR patch side; None = full frames
+
+
+class FreshStillsDataset(Dataset):
+    """Item i is a brand-new stills video (photo, camera path, degradation) seeded by (seed, i)."""
+
+    def __init__(
+        self,
+        *,
+        image_paths: Sequence[Path],
+        num_samples: int,
+        num_frames: int,
+        hr_size: int,
+        sample: SampleConfig,
+        degradation: DegradationConfig,
+        seed: int,
+        zoom_range: tuple[float, float] = (0.15, 0.85),
+    ):
+        if hr_size % degradation.scale:
+            raise ValueError(f"data.hr_size={hr_size} must be divisible by data.scale={degradation.scale}")
+        self.image_paths = list(image_paths)
+        self.num_samples = num_samples
+        self.num_frames = num_frames
+        self.hr_size = hr_size
+        self.sample = sample
+        self.degradation = degradation
+        self.seed = seed
+        self.zoom_range = tuple(zoom_range)
+        self._pyramids: dict[int, list[torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _pyramid(self, image: int) -> list[torch.Tensor]:
+        if image not in self._pyramids:  # one decode per image per worker process
+            self._pyramids[image] = image_pyramid(load_image(self.image_paths[image]))
+        return self._pyramids[image]
+
+    def __getitem__(self, index: int) -> dict:
+        video_seed = stable_seed(self.seed, "train", index)
+        rng = np.random.default_rng(video_seed)
+        image = int(rng.integers(len(self.image_paths)))
+        video = StillsVideo(
+            image_path=self.image_paths[image],
+            seed=video_seed,
+            num_frames=self.num_frames,
+            frame_size=self.hr_size,
+            zoom_range=self.zoom_range,
+            pyramid=self._pyramid(image),
+        )
+        return make_sample(
+            video,
+            degradation=self.degradation,
+            video_seed=video_seed,
+            rng=rng,
+            **vars(self.sample),
+        )
+
+
+class VideoListDataset(Dataset):
+    """A fixed list of videos. Evaluation: item i is video i, centre clip, full frames, fixed
+    context. Training (train=True): item i draws a random clip and crop of video i % len."""
+
+    def __init__(
+        self,
+        videos: Sequence[Video],
+        *,
+        sample: SampleConfig,
+        degradation: DegradationConfig,
+        seed: int,
+        train: bool = False,
+        num_samples: int | None = None,
+    ):
+        if not videos:
+            raise ValueError("the dataset holds no videos: check data.root and the split")
+        self.videos = list(videos)
+        self.sample = sample
+        self.degradation = degradation
+        self.seed = seed
+        self.train = train
+        self.num_samples = num_samples if train and num_samples else len(self.videos)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict:
+        video = self.videos[index % len(self.videos)]
+        rng = np.random.default_rng(stable_seed(self.seed, "draw", index)) if self.train else None
+        return make_sample(
+            video,
+            degradation=self.degradation,
+            video_seed=stable_seed(self.seed, "video", video.video_id),
+            rng=rng,
+            **vars(self.sample),
+        )
+
+
+class FreshIndexSampler(Sampler[int]):
+    """Hands out new dataset indices every epoch (epoch * n + i), split across ranks.
+
+    Lightning calls `set_epoch` on samplers that have it, so epoch e draws videos no earlier epoch
+    saw; the dataset turns each index into a seeded video, so a resumed run draws the same ones."""
+
+    def __init__(self, *, num_samples: int, rank: int = 0, world_size: int = 1):
+        if num_samples % world_size:
+            raise ValueError(
+                f"data.samples_per_epoch={num_samples} must divide by the world size {world_size}"
+            )
+        self.num_samples = num_samples
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        first = self.epoch * self.num_samples
+        return iter(range(first + self.rank, first + self.num_samples, self.world_size))
+
+
+# ---------------------------------------------------------------- folder layouts
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v")
+
+
+def folder_videos(root: str | Path) -> list[FileVideo]:
+    """Every video file and every folder of frames directly under `root` (sorted by name)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={root} is not a folder")
+    videos = []
+    for entry in sorted(root.iterdir(), key=lambda p: _natural_key(p.name)):
+        if entry.is_dir() or entry.suffix.lower() in VIDEO_SUFFIXES:
+            videos.append(FileVideo(entry))
+    if not videos:
+        raise ValueError(
+            f"data.root={root} holds no video files ({', '.join(VIDEO_SUFFIXES)}) or frame folders"
+        )
+    return videos
+
+
+REDS4_CLIPS = ("000", "011", "015", "020")
+
+
+def reds_videos(root: str | Path, split: str) -> list[FileVideo]:
+    """REDS as BasicSR lays it out: root/train_sharp/<clip>/<frame>.png. The REDS4 partition
+    (clips 000, 011, 015, 020) is the validation split; the other clips train."""
+    folder = Path(root) / "train_sharp"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"REDS layout expected {folder} (root/train_sharp/<clip>/00000000.png)")
+    clips = sorted(p for p in folder.iterdir() if p.is_dir())
+    chosen = [p for p in clips if (p.name in REDS4_CLIPS) == (split == "val")]
+    return [FileVideo(p, video_id=f"reds-{p.name}") for p in chosen]
+
+
+def vimeo_videos(root: str | Path, split: str) -> list[FileVideo]:
+    """Vimeo-90K septuplets: root/sequences/<group>/<clip>/im1..im7.png with sep_trainlist.txt and
+    sep_testlist.txt naming "<group>/<clip>" per line."""
+    root = Path(root)
+    list_file = root / ("sep_trainlist.txt" if split == "train" else "sep_testlist.txt")
+    if not list_file.is_file():
+        raise FileNotFoundError(f"Vimeo-90K layout expected {list_file}")
+    names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    return [
+        FileVideo(root / "sequences" / name, video_id="vimeo-" + name.replace("/", "-")) for name in names
+    ]
+
+
+def vid4_videos(root: str | Path) -> list[FileVideo]:
+    """Vid4: root/GT/<name>/*.png (calendar, city, foliage, walk); test only."""
+    folder = Path(root) / "GT"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Vid4 layout expected {folder} (root/GT/<name>/*.png)")
+    return [FileVideo(p, video_id=f"vid4-{p.name}") for p in sorted(folder.iterdir()) if p.is_dir()]

@@ -1,0 +1,116 @@
+"""Everything a run leaves in its output folder so it can be understood and rerun months later:
+the resolved config, the command line, the git commit and diff, the seed, the environment's
+versions, the logger's run id, and at the end `metrics.json` (a flat dict, keys as logged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`: a reader
+    (or a crash) never sees a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _git(*args: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout
+
+
+def environment_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in (
+        "torch",
+        "torchvision",
+        "lightning",
+        "hydra-core",
+        "omegaconf",
+        "numpy",
+        "av",
+        "wandb",
+        "einops",
+    ):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = "not installed"
+    try:
+        import torch
+
+        versions["cuda"] = str(torch.version.cuda)
+        versions["cuda_available"] = str(torch.cuda.is_available())
+    except ImportError:
+        pass
+    return versions
+
+
+def write_run_metadata(output_dir: str | Path, cfg: DictConfig, *, logger_ids: Mapping[str, str]) -> None:
+    """Called on rank 0 before training."""
+    output_dir = Path(output_dir)
+    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    overrides = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed without @hydra.main (tests, notebooks)
+        pass
+    run_info = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "overrides": overrides,
+        "seed": int(cfg.seed),
+        "git_commit": _git("rev-parse", "HEAD").strip() or "unknown",
+        "git_dirty": bool(_git("status", "--porcelain").strip()),
+        "logger_run_ids": dict(logger_ids),
+        "environment": environment_versions(),
+    }
+    atomic_write_text(output_dir / "run.json", json.dumps(run_info, indent=2))
+    atomic_write_text(output_dir / "git.diff", _git("diff", "HEAD"))
+
+
+def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any]) -> None:
+    flat = {k: float(v) for k, v in metrics.items()}
+    atomic_write_text(Path(output_dir) / "metrics.json", json.dumps(flat, indent=2, sort_keys=True))
+
+
+def write_table_csv(path: str | Path, rows: list[Mapping[str, Any]]) -> None:
+    """Rows of dicts (same keys) as CSV, numbers with 4 decimals."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    lines = [",".join(keys)]
+    for row in rows:
+        lines.append(",".join(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,116 @@
+"""Stage 1: train the base VSR network the way the field does (Charbonnier loss, AdamW with
+warm-up and cosine decay, gradient clipping, optional EMA), validated per video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from hypernet.models.base import build_base
+from hypernet.systems.common import (
+    EMA,
+    bicubic_upscale,
+    charbonnier,
+    log_image_row,
+    side_by_side,
+    video_metrics,
+    warmup_cosine,
+)
+
+
+class BaseSRSystem(L.LightningModule):
+    def __init__(
+        self,
+        *,
+        model: dict[str, Any],
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.99),
+        warmup_steps: int = 20,
+        min_lr_ratio: float = 0.01,
+        ema_decay: float = 0.0,
+        crop_border: int = 0,
+        log_images: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_base(**model)
+        self.ema = EMA(self.model, decay=ema_decay) if ema_decay > 0 else None
+        self.val_rows: list[dict[str, Any]] = []
+        self.last_val_table: list[dict[str, Any]] = []
+
+    @property
+    def scale(self) -> int:
+        return self.model.scale
+
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.model if self.ema is not None else self.model
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.eval_model()(lr)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        sr = self.model(batch["lr"])
+        loss = charbonnier(sr, batch["hr"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        lr, hr = batch["lr"], batch["hr"]
+        sr = self.eval_model()(lr).clamp(0, 1)
+        bicubic = bicubic_upscale(lr, self.scale)
+        ours = video_metrics(sr, hr, crop_border=self.hparams.crop_border)
+        ref = video_metrics(bicubic, hr, crop_border=self.hparams.crop_border)
+        for i, video_id in enumerate(batch["video_id"]):
+            self.val_rows.append(
+                {
+                    "video_id": video_id,
+                    "psnr_y": ours["psnr_y"][i].item(),
+                    "ssim_y": ours["ssim_y"][i].item(),
+                    "psnr_rgb": ours["psnr_rgb"][i].item(),
+                    "psnr_y_bicubic": ref["psnr_y"][i].item(),
+                    "ssim_y_bicubic": ref["ssim_y"][i].item(),
+                }
+            )
+        if batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
+            t = lr.shape[1] // 2
+            row = side_by_side(bicubic[0, t], sr[0, t], hr[0, t])
+            log_image_row(
+                self.logger,
+                key="val/bicubic_sr_hr",
+                row=row,
+                caption=f"{batch['video_id'][0]}: bicubic | SR | HR",
+                step=self.global_step,
+                fallback_dir=Path(self.trainer.default_root_dir) / "images",
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        rows, self.val_rows = self.val_rows, []
+        if not rows:
+            return
+        self.last_val_table = rows
+        for key in ("psnr_y", "ssim_y", "psnr_rgb", "psnr_y_bicubic", "ssim_y_bicubic"):
+            value = sum(r[key] for r in rows) / len(rows)
+            self.log(f"val/{key}", value, prog_bar=key == "psnr_y", sync_dist=False)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            betas=tuple(self.hparams.betas),
+        )
+        schedule = warmup_cosine(
+            warmup_steps=self.hparams.warmup_steps,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            min_ratio=self.hparams.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,95 @@
+"""Pieces both LightningModules share: the loss, the LR schedule, validation bookkeeping,
+EMA of weights, and image logging that works with whichever logger is configured."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hypernet.data.degrade import imresize
+from hypernet.metrics import psnr, ssim
+
+
+def charbonnier(sr: torch.Tensor, hr: torch.Tensor, *, eps: float = 1e-3) -> torch.Tensor:
+    """The robust L1 of BasicVSR / EDVR: sqrt((sr - hr)^2 + eps^2), averaged."""
+    return torch.sqrt((sr - hr) ** 2 + eps * eps).mean()
+
+
+def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float = 0.01):
+    """LR multiplier: linear warm-up, then cosine decay to min_ratio at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(warmup_steps, 1)
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a model's weights, kept as a frozen copy (saved with the
+    checkpoint). decay 0 disables it."""
+
+    def __init__(self, model: nn.Module, *, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1 - self.decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            ema_b.copy_(b)
+
+
+def video_metrics(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int) -> dict[str, torch.Tensor]:
+    """Per-video means over frames: sr, hr (B, T, C, H, W) -> each value (B,)."""
+    b, t = sr.shape[:2]
+    sr, hr = sr.flatten(0, 1).clamp(0, 1), hr.flatten(0, 1)
+    return {
+        "psnr_y": psnr(sr, hr, y_channel=True, crop_border=crop_border).view(b, t).mean(1),
+        "ssim_y": ssim(sr, hr, y_channel=True, crop_border=crop_border).view(b, t).mean(1),
+        "psnr_rgb": psnr(sr, hr, y_channel=False, crop_border=crop_border).view(b, t).mean(1),
+    }
+
+
+def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The bicubic baseline: MATLAB-style bicubic of (B, T, C, h, w)."""
+    return imresize(lr, scale=scale).clamp(0, 1)
+
+
+def log_image_row(
+    logger, *, key: str, row: torch.Tensor, caption: str, step: int, fallback_dir: Path | None
+) -> None:
+    """Log one image (C, H, W) in [0, 1] with wandb, TensorBoard, or as a PNG for CSV runs."""
+    if logger is None:
+        return
+    row = row.detach().clamp(0, 1).cpu()
+    name = type(logger).__name__
+    if name == "WandbLogger":
+        logger.log_image(key=key, images=[row.permute(1, 2, 0).numpy()], caption=[caption], step=step)
+    elif name == "TensorBoardLogger":
+        logger.experiment.add_image(key, row, global_step=step)
+    elif fallback_dir is not None:
+        import torchvision
+
+        fallback_dir.mkdir(parents=True, exist_ok=True)
+        torchvision.utils.save_image(row, fallback_dir / f"{key.replace('/', '_')}_step{step:07d}.png")
+
+
+def side_by_side(*images: torch.Tensor, size: int = 96) -> torch.Tensor:
+    """Centre crops of equal-size images (C, H, W) joined left to right with a 2-pixel gap."""
+    crops = []
+    for image in images:
+        h, w = image.shape[-2:]
+        s = min(size, h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        crops.append(image[:, top : top + s, left : left + s])
+        crops.append(torch.ones(image.shape[0], s, 2))
+    return torch.cat(crops[:-1], dim=-1)

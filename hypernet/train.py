@@ -1,0 +1,121 @@
+"""`python -m hypernet.train experiment=...`: stage 1 (base) or stage 2 (hypernet) training.
+
+Hydra composes the config; `run(cfg)` does the work and returns the final metrics, so tests
+and scripts call it directly through Hydra's compose API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hypernet.checkpointing import AtomicCheckpointIO
+from hypernet.models.base import BASE_MODELS
+from hypernet.runs import write_metrics, write_run_metadata, write_table_csv
+
+STAGES = ("base", "hyper")
+
+
+def world_size(trainer_cfg: DictConfig) -> int:
+    """Processes the trainer config will start (devices x nodes); 1 for 'auto' on one machine."""
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, str):
+        devices = 1 if devices == "auto" else len([d for d in devices.split(",") if d.strip()])
+    elif not isinstance(devices, int):
+        devices = len(devices)
+    if devices == -1:
+        import torch
+
+        devices = max(torch.cuda.device_count(), 1)
+    return devices * int(trainer_cfg.get("num_nodes", 1))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Errors a user can fix, raised before any data is read or any step is taken."""
+    if cfg.stage not in STAGES:
+        raise ValueError(f"stage={cfg.stage!r} is not known; choose one of {list(STAGES)}")
+    if cfg.model.name not in BASE_MODELS:
+        raise ValueError(
+            f"model.name={cfg.model.name!r} is not a known base network; choose one of {sorted(BASE_MODELS)}"
+        )
+    if cfg.model.scale != cfg.data.scale:
+        raise ValueError(
+            f"model.scale={cfg.model.scale} differs from data.scale={cfg.data.scale}: the network must upscale "
+            "by the factor the data was degraded with; set both to the same value (2, 3 or 4)"
+        )
+    patch = cfg.data.get("patch_size")
+    if patch is not None and patch % cfg.data.scale:
+        raise ValueError(
+            f"data.patch_size={patch} (HR pixels) must be divisible by data.scale={cfg.data.scale}; "
+            f"try {patch - patch % cfg.data.scale} or {patch + cfg.data.scale - patch % cfg.data.scale}"
+        )
+    processes = world_size(cfg.trainer)
+    if cfg.data.batch_size % processes:
+        raise ValueError(
+            f"data.batch_size={cfg.data.batch_size} is the global batch and must divide by the number of "
+            f"processes ({processes} = trainer.devices x trainer.num_nodes); choose a multiple of {processes}"
+        )
+    if not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an int, got {cfg.seed!r}")
+    if cfg.stage == "hyper" and not cfg.get("base_ckpt"):
+        raise ValueError("stage=hyper needs base_ckpt=PATH: the stage-1 checkpoint of the base to specialise")
+
+
+def build_system(cfg: DictConfig) -> L.LightningModule:
+    if cfg.stage == "base":
+        from hypernet.systems.base_sr import BaseSRSystem
+
+        return BaseSRSystem(model=OmegaConf.to_container(cfg.model, resolve=True), **cfg.optim)
+    from hypernet.systems.hyper_lora import HyperLoRASystem
+
+    return HyperLoRASystem.from_config(cfg)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """A config group holding several `_target_` entries (loggers, callbacks) -> objects."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    system = build_system(cfg)
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+    )
+    if trainer.is_global_zero:
+        ids = {type(lg).__name__: str(lg.version) for lg in loggers}
+        write_run_metadata(output_dir, cfg, logger_ids=ids)
+
+    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.is_global_zero:
+        write_metrics(output_dir, metrics)
+        write_table_csv(output_dir / "val_videos.csv", system.last_val_table)
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run(cfg)
+    return metrics.get(cfg.get("optimized_metric", "val/psnr_y"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Shared fixtures: small configs composed through Hydra's compose API (as the entry point
+composes them), a CPU with two threads, wandb never touching the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(2)
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+# A stage-1 run that takes seconds: tiny frames, few samples, one epoch.
+TINY_BASE = [
+    "data.hr_size=32",
+    "data.num_frames=8",
+    "data.clip_len=3",
+    "data.context_frames=0",
+    "data.patch_size=null",
+    "data.samples_per_epoch=8",
+    "data.batch_size=4",
+    "data.val_videos_per_image=1",
+    "data.val_batch_size=5",
+    "model.channels=8",
+    "model.num_blocks=1",
+    "trainer.max_epochs=1",
+    "logger=csv",
+    "~callbacks.rich_progress_bar",
+    "~callbacks.lr_monitor",
+]
+
+
+def compose_train(overrides: list[str], output_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+@pytest.fixture
+def tiny_base_cfg(tmp_path):
+    return compose_train(TINY_BASE, tmp_path / "run")
