@@ -63,13 +63,22 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"seed must be an int, got {cfg.seed!r}")
     if cfg.stage == "hyper" and not cfg.get("base_ckpt"):
         raise ValueError("stage=hyper needs base_ckpt=PATH: the stage-1 checkpoint of the base to specialise")
+    frames = cfg.data.get("num_frames")
+    if cfg.data.source == "stills" and frames is not None and cfg.data.context_frames > frames:
+        raise ValueError(
+            f"data.context_frames={cfg.data.context_frames} is larger than the video ({frames} frames, "
+            "data.num_frames): lower it or make the videos longer"
+        )
 
 
 def build_system(cfg: DictConfig) -> L.LightningModule:
     if cfg.stage == "base":
         from hypernet.systems.base_sr import BaseSRSystem
 
-        return BaseSRSystem(model=OmegaConf.to_container(cfg.model, resolve=True), **cfg.optim)
+        return BaseSRSystem(
+            model=OmegaConf.to_container(cfg.model, resolve=True),
+            **OmegaConf.to_container(cfg.optim, resolve=True),
+        )
     from hypernet.systems.hyper_lora import HyperLoRASystem
 
     return HyperLoRASystem.from_config(cfg)

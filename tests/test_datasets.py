@@ -70,7 +70,7 @@ def test_context_covers_the_whole_video():
     rng = np.random.default_rng(0)
     jittered = spread_indices(100, 4, rng)
     assert [i // 25 for i in jittered] == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="context_frames=5.*4 frames"):
+    with pytest.raises(ValueError, match="data.context_frames=5.*4 frames"):
         spread_indices(4, 5, None)
 
 

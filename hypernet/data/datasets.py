@@ -3,6 +3,7 @@
 An item is what stage 1 and stage 2 both need:
 
     context      (K, C, h, w)   K LR frames drawn from across the WHOLE video (the hypernet's input)
+    context_times (K,)          their positions in the video, in [0, 1]
     lr           (N, C, p, p)   N consecutive LR frames, patch-cropped
     hr           (N, C, s*p, s*p) the matching HR frames
     video_id     str
@@ -109,7 +110,7 @@ def spread_indices(num_frames: int, k: int, rng: np.random.Generator | None) -> 
     """k frame indices covering the whole video: one per equal segment, jittered when rng is given."""
     if k > num_frames:
         raise ValueError(
-            f"hypernet.context_frames={k} is larger than the video ({num_frames} frames): lower it or use longer videos"
+            f"data.context_frames={k} is larger than the video ({num_frames} frames): lower it or use longer videos"
         )
     edges = np.linspace(0, num_frames, k + 1)
     if rng is None:
@@ -172,6 +173,7 @@ def make_sample(
         context = lr_clip.new_zeros(0, *lr_clip.shape[1:])
     return {
         "context": context,
+        "context_times": torch.tensor(context_indices, dtype=torch.float32) / max(video.num_frames - 1, 1),
         "lr": lr_clip,
         "hr": hr_clip,
         "video_id": video.video_id,

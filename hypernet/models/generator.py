@@ -1,0 +1,95 @@
+"""Latents -> LoRA adapters for every target layer of the base.
+
+Each target layer has a learned embedding that queries the video's latents (cross-attention);
+the answer goes through output heads that produce that layer's A (down) and B (up). Layers of
+the same shape share their heads (the embedding tells them apart), which keeps the generator
+small however deep the base is. B is multiplied by a per-layer gate that starts at zero, so at
+initialisation every adapter is the identity and the base's output is unchanged; the gate is
+the learned output scale (DESIGN.md: "a linear output with a zero-initialised scale").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from hypernet.models.lora import Adapters, LoRASpec
+
+
+class LayerQuery(nn.Module):
+    """One query per target layer attends over the latents: (V, M, d) -> (V, L, d)."""
+
+    def __init__(self, *, num_layers: int, dim: int, num_heads: int):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.randn(num_layers, dim) * 0.02)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.LeakyReLU(0.1), nn.Linear(2 * dim, dim)
+        )
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        queries = self.embedding.expand(latents.shape[0], -1, -1)
+        context = self.norm_latents(latents)
+        hidden = queries + self.attention(queries, context, context, need_weights=False)[0]
+        return hidden + self.mlp(hidden)
+
+
+class LoRAGenerator(nn.Module):
+    """latents (V, M, dim) -> adapters {layer: (A (V, *a_shape), B (V, *b_shape))}.
+
+    static=True ignores the latents (one learned adapter shared by all videos): the "static
+    shared LoRA, same budget" control of DESIGN.md."""
+
+    def __init__(self, *, spec: LoRASpec, dim: int, num_heads: int = 4, static: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.static = static
+        self.query = LayerQuery(num_layers=len(spec.targets), dim=dim, num_heads=num_heads)
+        self.norm = nn.LayerNorm(dim)
+        shapes = sorted({(t.a_shape, t.b_shape) for t in spec.targets})
+        self.shape_of = {t.name: shapes.index((t.a_shape, t.b_shape)) for t in spec.targets}
+        self.heads_a = nn.ModuleList(nn.Linear(dim, math.prod(a)) for a, _ in shapes)
+        self.heads_b = nn.ModuleList(nn.Linear(dim, math.prod(b)) for _, b in shapes)
+        self.gates = nn.Parameter(torch.zeros(len(spec.targets)))
+        if static:
+            self.static_latents = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+
+    def forward(self, latents: torch.Tensor) -> Adapters:
+        if self.static:
+            latents = self.static_latents.expand(latents.shape[0], -1, -1)
+        hidden = self.norm(self.query(latents))  # (V, L, dim)
+        adapters: Adapters = {}
+        for i, target in enumerate(self.spec.targets):
+            group = self.shape_of[target.name]
+            a = self.heads_a[group](hidden[:, i]).view(-1, *target.a_shape)
+            b = self.heads_b[group](hidden[:, i]).view(-1, *target.b_shape)
+            # unit-gain down-projection whatever the layer's fan-in; B starts at zero via the gate
+            fan_in = math.prod(target.a_shape[1:])
+            adapters[target.name] = (a / math.sqrt(fan_in), b * self.gates[i])
+        return adapters
+
+
+def delta_weights(spec: LoRASpec, adapters: Adapters) -> dict[str, torch.Tensor]:
+    """Each layer's weight change scaling * B @ A per video, flattened: {name: (V, numel)}."""
+    deltas = {}
+    for target in spec.targets:
+        a, b = adapters[target.name]
+        a = rearrange(a, "v r ... -> v r (...)")
+        deltas[target.name] = torch.einsum("vor,vri->voi", b, a).flatten(1) * target.scaling
+    return deltas
+
+
+def adapter_spread(spec: LoRASpec, adapters: Adapters, *, eps: float = 1e-12) -> torch.Tensor:
+    """How much the adapters differ between videos relative to their size, averaged over layers:
+    mean_v ||dW_v - mean(dW)|| / mean_v ||dW_v||. 0 = the same adapter for every video (collapse)."""
+    spreads = []
+    for delta in delta_weights(spec, adapters).values():
+        size = delta.norm(dim=1).mean()
+        if size <= eps:
+            continue
+        spreads.append((delta - delta.mean(0, keepdim=True)).norm(dim=1).mean() / size)
+    return torch.stack(spreads).mean() if spreads else torch.zeros(())

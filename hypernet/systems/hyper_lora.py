@@ -1,0 +1,261 @@
+"""Stage 2: train the hypernetwork that turns a whole LR video into LoRA adapters for the frozen
+base, by backpropagating the base's SR loss through the generated adapters.
+
+direct  adapters = generator(encoder(context))
+refine  then k differentiable inner gradient steps on a self-supervised loss computed from the
+        LR video alone (LR frames degraded once more and upscaled back by the adapted base), with
+        learned per-layer step sizes; second-order (create_graph=True) unless first_order is set.
+
+The base comes from a stage-1 checkpoint, is frozen (requires_grad False) and always in eval
+mode; validation reports base vs base+hypernet per video, plus the collapse controls of
+DESIGN.md: `val/psnr_y_shuffled` (adapters from another video's context) and
+`val/adapter_spread`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from hypernet.data.degrade import imresize
+from hypernet.models.encoder import VideoEncoder
+from hypernet.models.generator import LoRAGenerator, adapter_spread
+from hypernet.models.lora import Adapters, LoRASpec, apply_adapters, find_targets
+from hypernet.systems.base_sr import BaseSRSystem
+from hypernet.systems.common import (
+    bicubic_upscale,
+    charbonnier,
+    log_image_row,
+    side_by_side,
+    video_metrics,
+    warmup_cosine,
+)
+
+MODES = ("direct", "refine")
+SOURCES = ("conv", "base")
+
+
+def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The stage-1 base network (EMA weights when the run kept them) and its model config."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"base_ckpt={path} does not exist: train stage 1 first (experiment=base_quickstart)"
+        )
+    try:
+        stage1 = BaseSRSystem.load_from_checkpoint(path, map_location="cpu")
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise ValueError(f"base_ckpt={path} is not a stage-1 (BaseSRSystem) checkpoint: {e}") from e
+    return stage1.eval_model(), dict(stage1.hparams["model"])
+
+
+class HyperLoRASystem(L.LightningModule):
+    def __init__(
+        self,
+        *,
+        base_ckpt: str,
+        model: dict[str, Any] | None = None,
+        targets: list[str] = ("*",),
+        exclude: list[str] = (),
+        rank: int = 4,
+        alpha: float | None = None,
+        source: str = "base",
+        dim: int = 64,
+        num_latents: int = 8,
+        num_heads: int = 4,
+        num_blocks: int = 2,
+        conv_channels: int = 32,
+        lr_stats: bool = True,
+        static: bool = False,
+        mode: str = "direct",
+        inner_steps: int = 1,
+        inner_lr: float = 1e-2,
+        first_order: bool = False,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 20,
+        min_lr_ratio: float = 0.1,
+        crop_border: int = 0,
+        log_images: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if mode not in MODES:
+            raise ValueError(f"hypernet.mode={mode!r} is not known; choose one of {list(MODES)}")
+        if source not in SOURCES:
+            raise ValueError(f"hypernet.source={source!r} is not known; choose one of {list(SOURCES)}")
+        base, base_model_cfg = load_base(base_ckpt)
+        if model is not None and dict(model) != base_model_cfg:
+            raise ValueError(
+                f"base_ckpt={base_ckpt} holds a base built with {base_model_cfg}, but the config's model is "
+                f"{dict(model)}: use the model config of the stage-1 run (or drop the model override)"
+            )
+        self.base = base.requires_grad_(False).eval()
+        self.spec: LoRASpec = find_targets(
+            self.base, include=list(targets), exclude=list(exclude), rank=rank, alpha=alpha
+        )
+        self.encoder = VideoEncoder(
+            source=source,
+            dim=dim,
+            num_latents=num_latents,
+            num_heads=num_heads,
+            num_blocks=num_blocks,
+            conv_channels=conv_channels,
+            lr_stats=lr_stats,
+            base=self.base,
+            layer_names=list(self.spec.names) if source == "base" else (),
+        )
+        self.generator = LoRAGenerator(spec=self.spec, dim=dim, num_heads=num_heads, static=static)
+        # refine mode: one learned step size per layer, log-parametrised (positive)
+        self.log_inner_lr = nn.Parameter(torch.full((len(self.spec.targets),), math.log(inner_lr)))
+        self.val_rows: list[dict[str, Any]] = []
+        self.last_val_table: list[dict[str, Any]] = []
+        self._spreads: list[torch.Tensor] = []
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> HyperLoRASystem:
+        options = OmegaConf.to_container(cfg.hypernet, resolve=True)
+        options.update(OmegaConf.to_container(cfg.optim, resolve=True))
+        return cls(base_ckpt=cfg.base_ckpt, model=OmegaConf.to_container(cfg.model, resolve=True), **options)
+
+    # -------------------------------------------------------------- frozen base
+    def train(self, mode: bool = True) -> HyperLoRASystem:
+        super().train(mode)
+        self.base.eval()  # never in training mode, whatever Lightning asks
+        return self
+
+    @property
+    def scale(self) -> int:
+        return self.base.scale
+
+    def sr(self, lr: torch.Tensor, adapters: Adapters | None) -> torch.Tensor:
+        if adapters is None:
+            return self.base(lr)
+        with apply_adapters(self.base, self.spec, adapters):
+            return self.base(lr)
+
+    # -------------------------------------------------------------- adapters
+    def adapters_for(self, context: torch.Tensor, times: torch.Tensor | None = None) -> Adapters:
+        adapters = self.generator(self.encoder(context, times))
+        if self.hparams.mode == "refine":
+            adapters = self.refine(adapters, context)
+        return adapters
+
+    def self_supervised_loss(self, adapters: Adapters, context: torch.Tensor) -> torch.Tensor:
+        """LR frames degraded once more (bicubic down by the scale), upscaled back by the adapted
+        base, compared with the LR frames: needs nothing but the LR video."""
+        lower = imresize(context, scale=1 / self.scale).clamp(0, 1)
+        height, width = lower.shape[-2] * self.scale, lower.shape[-1] * self.scale
+        return charbonnier(self.sr(lower, adapters), context[..., :height, :width])
+
+    def refine(self, adapters: Adapters, context: torch.Tensor) -> Adapters:
+        """k inner gradient steps on the self-supervised loss, each layer with its learned step size.
+        Training differentiates through the steps (second order) unless first_order is set."""
+        names = list(self.spec.names)
+        step_sizes = self.log_inner_lr.exp()
+        second_order = self.training and not self.hparams.first_order
+        current = adapters
+        for _ in range(self.hparams.inner_steps):
+            with torch.enable_grad():
+                # tensors outside any graph (validation) become leaves the inner loss can differentiate
+                current = {
+                    n: tuple(t if t.requires_grad else t.detach().requires_grad_(True) for t in current[n])
+                    for n in names
+                }
+                flat = [t for n in names for t in current[n]]
+                grads = torch.autograd.grad(
+                    self.self_supervised_loss(current, context), flat, create_graph=second_order
+                )
+            if not second_order:
+                grads = [g.detach() for g in grads]
+            current = {
+                n: (
+                    current[n][0] - step_sizes[i] * grads[2 * i],
+                    current[n][1] - step_sizes[i] * grads[2 * i + 1],
+                )
+                for i, n in enumerate(names)
+            }
+        return current
+
+    # -------------------------------------------------------------- steps
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        adapters = self.adapters_for(batch["context"], batch["context_times"])
+        loss = charbonnier(self.sr(batch["lr"], adapters), batch["hr"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        lr, hr = batch["lr"], batch["hr"]
+        adapters = self.adapters_for(batch["context"], batch["context_times"])
+        adapters = {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
+        with torch.no_grad():
+            sr = self.sr(lr, adapters).clamp(0, 1)
+            base_sr = self.sr(lr, None).clamp(0, 1)
+            # each video with the adapters of another video's context: equal to `sr` = not per-video
+            shuffled = {k: (a.roll(1, 0), b.roll(1, 0)) for k, (a, b) in adapters.items()}
+            shuffled_sr = self.sr(lr, shuffled).clamp(0, 1)
+        bicubic = bicubic_upscale(lr, self.scale)
+        border = self.hparams.crop_border
+        ours, base, shuf, bic = (
+            video_metrics(x, hr, crop_border=border) for x in (sr, base_sr, shuffled_sr, bicubic)
+        )
+        if lr.shape[0] > 1:
+            self._spreads.append(adapter_spread(self.spec, adapters))
+        for i, video_id in enumerate(batch["video_id"]):
+            self.val_rows.append(
+                {
+                    "video_id": video_id,
+                    "psnr_y": ours["psnr_y"][i].item(),
+                    "psnr_y_base": base["psnr_y"][i].item(),
+                    "gain_y": (ours["psnr_y"][i] - base["psnr_y"][i]).item(),
+                    "psnr_y_shuffled": shuf["psnr_y"][i].item(),
+                    "psnr_y_bicubic": bic["psnr_y"][i].item(),
+                    "ssim_y": ours["ssim_y"][i].item(),
+                    "ssim_y_base": base["ssim_y"][i].item(),
+                }
+            )
+        if batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
+            t = lr.shape[1] // 2
+            log_image_row(
+                self.logger,
+                key="val/bicubic_base_hyper_hr",
+                row=side_by_side(bicubic[0, t], base_sr[0, t], sr[0, t], hr[0, t]),
+                caption=f"{batch['video_id'][0]}: bicubic | base | base+hypernet | HR",
+                step=self.global_step,
+                fallback_dir=Path(self.trainer.default_root_dir) / "images",
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        rows, self.val_rows = self.val_rows, []
+        spreads, self._spreads = self._spreads, []
+        if not rows:
+            return
+        self.last_val_table = rows
+        n = len(rows)
+        for key in ("psnr_y", "psnr_y_base", "psnr_y_shuffled", "psnr_y_bicubic", "ssim_y", "ssim_y_base"):
+            self.log(f"val/{key}", sum(r[key] for r in rows) / n, prog_bar=key == "psnr_y")
+        gains = torch.tensor([r["gain_y"] for r in rows], dtype=torch.float64)
+        self.log("val/gain_y", gains.mean().item())
+        self.log("val/gain_y_stderr", (gains.std() / math.sqrt(n)).item() if n > 1 else 0.0)
+        self.log("val/videos_improved", float((gains > 0).sum().item()))
+        if spreads:
+            self.log("val/adapter_spread", torch.stack(spreads).mean().item())
+
+    def configure_optimizers(self):
+        trainable = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("base.")]
+        if self.hparams.mode == "direct":
+            trainable = [p for p in trainable if p is not self.log_inner_lr]
+        optimizer = torch.optim.Adam(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        schedule = warmup_cosine(
+            warmup_steps=self.hparams.warmup_steps,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            min_ratio=self.hparams.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,303 @@
+"""Benchmark the hypernetwork's pieces on CPU. Encoder part: does streaming a whole video through
+`VideoEncoder` cost time linear in its length and memory independent of it?
+
+A random LR video (24x24 frames by default) is generated chunk by chunk, never held whole, and
+streamed through the encoder in eval mode under torch.no_grad (source "base": the quickstart
+`window` base's activations at its conv layers inside "body", plus the LR statistics). Each length
+runs in a fresh subprocess, so each peak resident memory (VmHWM, as in bench_video_io.py) is that
+of one encoding alone. Figures, measured in the same run:
+
+- ``encoder_time_2000_over_200``: seconds for 2000 frames over seconds for 200 (target about 10);
+- ``encoder_mem_2000_over_200``: peak memory for 2000 frames over that for 200 (target <= 1.2).
+
+    .venv/bin/python scripts/bench_hyper.py [--frames-small 200] [--frames-large 2000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hypernet.models.base import build_base
+from hypernet.models.encoder import VideoEncoder, frame_times
+
+SCRIPTS = Path(__file__).resolve().parent
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process, MiB: bench_video_io's VmHWM reader, reused."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    from bench_video_io import peak_rss_mib as video_io_peak_rss_mib
+
+    return video_io_peak_rss_mib()
+
+
+def build_encoder(source: str, *, seed: int = 0) -> VideoEncoder:
+    """The encoder of the default stage-2 config on the quickstart-sized window base."""
+    torch.manual_seed(seed)
+    base = build_base("window").eval()
+    layer_names = [n for n, m in base.named_modules() if n.startswith("body.") and isinstance(m, nn.Conv2d)]
+    return VideoEncoder(source=source, base=base, layer_names=layer_names).eval()
+
+
+def stream_random_video(
+    encoder: VideoEncoder, num_frames: int, *, chunk: int, size: int, seed: int = 0
+) -> tuple[float, float]:
+    """Stream a random video of num_frames frames, generated chunk by chunk, never whole.
+    Returns (wall seconds, CPU seconds of this process) spent encoding: CPU time is the steadier
+    figure when other jobs share the machine."""
+    generator = torch.Generator().manual_seed(seed)
+    wall = cpu = 0.0
+    with torch.no_grad():
+        state = encoder.init_state(1)
+        for start in range(0, num_frames, chunk):
+            count = min(chunk, num_frames - start)
+            frames = torch.rand(1, count, 3, size, size, generator=generator)
+            times = frame_times(num_frames, start=start, count=count)[None]
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            state = encoder.update(state, frames, times)
+            wall, cpu = wall + time.perf_counter() - wall_start, cpu + time.process_time() - cpu_start
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        latents = encoder.finalize(state)
+        wall, cpu = wall + time.perf_counter() - wall_start, cpu + time.process_time() - cpu_start
+    assert torch.isfinite(latents).all()
+    return wall, cpu
+
+
+def encoder_child(num_frames: int, *, chunk: int, size: int, source: str, threads: int) -> dict[str, float]:
+    """Runs in a fresh interpreter: build, warm up on two chunks, then time one streamed video."""
+    torch.set_num_threads(threads)
+    encoder = build_encoder(source)
+    stream_random_video(encoder, 2 * chunk, chunk=chunk, size=size, seed=1)  # warm-up: allocator, kernels
+    baseline = peak_rss_mib()
+    seconds, cpu_seconds = stream_random_video(encoder, num_frames, chunk=chunk, size=size)
+    return {
+        "frames": num_frames,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "peak_mib": peak_rss_mib(),
+        "baseline_mib": baseline,
+    }
+
+
+def encoder_memory_and_time(
+    num_frames: int, *, chunk: int = 32, size: int = 24, source: str = "base", threads: int = 1
+) -> dict:
+    """Seconds and peak MiB of streaming num_frames frames through the encoder, in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "figures.json"
+        command = [
+            sys.executable,
+            __file__,
+            "--child-encoder",
+            str(num_frames),
+            "--chunk",
+            str(chunk),
+            "--size",
+            str(size),
+            "--source",
+            source,
+            "--threads",
+            str(threads),
+            "--json",
+            str(out),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"encoder benchmark child ({num_frames} frames) failed:\n{result.stderr}")
+        return json.loads(out.read_text())
+
+
+def encoder_figures(
+    small: int, large: int, *, chunk: int, size: int, source: str, repeats: int = 3, threads: int = 1
+) -> dict[str, float]:
+    """The encoder's flat figures for a short and a long video, each run in its own subprocess,
+    `repeats` rounds interleaved (short, long, short, long, ...) so that a change in the machine's
+    load hits both lengths alike; each figure is the median over the rounds."""
+    runs: dict[int, list[dict]] = {small: [], large: []}
+    for _ in range(repeats):
+        for n in (small, large):
+            runs[n].append(encoder_memory_and_time(n, chunk=chunk, size=size, source=source, threads=threads))
+    results: dict[str, float] = {}
+    for n, figures in runs.items():
+        median = {key: statistics.median(f[key] for f in figures) for key in figures[0]}
+        results[f"encoder_seconds_{n}"] = median["seconds"]
+        results[f"encoder_cpu_seconds_{n}"] = median["cpu_seconds"]
+        results[f"encoder_fps_{n}"] = n / median["seconds"]
+        results[f"encoder_peak_mib_{n}"] = median["peak_mib"]
+        results[f"encoder_growth_mib_{n}"] = statistics.median(
+            f["peak_mib"] - f["baseline_mib"] for f in figures
+        )
+    for name, key in [("time", "seconds"), ("cpu_time", "cpu_seconds"), ("mem", "peak_mib")]:
+        results[f"encoder_{name}_{large}_over_{small}"] = (
+            results[f"encoder_{key}_{large}"] / results[f"encoder_{key}_{small}"]
+        )
+    results["encoder_repeats"] = repeats
+    results["encoder_threads"] = threads
+    return results
+
+
+def print_encoder_table(
+    results: dict[str, float], small: int, large: int, *, chunk: int, size: int, source: str
+) -> None:
+    print(
+        f"encoder streaming: source={source}, {size}x{size} LR frames, chunk={chunk}, eval, no_grad, "
+        f"{results['encoder_threads']:.0f} thread(s), median of {results['encoder_repeats']:.0f} interleaved runs"
+    )
+    print(f"{'frames':>8} {'wall s':>9} {'CPU s':>9} {'frames/s':>9} {'peak MiB':>9} {'growth MiB':>11}")
+    for n in (small, large):
+        print(
+            f"{n:>8} {results[f'encoder_seconds_{n}']:>9.2f} {results[f'encoder_cpu_seconds_{n}']:>9.2f} "
+            f"{results[f'encoder_fps_{n}']:>9.0f} {results[f'encoder_peak_mib_{n}']:>9.1f} "
+            f"{results[f'encoder_growth_mib_{n}']:>11.1f}"
+        )
+    ratio = large / small
+    print(
+        f"time   {large} / {small} frames: {results[f'encoder_time_{large}_over_{small}']:6.2f} wall, "
+        f"{results[f'encoder_cpu_time_{large}_over_{small}']:.2f} CPU  (target about {ratio:.0f})"
+    )
+    print(
+        f"memory {large} / {small} frames: {results[f'encoder_mem_{large}_over_{small}']:6.3f}  (target <= 1.2)"
+    )
+
+
+def write_json(path: Path, results: dict) -> None:
+    """Atomically: a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def stage_step_times(
+    *,
+    batch: int = 8,
+    frames: int = 5,
+    patch: int = 16,
+    context: int = 8,
+    size: int = 24,
+    mode: str = "direct",
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Seconds per training step (forward, backward, optimiser) of stage 1 (the base) and of stage 2
+    (encoder + generator + the frozen base with per-video adapters, gradient into the hypernet only)
+    at the same batch: hyper_quickstart's shapes by default."""
+    import lightning as L
+
+    from hypernet.systems.base_sr import BaseSRSystem
+    from hypernet.systems.common import charbonnier
+    from hypernet.systems.hyper_lora import HyperLoRASystem
+
+    torch.manual_seed(0)
+    stage1 = BaseSRSystem(model={"name": "window", "scale": 4, "upsampler": "direct"})
+    lr = torch.rand(batch, frames, 3, patch, patch)
+    hr = torch.rand(batch, frames, 3, 4 * patch, 4 * patch)
+    ctx = torch.rand(batch, context, 3, size, size)
+    times = torch.linspace(0, 1, context).expand(batch, -1)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "base.ckpt"
+        torch.save(
+            {
+                "state_dict": stage1.state_dict(),
+                "hyper_parameters": dict(stage1.hparams),
+                "pytorch-lightning_version": L.__version__,
+            },
+            ckpt,
+        )
+        stage2 = HyperLoRASystem(base_ckpt=str(ckpt), mode=mode).train()
+    opt1 = torch.optim.AdamW(stage1.model.parameters())
+    opt2 = torch.optim.Adam([p for p in stage2.parameters() if p.requires_grad])
+
+    def step1():
+        opt1.zero_grad(set_to_none=True)
+        charbonnier(stage1.model(lr), hr).backward()
+        opt1.step()
+
+    def step2():
+        opt2.zero_grad(set_to_none=True)
+        charbonnier(stage2.sr(lr, stage2.adapters_for(ctx, times)), hr).backward()
+        opt2.step()
+
+    def median_time(fn) -> float:
+        fn()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    # alternate so that load on a shared machine hits both alike
+    t1, t2 = [], []
+    for _ in range(2):
+        t1.append(median_time(step1))
+        t2.append(median_time(step2))
+    s1, s2 = min(t1), min(t2)
+    return {"stage1_step_s": s1, f"stage2_{mode}_step_s": s2, "stage2_over_stage1": s2 / s1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames-small", type=int, default=200)
+    parser.add_argument("--frames-large", type=int, default=2000)
+    parser.add_argument("--chunk", type=int, default=32, help="frames per streamed chunk")
+    parser.add_argument("--size", type=int, default=24, help="LR frame height and width")
+    parser.add_argument("--source", default="base", choices=["base", "conv"])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per length; figures are medians")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine a 2-thread pool waits out other "
+        "jobs' scheduler slices at every op, which made timings 10x slower and erratic)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here as a flat JSON dict")
+    parser.add_argument("--child-encoder", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_encoder is not None:
+        figures = encoder_child(
+            args.child_encoder, chunk=args.chunk, size=args.size, source=args.source, threads=args.threads
+        )
+        write_json(args.json, figures)
+        return
+
+    small, large = args.frames_small, args.frames_large
+    results = encoder_figures(
+        small,
+        large,
+        chunk=args.chunk,
+        size=args.size,
+        source=args.source,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
+    results.update(chunk=args.chunk, size=args.size)
+    print_encoder_table(results, small, large, chunk=args.chunk, size=args.size, source=args.source)
+    torch.set_num_threads(args.threads)
+    steps = stage_step_times()
+    results.update(steps)
+    print(
+        f"training step at hyper_quickstart's batch (8 clips x 5 frames, 8 context frames): stage 1 "
+        f"{steps['stage1_step_s'] * 1e3:.0f} ms, stage 2 {steps['stage2_direct_step_s'] * 1e3:.0f} ms, "
+        f"stage2_over_stage1 = {steps['stage2_over_stage1']:.2f} (target <= 1.5)"
+    )
+    if args.json:
+        write_json(args.json, results)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

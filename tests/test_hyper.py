@@ -1,0 +1,158 @@
+"""Stage 2: the hypernetwork's gradient path, identity at initialisation, the refine mode's
+second-order gradient, a frozen base, and the bad inputs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hypernet.models.lora import apply_adapters
+from hypernet.systems.hyper_lora import HyperLoRASystem
+from hypernet.train import run
+from tests.conftest import TINY_BASE, compose_train
+
+TINY_HYPER = [
+    "stage=hyper",
+    "hypernet.dim=16",
+    "hypernet.num_latents=4",
+    "hypernet.num_heads=2",
+    "hypernet.num_blocks=1",
+    "hypernet.conv_channels=8",
+    "hypernet.rank=2",
+    "optim=hyper",
+    "data.context_frames=3",
+    "data.patch_size=null",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+]
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stage1")
+    run(compose_train(TINY_BASE, out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def tiny_system(base_ckpt: Path, **options) -> HyperLoRASystem:
+    defaults = dict(dim=16, num_latents=4, num_heads=2, num_blocks=1, conv_channels=8, rank=2)
+    return HyperLoRASystem(base_ckpt=str(base_ckpt), **{**defaults, **options})
+
+
+def tiny_batch(v: int = 2, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "context": torch.rand(v, 3, 3, 8, 8, generator=g),
+        "context_times": torch.tensor([[0.1, 0.5, 0.9]] * v),
+        "lr": torch.rand(v, 3, 3, 8, 8, generator=g),
+        "hr": torch.rand(v, 3, 3, 32, 32, generator=g),
+    }
+
+
+@pytest.mark.parametrize(("source", "mode"), [("base", "direct"), ("conv", "direct"), ("base", "refine")])
+def test_gradient_reaches_every_hypernet_parameter_and_not_the_base(base_ckpt, source, mode):
+    system = tiny_system(base_ckpt, source=source, mode=mode).train()
+    # move off the zero-initialised gates so that every head receives gradient
+    with torch.no_grad():
+        system.generator.gates.fill_(0.5)
+    batch = tiny_batch()
+    adapters = system.adapters_for(batch["context"], batch["context_times"])
+    loss = torch.nn.functional.l1_loss(system.sr(batch["lr"], adapters), batch["hr"])
+    loss.backward()
+    missing = [
+        n
+        for n, p in system.named_parameters()
+        if p.requires_grad
+        and (p.grad is None or not p.grad.abs().sum() > 0)
+        and not (n == "log_inner_lr" and mode == "direct")
+        and n != "generator.static_latents"
+    ]
+    assert not missing
+    assert all(not p.requires_grad and p.grad is None for p in system.base.parameters())
+    assert not system.base.training
+
+
+@pytest.mark.parametrize("mode", ["direct", "refine"])
+def test_identity_at_initialisation(base_ckpt, mode):
+    system = tiny_system(base_ckpt, mode="direct").eval()
+    batch = tiny_batch()
+    with torch.no_grad():
+        adapters = system.adapters_for(batch["context"], batch["context_times"])
+        assert torch.equal(system.sr(batch["lr"], adapters), system.sr(batch["lr"], None))
+
+
+def test_refine_second_order_gradient_matches_finite_differences(base_ckpt):
+    torch.manual_seed(0)
+    system = tiny_system(base_ckpt, mode="refine", inner_steps=2, inner_lr=0.5).double().train()
+    with torch.no_grad():
+        system.generator.gates.fill_(0.3)
+    batch = {k: v.double() for k, v in tiny_batch(v=1).items()}
+
+    def outer_loss() -> torch.Tensor:
+        adapters = system.adapters_for(batch["context"], batch["context_times"])
+        return ((system.sr(batch["lr"], adapters) - batch["hr"]) ** 2).mean()
+
+    system.zero_grad()
+    outer_loss().backward()
+    for param, index in ((system.log_inner_lr, 0), (system.generator.gates, 1)):
+        analytic = param.grad[index].item()
+        eps = 1e-5
+        with torch.no_grad():
+            param[index] += eps
+            plus = outer_loss().item()
+            param[index] -= 2 * eps
+            minus = outer_loss().item()
+            param[index] += eps
+        numeric = (plus - minus) / (2 * eps)
+        assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-9)
+    # first order drops the second-order terms: a different (approximate) gradient
+    system.hparams.first_order = True
+    system.zero_grad()
+    outer_loss().backward()
+    assert system.log_inner_lr.grad[0].item() != pytest.approx(analytic, rel=1e-6)
+
+
+def test_stage2_run_keeps_the_base_bit_identical(base_ckpt, tmp_path):
+    cfg = compose_train([*TINY_BASE, *TINY_HYPER, f"base_ckpt={base_ckpt}"], tmp_path / "hyper")
+    before = {k: v.clone() for k, v in torch.load(base_ckpt)["state_dict"].items()}
+    metrics = run(cfg)
+    saved = json.loads((tmp_path / "hyper" / "metrics.json").read_text())
+    for key in ("val/psnr_y", "val/psnr_y_base", "val/psnr_y_shuffled", "val/adapter_spread", "val/gain_y"):
+        assert key in saved and key in metrics
+    after = torch.load(tmp_path / "hyper" / "checkpoints" / "last.ckpt")["state_dict"]
+    base_after = {k.removeprefix("base."): v for k, v in after.items() if k.startswith("base.")}
+    base_before = {k.removeprefix("model."): v for k, v in before.items() if k.startswith("model.")}
+    assert base_after.keys() == base_before.keys()
+    assert all(torch.equal(base_after[k], base_before[k]) for k in base_before)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hypernet.targets=[decoder.*]"], r"decoder"),
+        (["hypernet.rank=10000"], r"rank"),
+        (["data.context_frames=50"], r"context_frames=50 .*8 frames"),
+        (["model.channels=9"], r"base_ckpt=.*model"),
+    ],
+)
+def test_bad_stage2_inputs(base_ckpt, tmp_path, overrides, message):
+    cfg = compose_train([*TINY_BASE, *TINY_HYPER, f"base_ckpt={base_ckpt}", *overrides], tmp_path / "bad")
+    with pytest.raises(ValueError, match=message):
+        run(cfg)
+
+
+def test_adapters_are_per_video_in_one_batch(base_ckpt):
+    """Two videos in one batch each get their own adapter: the batched SR equals per-video calls."""
+    system = tiny_system(base_ckpt).eval()
+    with torch.no_grad():
+        system.generator.gates.fill_(1.0)
+    batch = tiny_batch()
+    with torch.no_grad():
+        adapters = system.adapters_for(batch["context"], batch["context_times"])
+        together = system.sr(batch["lr"], adapters)
+        for v in range(2):
+            single = {k: (a[v : v + 1], b[v : v + 1]) for k, (a, b) in adapters.items()}
+            with apply_adapters(system.base, system.spec, single):
+                alone = system.base(batch["lr"][v : v + 1])
+            assert torch.allclose(together[v : v + 1], alone, atol=1e-5)

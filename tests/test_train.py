@@ -1,0 +1,68 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hypernet.train import run
+from tests.conftest import CONFIG_DIR, TINY_BASE, compose_train
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    assert cfg.model.scale == cfg.data.scale
+    assert cfg.task_name == experiment
+
+
+def test_stage1_run_writes_its_folder(tiny_base_cfg):
+    metrics = run(tiny_base_cfg)
+    out = Path(tiny_base_cfg.paths.output_dir)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    for key in ("val/psnr_y", "val/psnr_y_bicubic", "val/ssim_y", "train/loss"):
+        assert key in saved
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
+    info = json.loads((out / "run.json").read_text())
+    assert info["seed"] == 0 and info["git_commit"] and "torch" in info["environment"]
+    assert "data:" in (out / "config.yaml").read_text()
+    rows = (out / "val_videos.csv").read_text().splitlines()
+    assert rows[0].startswith("video_id,psnr_y") and len(rows) == 1 + 5  # one held-out video per val photo
+    assert list((out / "images").glob("*.png"))  # CSV runs keep the SR crops as PNG
+
+
+def test_resume_continues_identically(tmp_path):
+    straight = run(compose_train([*TINY_BASE, "trainer.max_epochs=2"], tmp_path / "straight"))
+    first = compose_train([*TINY_BASE, "trainer.max_epochs=1"], tmp_path / "split")
+    run(first)
+    last = tmp_path / "split" / "checkpoints" / "last.ckpt"
+    resumed = run(
+        compose_train([*TINY_BASE, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "split")
+    )
+    for key in ("val/psnr_y", "train/loss"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-5), key
+    steps = [
+        torch.load(d / "checkpoints" / "last.ckpt")["global_step"]
+        for d in (tmp_path / "straight", tmp_path / "split")
+    ]
+    assert steps[0] == steps[1] > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.name=edvr"], r"model.name='edvr'.*\['recurrent', 'window'\]"),
+        (["model.scale=2"], r"model.scale=2 differs from data.scale=4"),
+        (["data.patch_size=30"], r"data.patch_size=30 .* divisible by data.scale=4"),
+        (["trainer.devices=3"], r"data.batch_size=4 .* \(3 = trainer.devices"),
+        (["stage=meta"], r"stage='meta'"),
+        (["stage=hyper"], r"base_ckpt"),
+    ],
+)
+def test_bad_options_fail_before_training(overrides, message, tmp_path):
+    cfg = compose_train([*TINY_BASE, *overrides], tmp_path / "bad")
+    with pytest.raises(ValueError, match=message):
+        run(cfg)
+    assert not (tmp_path / "bad").exists()  # nothing was started, nothing written
