@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process, MiB.
+
+    On Linux ``ru_maxrss`` is not clean in a subprocess: exec keeps the high-water mark of the
+    parent's address space at fork time, so every child would report at least the parent's size.
+    ``VmHWM`` belongs to the new address space alone.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def _git(*args: str) -> str:

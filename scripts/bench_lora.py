@@ -80,11 +80,12 @@ def bench_base(
     base = quickstart_base(name)
     spec = rank_spec(base, rank)
     adapters = random_adapters(spec, videos, seed=1)
-    merged = copy.deepcopy(base)
+    # inference compares two copies made alike, one with video 0's adapters merged into it
+    plain, merged = copy.deepcopy(base), copy.deepcopy(base)
     merge_adapters(merged, spec, adapters, video=0)
     lr = torch.rand(videos, frames, 3, size, size)
     hr = torch.rand(videos, frames, 3, size * base.scale, size * base.scale)
-    for p in [*base.parameters(), *merged.parameters()]:
+    for p in [*base.parameters(), *plain.parameters(), *merged.parameters()]:
         p.requires_grad_(False)
 
     def clear_adapter_grads() -> None:
@@ -128,7 +129,7 @@ def bench_base(
         "frozen_input_grad": frozen_input_grad_step,
         "batched": batched_step,
         "loop": loop_step,
-        "infer": infer(base),
+        "infer": infer(plain),
         "merged": infer(merged),
     }
     times: dict[str, list[float]] = {k: [] for k in steps}

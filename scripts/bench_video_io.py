@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hypernet.data.video_io import iter_chunks, probe, read_video, write_mp4
+from hypernet.runs import peak_rss_mib
 
 
 def synthetic_frames(num_frames: int, size: int) -> Iterator[np.ndarray]:
@@ -36,23 +36,6 @@ def synthetic_frames(num_frames: int, size: int) -> Iterator[np.ndarray]:
         top, left = (5 * t) % (size - size // 4), (3 * t) % (size - size // 4)
         frame[top : top + size // 4, left : left + size // 4] = (230, 40, 40)
         yield np.clip(frame, 0, 255).astype(np.uint8)
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process, MiB.
-
-    On Linux ``ru_maxrss`` is not clean in a subprocess: exec keeps the high-water mark of the
-    parent's address space at fork time, so every child would report at least the parent's size.
-    ``VmHWM`` belongs to the new address space alone.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def child(path: str, *, mode: str, chunk_size: int) -> None:

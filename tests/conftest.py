@@ -45,3 +45,16 @@ def compose_train(overrides: list[str], output_dir: Path):
 @pytest.fixture
 def tiny_base_cfg(tmp_path):
     return compose_train(TINY_BASE, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A tiny stage-1 and stage-2 run, trained once per test session through the real entry point."""
+    from hypernet.train import run
+    from tests.test_hyper import TINY_HYPER
+
+    out = tmp_path_factory.mktemp("tiny_runs")
+    run(compose_train(TINY_BASE, out / "base"))
+    base_ckpt = out / "base" / "checkpoints" / "last.ckpt"
+    run(compose_train([*TINY_BASE, *TINY_HYPER, f"base_ckpt={base_ckpt}"], out / "hyper"))
+    return {"base": base_ckpt, "hyper": out / "hyper" / "checkpoints" / "last.ckpt"}

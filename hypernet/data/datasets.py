@@ -150,8 +150,16 @@ def make_sample(
         start = int(rng.integers(0, video.num_frames - clip_len + 1))
     clip_indices = list(range(start, start + clip_len))
     context_indices = spread_indices(video.num_frames, context_frames, rng) if context_frames else []
+    # training draws flip and transpose the whole video alike (BasicSR's hflip/rot augmentation)
+    flips = [] if rng is None else [dim for dim in (-1, -2) if rng.random() < 0.5]
+    transpose = rng is not None and height == width and rng.random() < 0.5
 
-    hr_clip = video.hr_frames(clip_indices)[..., :height, :width]
+    def hr_frames(indices: list[int]) -> torch.Tensor:
+        frames = video.hr_frames(indices)[..., :height, :width]
+        frames = frames.flip(flips) if flips else frames
+        return frames.transpose(-1, -2) if transpose else frames
+
+    hr_clip = hr_frames(clip_indices)
     lr_clip = degradation.apply(hr_clip, d, clip_indices)
     if patch_size is not None:
         if rng is None:
@@ -166,9 +174,7 @@ def make_sample(
             ..., top * scale : (top + patch_size) * scale, left * scale : (left + patch_size) * scale
         ]
     if context_indices:
-        context = degradation.apply(
-            video.hr_frames(context_indices)[..., :height, :width], d, context_indices
-        )
+        context = degradation.apply(hr_frames(context_indices), d, context_indices)
     else:
         context = lr_clip.new_zeros(0, *lr_clip.shape[1:])
     return {

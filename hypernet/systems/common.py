@@ -12,6 +12,7 @@ from torch import nn
 
 from hypernet.data.degrade import imresize
 from hypernet.metrics import psnr, ssim
+from hypernet.models.lora import Adapters, LoRASpec, apply_adapters
 
 
 def charbonnier(sr: torch.Tensor, hr: torch.Tensor, *, eps: float = 1e-3) -> torch.Tensor:
@@ -29,6 +30,25 @@ def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def adapted_sr(base: nn.Module, spec: LoRASpec, adapters: Adapters | None, lr: torch.Tensor) -> torch.Tensor:
+    """The base's SR of lr (V, T, C, h, w), each video with its own adapters (None: the base alone)."""
+    if adapters is None:
+        return base(lr)
+    with apply_adapters(base, spec, adapters):
+        return base(lr)
+
+
+def self_supervised_loss(
+    base: nn.Module, spec: LoRASpec, adapters: Adapters, lr: torch.Tensor
+) -> torch.Tensor:
+    """ZSSR-style loss from the LR video alone: its frames degraded once more (bicubic down by the
+    scale) and upscaled back by the adapted base should give the LR frames again."""
+    scale = base.scale
+    lower = imresize(lr, scale=1 / scale).clamp(0, 1)
+    height, width = lower.shape[-2] * scale, lower.shape[-1] * scale
+    return charbonnier(adapted_sr(base, spec, adapters, lower), lr[..., :height, :width])
 
 
 class EMA(nn.Module):

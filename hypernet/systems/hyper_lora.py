@@ -15,6 +15,7 @@ DESIGN.md: `val/psnr_y_shuffled` (adapters from another video's context) and
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hypernet.data.degrade import imresize
-from hypernet.models.encoder import VideoEncoder
+from hypernet.models.base import build_base
+from hypernet.models.encoder import VideoEncoder, frame_times
 from hypernet.models.generator import LoRAGenerator, adapter_spread
-from hypernet.models.lora import Adapters, LoRASpec, apply_adapters, find_targets
+from hypernet.models.lora import Adapters, LoRASpec, find_targets
 from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
+    adapted_sr,
     bicubic_upscale,
     charbonnier,
     log_image_row,
+    self_supervised_loss,
     side_by_side,
     video_metrics,
     warmup_cosine,
@@ -55,11 +58,24 @@ def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return stage1.eval_model(), dict(stage1.hparams["model"])
 
 
+def load_hypernet(checkpoint: str | Path, *, map_location: str = "cpu") -> HyperLoRASystem:
+    """A trained stage-2 system (eval mode) from its checkpoint alone: the frozen base's weights
+    travel inside it, so the stage-1 checkpoint need not exist any more."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train stage 2 first (make quickstart)")
+    try:
+        system = HyperLoRASystem.load_from_checkpoint(path, map_location=map_location, base_ckpt=None)
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise ValueError(f"checkpoint {path} is not a stage-2 (HyperLoRASystem) checkpoint: {e}") from e
+    return system.eval()
+
+
 class HyperLoRASystem(L.LightningModule):
     def __init__(
         self,
         *,
-        base_ckpt: str,
+        base_ckpt: str | None,
         model: dict[str, Any] | None = None,
         targets: list[str] = ("*",),
         exclude: list[str] = (),
@@ -90,7 +106,14 @@ class HyperLoRASystem(L.LightningModule):
             raise ValueError(f"hypernet.mode={mode!r} is not known; choose one of {list(MODES)}")
         if source not in SOURCES:
             raise ValueError(f"hypernet.source={source!r} is not known; choose one of {list(SOURCES)}")
-        base, base_model_cfg = load_base(base_ckpt)
+        if base_ckpt is None:  # restoring a stage-2 checkpoint: the base's weights come with its state_dict
+            if model is None:
+                raise ValueError(
+                    "HyperLoRASystem needs base_ckpt (a stage-1 checkpoint) or the base's model config"
+                )
+            base, base_model_cfg = build_base(**model), dict(model)
+        else:
+            base, base_model_cfg = load_base(base_ckpt)
         if model is not None and dict(model) != base_model_cfg:
             raise ValueError(
                 f"base_ckpt={base_ckpt} holds a base built with {base_model_cfg}, but the config's model is "
@@ -135,10 +158,7 @@ class HyperLoRASystem(L.LightningModule):
         return self.base.scale
 
     def sr(self, lr: torch.Tensor, adapters: Adapters | None) -> torch.Tensor:
-        if adapters is None:
-            return self.base(lr)
-        with apply_adapters(self.base, self.spec, adapters):
-            return self.base(lr)
+        return adapted_sr(self.base, self.spec, adapters, lr)
 
     # -------------------------------------------------------------- adapters
     def adapters_for(self, context: torch.Tensor, times: torch.Tensor | None = None) -> Adapters:
@@ -147,12 +167,28 @@ class HyperLoRASystem(L.LightningModule):
             adapters = self.refine(adapters, context)
         return adapters
 
-    def self_supervised_loss(self, adapters: Adapters, context: torch.Tensor) -> torch.Tensor:
-        """LR frames degraded once more (bicubic down by the scale), upscaled back by the adapted
-        base, compared with the LR frames: needs nothing but the LR video."""
-        lower = imresize(context, scale=1 / self.scale).clamp(0, 1)
-        height, width = lower.shape[-2] * self.scale, lower.shape[-1] * self.scale
-        return charbonnier(self.sr(lower, adapters), context[..., :height, :width])
+    @torch.no_grad()
+    def adapters_from_stream(
+        self, chunks: Iterable[torch.Tensor], *, num_frames: int, refine_context: torch.Tensor | None = None
+    ) -> Adapters:
+        """Adapters for one whole video given as LR chunks (1, n, C, h, w) in order: the encoder
+        folds chunk after chunk (memory independent of the length). Refine mode takes its inner
+        steps on `refine_context` (1, K, C, h, w), a few frames spread over the video."""
+        state, start = None, 0
+        for chunk in chunks:
+            times = frame_times(num_frames, start=start, count=chunk.shape[1]).to(chunk)[None]
+            state = self.encoder.update(
+                state or self.encoder.init_state(1, device=chunk.device), chunk, times
+            )
+            start += chunk.shape[1]
+        if state is None:
+            raise ValueError("the video has no frames to encode")
+        adapters = self.generator(self.encoder.finalize(state))
+        if self.hparams.mode == "refine":
+            if refine_context is None:
+                raise ValueError("hypernet.mode=refine needs refine_context: a few LR frames of the video")
+            adapters = self.refine(adapters, refine_context)
+        return {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
 
     def refine(self, adapters: Adapters, context: torch.Tensor) -> Adapters:
         """k inner gradient steps on the self-supervised loss, each layer with its learned step size.
@@ -170,7 +206,9 @@ class HyperLoRASystem(L.LightningModule):
                 }
                 flat = [t for n in names for t in current[n]]
                 grads = torch.autograd.grad(
-                    self.self_supervised_loss(current, context), flat, create_graph=second_order
+                    self_supervised_loss(self.base, self.spec, current, context),
+                    flat,
+                    create_graph=second_order,
                 )
             if not second_order:
                 grads = [g.detach() for g in grads]

@@ -1,0 +1,220 @@
+"""`python -m hypernet.eval`: does the hypernetwork earn its keep? Every method on every
+held-out video, in one table:
+
+    bicubic    MATLAB bicubic
+    base       the frozen base alone
+    selfsup    base + a per-video LoRA fine-tuned on the LR video alone (ZSSR-style)
+    hypernet   base + the LoRA the hypernetwork predicts from the video in one pass
+    oracle     base + a per-video LoRA fitted to that video's own HR frames (the upper bound)
+
+Columns: PSNR-Y, SSIM-Y, PSNR-RGB, seconds to specialise, adapter size. Written to the run
+folder as results.csv, results.md, metrics.json, a per-video bar plot and side-by-side crops.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from hypernet.finetune import finetune_adapters
+from hypernet.models.lora import Adapters
+from hypernet.runs import atomic_write_text, write_metrics, write_table_csv
+from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side, video_metrics
+
+METHODS = ("bicubic", "base", "selfsup", "hypernet", "oracle")
+
+
+def adapter_kib(adapters: Adapters | None) -> float:
+    if adapters is None:
+        return 0.0
+    return sum(t.numel() * t.element_size() for pair in adapters.values() for t in pair) / 1024
+
+
+def evaluate_video(
+    system, item: dict, cfg: DictConfig
+) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """All methods on one video: rows for the table and each method's SR frames."""
+    base, spec = system.base, system.spec
+    lr, hr = item["lr"][None], item["hr"][None]
+    rows, outputs = [], {}
+    for method in cfg.methods:
+        started = time.perf_counter()
+        adapters = None
+        if method == "selfsup":
+            adapters = finetune_adapters(
+                base, spec, lr, steps=cfg.selfsup_steps, learning_rate=cfg.finetune_lr, seed=cfg.seed
+            )
+        elif method == "oracle":
+            adapters = finetune_adapters(
+                base, spec, lr, hr=hr, steps=cfg.oracle_steps, learning_rate=cfg.finetune_lr, seed=cfg.seed
+            )
+        elif method == "hypernet":
+            adapters = system.adapters_for(item["context"][None], item["context_times"][None])
+            adapters = {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
+        seconds = time.perf_counter() - started
+        with torch.no_grad():
+            if method == "bicubic":
+                sr = bicubic_upscale(lr, system.scale)
+            else:
+                sr = adapted_sr(base, spec, adapters, lr).clamp(0, 1)
+        m = video_metrics(sr, hr, crop_border=0)
+        rows.append(
+            {
+                "video_id": item["video_id"],
+                "method": method,
+                "psnr_y": m["psnr_y"].item(),
+                "ssim_y": m["ssim_y"].item(),
+                "psnr_rgb": m["psnr_rgb"].item(),
+                "seconds": seconds,
+                "adapter_kib": adapter_kib(adapters),
+            }
+        )
+        outputs[method] = sr[0, sr.shape[1] // 2]
+    outputs["hr"] = hr[0, hr.shape[1] // 2]
+    return rows, outputs
+
+
+def summarise(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, float]:
+    by = {m: [r for r in rows if r["method"] == m] for m in methods}
+    summary: dict[str, float] = {}
+    for m, rs in by.items():
+        for key in ("psnr_y", "ssim_y", "psnr_rgb", "seconds", "adapter_kib"):
+            summary[f"test/{m}/{key}"] = sum(r[key] for r in rs) / len(rs)
+    if "base" in by and "hypernet" in by:
+        gains = [h["psnr_y"] - b["psnr_y"] for h, b in zip(by["hypernet"], by["base"], strict=True)]
+        n = len(gains)
+        mean = sum(gains) / n
+        summary["test/hypernet_gain_y"] = mean
+        summary["test/hypernet_gain_y_stderr"] = math.sqrt(
+            sum((g - mean) ** 2 for g in gains) / max(n - 1, 1) / n
+        )
+        summary["test/hypernet_videos_improved"] = float(sum(g > 0 for g in gains))
+        if "oracle" in by:
+            oracle_gain = summary["test/oracle/psnr_y"] - summary["test/base/psnr_y"]
+            summary["test/hypernet_fraction_of_oracle_gain"] = (
+                mean / oracle_gain if oracle_gain > 0 else float("nan")
+            )
+        for other in ("selfsup", "oracle"):
+            if other in by:
+                summary[f"test/{other}_time_over_hypernet"] = summary[f"test/{other}/seconds"] / max(
+                    summary["test/hypernet/seconds"], 1e-9
+                )
+    return summary
+
+
+def markdown(rows: list[dict[str, Any]], summary: dict[str, float], methods: list[str]) -> str:
+    lines = [
+        "| method | PSNR-Y | SSIM-Y | PSNR-RGB | seconds to specialise | adapter KiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        s = lambda k, m=m: summary[f"test/{m}/{k}"]  # noqa: E731
+        lines.append(
+            f"| {m} | {s('psnr_y'):.2f} | {s('ssim_y'):.4f} | {s('psnr_rgb'):.2f} | {s('seconds'):.2f} | {s('adapter_kib'):.1f} |"
+        )
+    lines.append("")
+    if "test/hypernet_gain_y" in summary:
+        lines.append(
+            f"hypernet vs base: {summary['test/hypernet_gain_y']:+.3f} +- {summary['test/hypernet_gain_y_stderr']:.3f} dB "
+            f"PSNR-Y (mean +- s.e.), {int(summary['test/hypernet_videos_improved'])} of "
+            f"{len(rows) // len(methods)} videos improved"
+        )
+    if "test/hypernet_fraction_of_oracle_gain" in summary:
+        lines.append(f"; {100 * summary['test/hypernet_fraction_of_oracle_gain']:.1f}% of the oracle's gain")
+    for other in ("selfsup", "oracle"):
+        if f"test/{other}_time_over_hypernet" in summary:
+            lines.append(
+                f"; {other} takes {summary[f'test/{other}_time_over_hypernet']:.0f}x the hypernet's time to specialise"
+            )
+    lines += ["", "| video | " + " | ".join(methods) + " |", "|---" * (1 + len(methods)) + "|"]
+    videos = list(dict.fromkeys(r["video_id"] for r in rows))
+    table = {(r["video_id"], r["method"]): r["psnr_y"] for r in rows}
+    for v in videos:
+        lines.append(f"| {v} | " + " | ".join(f"{table[(v, m)]:.2f}" for m in methods) + " |")
+    return "\n".join(lines).replace("\n;", ";") + "\n"
+
+
+def plot_bars(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    videos = list(dict.fromkeys(r["video_id"] for r in rows))
+    table = {(r["video_id"], r["method"]): r["psnr_y"] for r in rows}
+    shown = [m for m in methods if m != "base"]
+    fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(videos)), 4))
+    width = 0.8 / len(shown)
+    for i, m in enumerate(shown):
+        gains = [table[(v, m)] - table[(v, "base")] for v in videos]
+        ax.bar([j + i * width for j in range(len(videos))], gains, width, label=m)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(videos))], videos, rotation=70, fontsize=7)
+    ax.set_ylabel("PSNR-Y gain over the base (dB)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    from hypernet.systems.hyper_lora import load_hypernet
+
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods={list(cfg.methods)}: {unknown} not known; choose from {list(METHODS)}")
+    if "base" not in cfg.methods:
+        raise ValueError("methods must include 'base': every gain is measured against it")
+    torch.manual_seed(cfg.seed)
+    output_dir = Path(cfg.paths.output_dir)
+    system = load_hypernet(cfg.checkpoint)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    rows, crops = [], []
+    for i in range(len(datamodule.val_set)):
+        video_rows, outputs = evaluate_video(system, datamodule.val_set[i], cfg)
+        rows += video_rows
+        if i < cfg.crop_videos:
+            crops.append(
+                side_by_side(
+                    *[outputs[m] for m in ("bicubic", "base", "hypernet", "oracle") if m in outputs],
+                    outputs["hr"],
+                )
+            )
+    methods = list(cfg.methods)
+    summary = summarise(rows, methods)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_table_csv(output_dir / "results.csv", rows)
+    atomic_write_text(output_dir / "results.md", markdown(rows, summary, methods))
+    write_metrics(output_dir, summary)
+    plot_bars(output_dir / "gains.png", rows, methods)
+    if crops:
+        import torchvision
+
+        width = max(c.shape[-1] for c in crops)
+        padded = [torch.nn.functional.pad(c, (0, width - c.shape[-1]), value=1.0) for c in crops]
+        torchvision.utils.save_image(
+            torch.stack(padded), output_dir / "crops.png", nrow=1, padding=4, pad_value=1.0
+        )
+    atomic_write_text(
+        output_dir / "eval.json", json.dumps({"checkpoint": str(cfg.checkpoint), "methods": methods})
+    )
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+    print((Path(cfg.paths.output_dir) / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

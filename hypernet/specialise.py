@@ -1,0 +1,400 @@
+"""`python -m hypernet.specialise INPUT -o OUTPUT.mp4`: upscale any LR video with adapters made for it.
+
+The inference line of DESIGN.md: the whole LR video is streamed once through the hypernetwork's
+encoder (memory independent of its length) to get one set of LoRA adapters, the adapters are
+merged into the frozen base's weights (so each frame then costs exactly what the base costs), and
+the video is streamed a second time through the specialised base and encoded to H.264 as it
+goes. Nothing ever holds the whole video: memory is one chunk of frames, whatever the length.
+
+Why the pieces look the way they do:
+
+- Every check a user can fail (input readable, frames large enough, output writable, options
+  consistent) runs before the checkpoint is loaded or a frame is decoded, and fails as a
+  ValueError naming the file; `main` turns those into one line `error: ...` and exit code 2.
+- The output is written by `write_mp4`, which encodes into a hidden temporary file and renames it
+  at the end: a failure or Ctrl-C leaves nothing under the output name. `save_adapters` is
+  atomic too. The adapter file is written as soon as the adapters exist (before upscaling), so
+  a failure while upscaling keeps the expensive part.
+- Chunks are upscaled with `overlap` frames of context on each side whose outputs are dropped.
+  A sliding-window base whose window radius is at most `overlap` then gives exactly the frames
+  it gives on the whole video at once. A recurrent base is approximate at chunk boundaries: its
+  propagation restarts in every chunk and sees only `overlap` frames beyond it (a larger
+  `chunk_size` makes the boundaries rarer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import nn
+
+from hypernet.data.datasets import spread_indices
+from hypernet.data.video_io import VideoInfo, iter_chunks, probe, read_frames, write_mp4
+from hypernet.models.lora import Adapters, LoRASpec, load_adapters, merge_adapters, save_adapters
+from hypernet.runs import peak_rss_mib
+
+# The stage-2 checkpoint that `make quickstart` writes, relative to the working directory (the
+# repository root, where the README's commands run).
+DEFAULT_CHECKPOINT = Path("outputs/quickstart/hyper/checkpoints/last.ckpt")
+
+# Smallest LR frame side, pixels. The base's 3x3 convolutions need some image around each pixel
+# to mean anything, and the refine mode's self-supervised step downsamples the LR frames once
+# more by the scale (x4): 8x8 becomes 2x2, the smallest image it can still upscale back.
+MIN_SIZE = 8
+
+MODES = ("hypernet", "adapter", "base-only")
+
+
+class SpecialiseError(ValueError):
+    """A bad input, output or option of `specialise`; the message names it and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------
+# frames <-> tensors
+
+
+def to_tensor(chunk: np.ndarray, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 frames (t, H, W, 3) -> one video of floats in [0, 1], (1, t, 3, H, W)."""
+    frames = torch.from_numpy(np.ascontiguousarray(chunk)).to(device).float().div_(255)
+    return rearrange(frames, "t h w c -> 1 t c h w")
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """One video of floats (1, t, 3, H, W), clamped to [0, 1] -> uint8 frames (t, H, W, 3)."""
+    frames = rearrange(video.clamp(0, 1).mul(255).round(), "1 t c h w -> t h w c")
+    return frames.to(torch.uint8).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# streaming upscale
+
+
+def upscale_frames(
+    base: nn.Module,
+    chunks: Iterable[np.ndarray],
+    *,
+    overlap: int = 2,
+    device: torch.device | str = "cpu",
+) -> Iterator[np.ndarray]:
+    """Upscale a video given as uint8 chunks (t, h, w, 3), yielding uint8 chunks (t, s*h, s*w, 3).
+
+    `base` is any VSR network (1, T, 3, h, w) -> (1, T, 3, s*h, s*w), adapters already merged.
+    Each call sees the frames of a chunk plus up to `overlap` frames on each side (fewer at the
+    video's ends, exactly as the whole video would); their outputs are dropped. Memory holds one
+    chunk plus 2 * overlap frames.
+    """
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0 frames, got {overlap}")
+    pending: np.ndarray | None = None  # (left + waiting, h, w, 3): left context, then frames to emit
+    left = 0  # leading frames of `pending` already emitted, kept as context only
+    with torch.no_grad():
+        for chunk in chunks:
+            pending = chunk if pending is None else np.concatenate([pending, chunk])
+            ready = len(pending) - left - overlap  # frames whose right context has arrived
+            if ready <= 0:
+                continue
+            sr = base(to_tensor(pending, device=device))  # (1, left + ready + overlap, 3, H, W)
+            yield to_uint8(sr[:, left : left + ready])
+            keep = min(overlap, left + ready)  # the last emitted frames become the next left context
+            pending, left = pending[left + ready - keep :], keep
+        if pending is not None and len(pending) > left:  # the video's last frames: no right context
+            yield to_uint8(base(to_tensor(pending, device=device))[:, left:])
+
+
+def _counted(chunks: Iterable[np.ndarray], advance) -> Iterator[np.ndarray]:
+    """Pass chunks through, telling the progress bar how many frames went by."""
+    for chunk in chunks:
+        yield chunk
+        advance(len(chunk))
+
+
+# ----------------------------------------------------------------------------------------------
+# checks before any heavy work
+
+
+def check_output(
+    path: str | os.PathLike, *, option: str = "-o/--output", suffix: str | None = ".mp4"
+) -> Path:
+    """The output path, with its folder created and proven writable (by writing a temporary file
+    there), so that a bad path fails now and not after an hour of upscaling."""
+    path = Path(path)
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise SpecialiseError(f"{option} {path}: the file name must end in {suffix}")
+    if path.is_dir():
+        raise SpecialiseError(f"{option} {path}: is a folder; give a file name")
+    folder = path.parent
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise SpecialiseError(
+                    f"{option} {path}: cannot be written, {ancestor} is a file, not a folder"
+                )
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise SpecialiseError(f"{option} {path}: cannot write into the folder {folder} ({reason})") from e
+    return path
+
+
+def check_input(path: str | os.PathLike, *, fps: float | None = None) -> VideoInfo:
+    """Probe the input (VideoReadError, a ValueError naming the file, when it is unreadable or
+    empty) and check that its frames are large enough and it has a frame rate."""
+    info = probe(path, fps=fps)
+    if info.height < MIN_SIZE or info.width < MIN_SIZE:
+        raise SpecialiseError(
+            f"{path}: frames are {info.width}x{info.height} (WxH), smaller than the minimum "
+            f"{MIN_SIZE}x{MIN_SIZE} this model can upscale"
+        )
+    if not info.fps > 0:
+        raise SpecialiseError(f"{path}: the file stores no frame rate; give one with --fps")
+    return info
+
+
+def _check_options(
+    *,
+    adapter: Path | None,
+    save_adapter: Path | None,
+    base_only: bool,
+    chunk_size: int,
+    overlap: int,
+    crf: int,
+) -> None:
+    if base_only and adapter is not None:
+        raise SpecialiseError("--base-only and --adapter exclude each other: choose one")
+    if base_only and save_adapter is not None:
+        raise SpecialiseError("--base-only makes no adapters, so there is nothing to --save-adapter")
+    if chunk_size < 1:
+        raise SpecialiseError(f"--chunk-size must be >= 1 frame, got {chunk_size}")
+    if overlap < 0:
+        raise SpecialiseError(f"--overlap must be >= 0 frames, got {overlap}")
+    if not 0 <= crf <= 51:
+        raise SpecialiseError(f"--crf must be in 0..51 (0 = lossless, 18 ~ visually lossless), got {crf}")
+    if adapter is not None and not adapter.is_file():
+        raise SpecialiseError(f"--adapter {adapter}: no such file (make one with --save-adapter)")
+
+
+# ----------------------------------------------------------------------------------------------
+# adapters
+
+
+def predict_adapters(
+    system: nn.Module,
+    input_path: str | os.PathLike,
+    *,
+    num_frames: int,
+    chunk_size: int = 32,
+    context_frames: int = 8,
+    device: torch.device | str = "cpu",
+    advance=None,
+) -> Adapters:
+    """The hypernetwork's adapters for the whole video, streamed chunk by chunk through its
+    encoder. Refine mode also takes its inner steps on `context_frames` frames spread over the
+    video (decoded once more, only those frames kept)."""
+    chunks = iter_chunks(input_path, chunk_size=chunk_size)
+    if advance is not None:
+        chunks = _counted(chunks, advance)
+    refine_context = None
+    if system.hparams.mode == "refine":
+        indices = spread_indices(num_frames, min(context_frames, num_frames), rng=None)
+        refine_context = to_tensor(read_frames(input_path, indices), device=device)
+    return system.adapters_from_stream(
+        (to_tensor(chunk, device=device) for chunk in chunks),
+        num_frames=num_frames,
+        refine_context=refine_context,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole job
+
+
+def specialise(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT,
+    adapter: str | os.PathLike | None = None,
+    save_adapter: str | os.PathLike | None = None,
+    base_only: bool = False,
+    chunk_size: int = 32,
+    context_frames: int = 8,
+    overlap: int = 2,
+    crf: int = 18,
+    fps: float | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Upscale `input_path` into `output_path` (an mp4) with the stage-2 `checkpoint`'s base,
+    specialised by adapters predicted for this video (default), read from `adapter`, or none
+    (`base_only`). Returns the figures of the run as a flat dict."""
+    started = time.perf_counter()
+    adapter = None if adapter is None else Path(adapter)
+    save_adapter = None if save_adapter is None else Path(save_adapter)
+    _check_options(
+        adapter=adapter,
+        save_adapter=save_adapter,
+        base_only=base_only,
+        chunk_size=chunk_size,
+        overlap=overlap,
+        crf=crf,
+    )
+    info = check_input(input_path, fps=fps)
+    if Path(input_path).resolve() == Path(output_path).resolve():
+        raise SpecialiseError(f"-o/--output {output_path}: is the input video; choose another name")
+    output_path = check_output(output_path)
+    if save_adapter is not None:
+        check_output(save_adapter, option="--save-adapter", suffix=None)
+
+    from hypernet.systems.hyper_lora import load_hypernet  # Lightning: slow to import, so only now
+
+    system = load_hypernet(checkpoint, map_location=device)
+    base, scale = system.base, system.scale
+    # a sliding-window base needs its window radius as context to be exact at chunk boundaries
+    overlap = max(overlap, getattr(base, "num_frames", 1) // 2)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        spec: LoRASpec | None = None
+        adapters: Adapters | None = None
+        if adapter is not None:
+            mode = "adapter"
+            spec, adapters, _ = load_adapters(adapter, base=base, device=device)
+        elif not base_only:
+            mode = "hypernet"
+            task = bar.add_task("reading the video (adapters)", total=info.num_frames)
+            spec, adapters = (
+                system.spec,
+                predict_adapters(
+                    system,
+                    input_path,
+                    num_frames=info.num_frames,
+                    chunk_size=chunk_size,
+                    context_frames=context_frames,
+                    device=device,
+                    advance=lambda n: bar.advance(task, n),
+                ),
+            )
+        else:
+            mode = "base-only"
+        if adapters is not None:
+            if save_adapter is not None:  # fingerprints the base: before merging into it
+                save_adapters(save_adapter, spec, adapters, base=base, video=0)
+            merge_adapters(base, spec, adapters, video=0)
+
+        task = bar.add_task("upscaling", total=info.num_frames)
+        chunks = _counted(iter_chunks(input_path, chunk_size=chunk_size), lambda n: bar.advance(task, n))
+        frames = write_mp4(
+            output_path,
+            upscale_frames(base, chunks, overlap=overlap, device=device),
+            fps=info.fps,
+            crf=crf,
+        )
+    return {
+        "input": str(input_path),
+        "output": str(output_path),
+        "mode": mode,
+        "frames": frames,
+        "input_height": info.height,
+        "input_width": info.width,
+        "output_height": info.height * scale,
+        "output_width": info.width * scale,
+        "fps": info.fps,
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hypernet.specialise",
+        description=(
+            "Upscale an LR video file with the base network specialised to it: the hypernetwork "
+            "reads the whole video once, makes LoRA adapters for it, merges them into the base, "
+            "and the video is upscaled and encoded to mp4 in a stream (constant memory)."
+        ),
+    )
+    parser.add_argument("input", type=Path, help="LR video file (anything FFmpeg reads) or frame folder")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="upscaled video, .mp4")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=DEFAULT_CHECKPOINT,
+        help=f"stage-2 (hypernet) checkpoint; default {DEFAULT_CHECKPOINT}, what `make quickstart` "
+        "trains (relative to the current folder)",
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--adapter", type=Path, help="apply this adapter file (.safetensors) instead of predicting one"
+    )
+    which.add_argument(
+        "--base-only", action="store_true", help="upscale with the base alone, no adapters (for comparison)"
+    )
+    parser.add_argument("--save-adapter", type=Path, help="also save the adapters to this .safetensors file")
+    parser.add_argument("--chunk-size", type=int, default=32, help="frames decoded and upscaled at a time")
+    parser.add_argument(
+        "--context-frames", type=int, default=8, help="frames spread over the video for the refine mode"
+    )
+    parser.add_argument(
+        "--overlap", type=int, default=2, help="extra frames of context on each side of a chunk"
+    )
+    parser.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (lossless) .. 51")
+    parser.add_argument("--fps", type=float, help="frame rate of the output (default: the input's)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    try:
+        figures = specialise(
+            args.input,
+            args.output,
+            checkpoint=args.checkpoint,
+            adapter=args.adapter,
+            save_adapter=args.save_adapter,
+            base_only=args.base_only,
+            chunk_size=args.chunk_size,
+            context_frames=args.context_frames,
+            overlap=args.overlap,
+            crf=args.crf,
+            fps=args.fps,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    except (ValueError, OSError) as e:  # bad input, output or option: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(
+        f"{figures['output']}: {figures['frames']} frames, "
+        f"{figures['input_width']}x{figures['input_height']} -> "
+        f"{figures['output_width']}x{figures['output_height']} at {figures['fps']:g} fps "
+        f"({figures['mode']}), {figures['seconds']:.1f} s, peak memory {figures['peak_rss_mib']:.0f} MiB"
+    )
+    if args.save_adapter is not None:
+        print(f"adapters: {args.save_adapter}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Per-video comparison of stage-2 runs on the same held-out videos, as a Markdown table.
+
+    .venv/bin/python scripts/compare_runs.py LABEL=RUN_DIR [LABEL=RUN_DIR ...] [-o table.md]
+
+Each RUN_DIR is a stage-2 run folder (its val_videos.csv has psnr_y, psnr_y_base, psnr_y_shuffled
+per video). The table gives each video's base PSNR-Y and every run's gain over the base; the
+summary rows give the mean gain +- standard error, the videos improved, the shuffled-context
+control and the adapter spread (from metrics.json)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+
+def read_rows(run_dir: Path) -> dict[str, dict[str, float]]:
+    path = run_dir / "val_videos.csv"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: is {run_dir} a finished stage-2 run folder?")
+    with path.open() as f:
+        return {
+            r["video_id"]: {k: float(v) for k, v in r.items() if k != "video_id"} for r in csv.DictReader(f)
+        }
+
+
+def mean_stderr(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)
+
+
+def table(runs: dict[str, Path]) -> str:
+    data = {label: read_rows(d) for label, d in runs.items()}
+    metrics = {label: json.loads((d / "metrics.json").read_text()) for label, d in runs.items()}
+    first = next(iter(data.values()))
+    videos = list(first)
+    for label, rows in data.items():
+        if list(rows) != videos:
+            raise SystemExit(f"run {label} was validated on other videos than {next(iter(data))}")
+    labels = list(data)
+    lines = ["| video | base PSNR-Y | " + " | ".join(f"{lb} gain" for lb in labels) + " |"]
+    lines.append("|---" * (2 + len(labels)) + "|")
+    for v in videos:
+        gains = " | ".join(f"{data[lb][v]['gain_y']:+.3f}" for lb in labels)
+        lines.append(f"| {v} | {first[v]['psnr_y_base']:.2f} | {gains} |")
+    summary = {
+        "mean gain +- s.e. (dB)": lambda lb: "{:+.3f} +- {:.3f}".format(
+            *mean_stderr([data[lb][v]["gain_y"] for v in videos])
+        ),
+        "videos improved": lambda lb: f"{sum(data[lb][v]['gain_y'] > 0 for v in videos)}/{len(videos)}",
+        "shuffled-context gain (dB)": lambda lb: "{:+.3f}".format(
+            mean_stderr([data[lb][v]["psnr_y_shuffled"] - data[lb][v]["psnr_y_base"] for v in videos])[0]
+        ),
+        "adapter spread": lambda lb: f"{metrics[lb].get('val/adapter_spread', float('nan')):.3f}",
+    }
+    for name, cell in summary.items():
+        lines.append(f"| **{name}** | | " + " | ".join(cell(lb) for lb in labels) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
+    parser.add_argument("-o", "--output", type=Path, help="also write the table here")
+    args = parser.parse_args(argv)
+    runs = {}
+    for item in args.runs:
+        label, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{item!r}: write LABEL=RUN_DIR")
+        runs[label] = Path(path)
+    text = table(runs)
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from hypernet import eval as evaluation
+from hypernet.finetune import finetune_adapters
+from hypernet.metrics import psnr
+from hypernet.models.lora import init_adapters
+from hypernet.systems.common import adapted_sr
+from hypernet.systems.hyper_lora import load_hypernet
+from tests.conftest import CONFIG_DIR
+
+TINY_DATA = [
+    "data.hr_size=32",
+    "data.num_frames=8",
+    "data.clip_len=3",
+    "data.context_frames=3",
+    "data.val_videos_per_image=1",
+    "selfsup_steps=3",
+    "oracle_steps=5",
+    "crop_videos=2",
+]
+
+
+def compose_eval(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="eval", overrides=overrides)
+
+
+def test_eval_table_has_every_method_and_column(tiny_checkpoints, tmp_path):
+    cfg = compose_eval([*TINY_DATA, f"checkpoint={tiny_checkpoints['hyper']}", f"paths.output_dir={tmp_path}"])
+    summary = evaluation.run(cfg)
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["video_id", "method", "psnr_y", "ssim_y", "psnr_rgb", "seconds", "adapter_kib"]
+    assert [r["method"] for r in rows[:5]] == ["bicubic", "base", "selfsup", "hypernet", "oracle"]
+    assert len(rows) == 5 * 5  # five held-out photos, one video each, five methods
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == pytest.approx(summary)
+    for key in ("test/hypernet_gain_y", "test/hypernet_fraction_of_oracle_gain", "test/oracle_time_over_hypernet"):
+        assert key in saved
+    # bicubic and base need no adapters; every LoRA method has the same adapter size
+    sizes = {r["method"]: float(r["adapter_kib"]) for r in rows[:5]}
+    assert sizes["bicubic"] == sizes["base"] == 0 and sizes["selfsup"] == sizes["hypernet"] == sizes["oracle"] > 0
+    text = (tmp_path / "results.md").read_text()
+    assert "| oracle |" in text and "hypernet vs base" in text
+    assert (tmp_path / "gains.png").stat().st_size > 0 and (tmp_path / "crops.png").stat().st_size > 0
+
+
+def test_eval_refuses_unknown_methods(tiny_checkpoints, tmp_path):
+    cfg = compose_eval([*TINY_DATA, f"checkpoint={tiny_checkpoints['hyper']}", "methods=[base,magic]"])
+    with pytest.raises(ValueError, match="magic"):
+        evaluation.run(cfg)
+
+
+def test_oracle_finetune_improves_on_its_video(tiny_checkpoints):
+    system = load_hypernet(tiny_checkpoints["hyper"])
+    torch.manual_seed(0)
+    hr = torch.rand(1, 3, 3, 8, 8).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    lr = torch.nn.functional.avg_pool2d(hr.flatten(0, 1), 4).view(1, 3, 3, 8, 8)
+    before = psnr(system.base(lr).clamp(0, 1).flatten(0, 1), hr.flatten(0, 1)).mean()
+    adapters = finetune_adapters(system.base, system.spec, lr, hr=hr, steps=30, learning_rate=1e-2)
+    with torch.no_grad():
+        after = psnr(adapted_sr(system.base, system.spec, adapters, lr).clamp(0, 1).flatten(0, 1), hr.flatten(0, 1)).mean()
+    assert after > before + 0.1
+    # the base itself never moved
+    fresh = load_hypernet(tiny_checkpoints["hyper"])
+    assert all(torch.equal(a, b) for a, b in zip(system.base.state_dict().values(), fresh.base.state_dict().values(), strict=True))
+
+
+def test_selfsup_finetune_changes_only_the_adapters(tiny_checkpoints):
+    system = load_hypernet(tiny_checkpoints["hyper"])
+    lr = torch.rand(2, 3, 3, 16, 16)
+    start = init_adapters(system.spec, num_videos=1)
+    adapters = finetune_adapters(system.base, system.spec, lr, steps=5, learning_rate=1e-2, init=start)
+    assert any(not torch.equal(adapters[k][1], start[k][1]) for k in adapters)
+    assert all(not p.requires_grad for p in system.base.parameters())
+    assert Path(tiny_checkpoints["hyper"]).is_file()
