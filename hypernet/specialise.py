@@ -266,10 +266,11 @@ def specialise(
     # a sliding-window base needs its window radius as context to be exact at chunk boundaries
     overlap = max(overlap, getattr(base, "num_frames", 1) // 2)
 
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
         spec: LoRASpec | None = None
         adapters: Adapters | None = None
         if adapter is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,16 @@ TINY_BASE = [
     "~callbacks.rich_progress_bar",
     "~callbacks.lr_monitor",
 ]
+
+
+def moving_texture(num_frames: int, height: int, width: int, *, seed: int = 0) -> np.ndarray:
+    """(T, H, W, 3) uint8: a random texture drifting one pixel per frame over a colour ramp: real
+    motion, not noise, for tests that need a video."""
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, (height, width + num_frames, 3))
+    ramp = np.linspace(0, 80, width)[None, :, None]
+    frames = [0.6 * texture[:, t : t + width] + ramp for t in range(num_frames)]
+    return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
 
 
 def compose_train(overrides: list[str], output_dir: Path):

@@ -14,13 +14,7 @@ from hypernet.data.datasets import (
     spread_indices,
 )
 from hypernet.data.video_io import write_mp4, write_png_folder
-
-
-def moving_frames(n: int, h: int, w: int, seed: int) -> np.ndarray:
-    """A textured pattern translating one pixel per frame: real motion, not noise."""
-    rng = np.random.default_rng(seed)
-    base = (rng.random((h, w + n, 3)) * 255).astype(np.uint8)
-    return np.stack([base[:, i : i + w] for i in range(n)])
+from tests.conftest import moving_texture
 
 
 def fresh_dataset(**kw) -> FreshStillsDataset:
@@ -75,7 +69,7 @@ def test_context_covers_the_whole_video():
 
 
 def test_file_video_degradation_is_fixed_per_video(tmp_path):
-    write_png_folder(tmp_path / "clip", moving_frames(10, 32, 40, 0))
+    write_png_folder(tmp_path / "clip", moving_texture(10, 32, 40, seed=0))
     video = FileVideo(tmp_path / "clip")
     assert video.num_frames == 10 and video.hr_size == (32, 40)
     ds = VideoListDataset(
@@ -94,7 +88,7 @@ def test_file_video_degradation_is_fixed_per_video(tmp_path):
 def test_bi_mode_matches_plain_bicubic(tmp_path):
     from hypernet.data.degrade import bicubic_downsample
 
-    write_png_folder(tmp_path / "clip", moving_frames(6, 32, 32, 1))
+    write_png_folder(tmp_path / "clip", moving_texture(6, 32, 32, seed=1))
     video = FileVideo(tmp_path / "clip")
     ds = VideoListDataset(
         [video],
@@ -108,7 +102,7 @@ def test_bi_mode_matches_plain_bicubic(tmp_path):
 
 
 def test_too_short_or_too_small_videos_name_the_video(tmp_path):
-    write_png_folder(tmp_path / "short", moving_frames(3, 32, 32, 2))
+    write_png_folder(tmp_path / "short", moving_texture(3, 32, 32, seed=2))
     video = FileVideo(tmp_path / "short")
     degr = DegradationConfig(mode="BI")
     with pytest.raises(ValueError, match="short has 3 frames.*clip_len=5"):
@@ -126,7 +120,7 @@ def test_too_short_or_too_small_videos_name_the_video(tmp_path):
 
 def _make_reds(root, clips):
     for name in clips:
-        write_png_folder(root / "train_sharp" / name, moving_frames(8, 32, 32, int(name)))
+        write_png_folder(root / "train_sharp" / name, moving_texture(8, 32, 32, seed=int(name)))
 
 
 def test_reds_layout_splits_by_clip(tmp_path):
@@ -154,7 +148,7 @@ def test_vimeo_and_vid4_layouts(tmp_path):
     vimeo = tmp_path / "vimeo"
     for name in ("00001/0001", "00001/0002", "00002/0001"):
         folder = vimeo / "sequences" / name
-        frames = moving_frames(7, 32, 48, len(name))
+        frames = moving_texture(7, 32, 48, seed=len(name))
         folder.mkdir(parents=True)
         from PIL import Image
 
@@ -178,7 +172,7 @@ def test_vimeo_and_vid4_layouts(tmp_path):
 
     vid4 = tmp_path / "vid4"
     for name in ("calendar", "city"):
-        write_png_folder(vid4 / "GT" / name, moving_frames(6, 32, 32, 3))
+        write_png_folder(vid4 / "GT" / name, moving_texture(6, 32, 32, seed=3))
     dm = VSRDataModule(
         source="stills",
         val_source="vid4",
@@ -196,8 +190,8 @@ def test_vimeo_and_vid4_layouts(tmp_path):
 
 def test_folder_of_videos_holds_out_whole_videos(tmp_path):
     for i in range(3):
-        write_mp4(tmp_path / f"v{i}.mp4", moving_frames(8, 32, 32, i), crf=10)
-    write_png_folder(tmp_path / "v3_frames", moving_frames(8, 32, 32, 9))
+        write_mp4(tmp_path / f"v{i}.mp4", moving_texture(8, 32, 32, seed=i), crf=10)
+    write_png_folder(tmp_path / "v3_frames", moving_texture(8, 32, 32, seed=9))
     dm = VSRDataModule(
         source="folder",
         root=str(tmp_path),

@@ -32,7 +32,9 @@ def compose_eval(overrides: list[str]):
 
 
 def test_eval_table_has_every_method_and_column(tiny_checkpoints, tmp_path):
-    cfg = compose_eval([*TINY_DATA, f"checkpoint={tiny_checkpoints['hyper']}", f"paths.output_dir={tmp_path}"])
+    cfg = compose_eval(
+        [*TINY_DATA, f"checkpoint={tiny_checkpoints['hyper']}", f"paths.output_dir={tmp_path}"]
+    )
     summary = evaluation.run(cfg)
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -41,11 +43,18 @@ def test_eval_table_has_every_method_and_column(tiny_checkpoints, tmp_path):
     assert len(rows) == 5 * 5  # five held-out photos, one video each, five methods
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == pytest.approx(summary)
-    for key in ("test/hypernet_gain_y", "test/hypernet_fraction_of_oracle_gain", "test/oracle_time_over_hypernet"):
+    for key in (
+        "test/hypernet_gain_y",
+        "test/hypernet_fraction_of_oracle_gain",
+        "test/oracle_time_over_hypernet",
+    ):
         assert key in saved
     # bicubic and base need no adapters; every LoRA method has the same adapter size
     sizes = {r["method"]: float(r["adapter_kib"]) for r in rows[:5]}
-    assert sizes["bicubic"] == sizes["base"] == 0 and sizes["selfsup"] == sizes["hypernet"] == sizes["oracle"] > 0
+    assert (
+        sizes["bicubic"] == sizes["base"] == 0
+        and sizes["selfsup"] == sizes["hypernet"] == sizes["oracle"] > 0
+    )
     text = (tmp_path / "results.md").read_text()
     assert "| oracle |" in text and "hypernet vs base" in text
     assert (tmp_path / "gains.png").stat().st_size > 0 and (tmp_path / "crops.png").stat().st_size > 0
@@ -65,11 +74,16 @@ def test_oracle_finetune_improves_on_its_video(tiny_checkpoints):
     before = psnr(system.base(lr).clamp(0, 1).flatten(0, 1), hr.flatten(0, 1)).mean()
     adapters = finetune_adapters(system.base, system.spec, lr, hr=hr, steps=30, learning_rate=1e-2)
     with torch.no_grad():
-        after = psnr(adapted_sr(system.base, system.spec, adapters, lr).clamp(0, 1).flatten(0, 1), hr.flatten(0, 1)).mean()
+        after = psnr(
+            adapted_sr(system.base, system.spec, adapters, lr).clamp(0, 1).flatten(0, 1), hr.flatten(0, 1)
+        ).mean()
     assert after > before + 0.1
     # the base itself never moved
     fresh = load_hypernet(tiny_checkpoints["hyper"])
-    assert all(torch.equal(a, b) for a, b in zip(system.base.state_dict().values(), fresh.base.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(system.base.state_dict().values(), fresh.base.state_dict().values(), strict=True)
+    )
 
 
 def test_selfsup_finetune_changes_only_the_adapters(tiny_checkpoints):

@@ -50,7 +50,9 @@ def tiny_batch(v: int = 2, seed: int = 0) -> dict:
     }
 
 
-@pytest.mark.parametrize(("source", "mode"), [("base", "direct"), ("conv", "direct"), ("base", "refine")])
+@pytest.mark.parametrize(
+    ("source", "mode"), [("base", "direct"), ("conv", "direct"), ("stats", "direct"), ("base", "refine")]
+)
 def test_gradient_reaches_every_hypernet_parameter_and_not_the_base(base_ckpt, source, mode):
     system = tiny_system(base_ckpt, source=source, mode=mode).train()
     # move off the zero-initialised gates so that every head receives gradient

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-SOURCES = ("conv", "base")
+SOURCES = ("conv", "base", "stats")  # stats: the LR statistics tokens alone, no content features
 
 
 class EncoderInputError(ValueError):
@@ -442,9 +442,7 @@ class VideoEncoder(nn.Module):
     ):
         super().__init__()
         if source not in SOURCES:
-            raise EncoderInputError(
-                f"hypernet.source={source!r} is not known; choose one of {list(SOURCES)}"
-            )
+            raise EncoderInputError(f"hypernet.source={source!r} is not known; choose one of {list(SOURCES)}")
         if dim % num_heads:
             raise EncoderInputError(
                 f"hypernet.encoder.dim={dim} must be a multiple of hypernet.encoder.num_heads={num_heads}"
@@ -456,10 +454,14 @@ class VideoEncoder(nn.Module):
             )
         self.source = source
         self.in_channels = in_channels
-        self.tokenizer: nn.Module
+        if source == "stats" and not lr_stats:
+            raise EncoderInputError(
+                "hypernet.source='stats' reads the LR statistics alone: it needs hypernet.lr_stats=true"
+            )
+        self.tokenizer: nn.Module | None = None
         if source == "conv":
             self.tokenizer = ConvTokenizer(in_channels=in_channels, channels=conv_channels, dim=dim)
-        else:
+        elif source == "base":
             assert base is not None
             self.tokenizer = BaseActivationTokenizer(base=base, layer_names=layer_names, dim=dim)
         self.lr_stats = LRStats(in_channels=in_channels, dim=dim) if lr_stats else None
@@ -494,7 +496,7 @@ class VideoEncoder(nn.Module):
     def tokens(self, frames: Tensor, times: Tensor) -> Tensor:
         """frames (V, n, C, h, w), times (V, n) -> tokens (V, n * tokens_per_frame, dim)."""
         self._check(frames, times)
-        parts = [self.tokenizer(frames)]  # (V, n, L, dim)
+        parts = [] if self.tokenizer is None else [self.tokenizer(frames)]  # (V, n, L, dim)
         if self.lr_stats is not None:
             parts.append(self.lr_stats(frames))  # (V, n, 1, dim)
         tokens = torch.cat(parts, dim=2) + self.time(times.to(self.time.proj.weight.dtype))[:, :, None]

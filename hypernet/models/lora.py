@@ -500,14 +500,13 @@ def _merge(model: nn.Module, spec: LoRASpec, adapters: Adapters, video: int, sig
     num_videos = _num_videos(spec, adapters)
     if not 0 <= video < num_videos:
         raise ValueError(f"video={video} is out of range: the adapters hold {num_videos} videos")
+    layers = [(t, _layer_of(model, t)) for t in spec.targets]  # check every layer before touching any
     with torch.no_grad():
-        for t in spec.targets:
-            weight = _layer_of(model, t).weight
-            a, b = adapters[t.name]
-            delta = _delta_weight(
-                t, a[video].to(weight.device, torch.float32), b[video].to(weight.device, torch.float32)
-            )
-            weight.copy_((weight.float() + sign * delta).to(weight.dtype))
+        for t, layer in layers:
+            weight = layer.weight
+            work = torch.promote_types(weight.dtype, torch.float32)  # half weights merge in float32
+            a, b = (x[video].to(weight.device, work) for x in adapters[t.name])
+            weight.copy_((weight.to(work) + sign * _delta_weight(t, a, b)).to(weight.dtype))
 
 
 def merge_adapters(model: nn.Module, spec: LoRASpec, adapters: Adapters, *, video: int = 0) -> None:

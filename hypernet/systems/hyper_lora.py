@@ -15,6 +15,7 @@ DESIGN.md: `val/psnr_y_shuffled` (adapters from another video's context) and
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,6 @@ from hypernet.systems.common import (
 )
 
 MODES = ("direct", "refine")
-SOURCES = ("conv", "base")
 
 
 def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -53,7 +53,7 @@ def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     try:
         stage1 = BaseSRSystem.load_from_checkpoint(path, map_location="cpu")
-    except (KeyError, RuntimeError, TypeError) as e:
+    except (KeyError, RuntimeError, TypeError, pickle.UnpicklingError, EOFError) as e:
         raise ValueError(f"base_ckpt={path} is not a stage-1 (BaseSRSystem) checkpoint: {e}") from e
     return stage1.eval_model(), dict(stage1.hparams["model"])
 
@@ -66,8 +66,10 @@ def load_hypernet(checkpoint: str | Path, *, map_location: str = "cpu") -> Hyper
         raise FileNotFoundError(f"checkpoint {path} does not exist: train stage 2 first (make quickstart)")
     try:
         system = HyperLoRASystem.load_from_checkpoint(path, map_location=map_location, base_ckpt=None)
-    except (KeyError, RuntimeError, TypeError) as e:
-        raise ValueError(f"checkpoint {path} is not a stage-2 (HyperLoRASystem) checkpoint: {e}") from e
+    except (KeyError, RuntimeError, TypeError, pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(
+            f"checkpoint {path} is not a readable stage-2 (HyperLoRASystem) checkpoint: {e}"
+        ) from e
     return system.eval()
 
 
@@ -104,8 +106,6 @@ class HyperLoRASystem(L.LightningModule):
         self.save_hyperparameters()
         if mode not in MODES:
             raise ValueError(f"hypernet.mode={mode!r} is not known; choose one of {list(MODES)}")
-        if source not in SOURCES:
-            raise ValueError(f"hypernet.source={source!r} is not known; choose one of {list(SOURCES)}")
         if base_ckpt is None:  # restoring a stage-2 checkpoint: the base's weights come with its state_dict
             if model is None:
                 raise ValueError(
