@@ -5,6 +5,7 @@ and scripts call it directly through Hydra's compose API."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from hypernet.models.base import BASE_MODELS
 from hypernet.runs import write_metrics, write_run_metadata, write_table_csv
 
 STAGES = ("base", "hyper")
+
+# every rank validates every held-out video, so epoch metrics need no cross-rank reduction
+warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
 def world_size(trainer_cfg: DictConfig) -> int:
@@ -71,6 +75,28 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
+def check_launch(cfg: DictConfig) -> None:
+    """Lightning's `ddp` strategy starts its other processes by re-running this very command; inside
+    a Hydra multirun on the basic launcher each child would run the whole sweep again."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # composed, not launched by Hydra
+        return
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    in_process_ddp = strategy.startswith("ddp") and "spawn" not in strategy and world_size(cfg.trainer) > 1
+    if hydra_cfg.mode == RunMode.MULTIRUN and "BasicLauncher" in launcher and in_process_ddp:
+        raise ValueError(
+            f"multirun (-m) with trainer.strategy={strategy} on {world_size(cfg.trainer)} processes and Hydra's basic "
+            "launcher: DDP re-launches this command for its other ranks, which would run the whole sweep again in "
+            "each of them. Use hydra/launcher=submitit_slurm (one process tree per job), or trainer.strategy="
+            "ddp_spawn, or launch each run of the sweep separately."
+        )
+
+
 def build_system(cfg: DictConfig) -> L.LightningModule:
     if cfg.stage == "base":
         from hypernet.systems.base_sr import BaseSRSystem
@@ -93,6 +119,7 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
+    check_launch(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)

@@ -14,6 +14,7 @@ from hypernet.systems.common import (
     EMA,
     bicubic_upscale,
     charbonnier,
+    check_loss,
     log_image_row,
     side_by_side,
     video_metrics,
@@ -34,6 +35,7 @@ class BaseSRSystem(L.LightningModule):
         ema_decay: float = 0.0,
         crop_border: int = 0,
         log_images: bool = True,
+        nonfinite_loss: str = "raise",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -56,7 +58,9 @@ class BaseSRSystem(L.LightningModule):
         sr = self.model(batch["lr"])
         loss = charbonnier(sr, batch["hr"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
-        return loss
+        return check_loss(
+            loss, policy=self.hparams.nonfinite_loss, step=self.global_step, batch_idx=batch_idx, batch=batch
+        )
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:

@@ -51,6 +51,32 @@ def self_supervised_loss(
     return charbonnier(adapted_sr(base, spec, adapters, lower), lr[..., :height, :width])
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf."""
+
+
+def check_loss(
+    loss: torch.Tensor, *, policy: str, step: int, batch_idx: int, batch: dict
+) -> torch.Tensor | None:
+    """The loss if finite. Otherwise policy "raise" stops the run with where it happened; "skip"
+    returns None, which makes Lightning skip this batch's optimiser step (one process only: under
+    DDP the ranks would disagree, so use "raise" there)."""
+    if torch.isfinite(loss):
+        return loss
+    where = f"global step {step}, batch {batch_idx} (videos {list(batch.get('video_id', []))})"
+    if policy == "skip":
+        import warnings
+
+        warnings.warn(f"skipping a batch whose loss is {loss.item()} at {where}", stacklevel=2)
+        return None
+    if policy != "raise":
+        raise ValueError(f"optim.nonfinite_loss={policy!r}: choose 'raise' or 'skip'")
+    raise NonFiniteLossError(
+        f"the training loss is {loss.item()} at {where}; lower optim.lr, check the data, or set "
+        "optim.nonfinite_loss=skip to skip such batches"
+    )
+
+
 class EMA(nn.Module):
     """Exponential moving average of a model's weights, kept as a frozen copy (saved with the
     checkpoint). decay 0 disables it."""

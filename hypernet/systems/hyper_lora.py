@@ -34,6 +34,7 @@ from hypernet.systems.common import (
     adapted_sr,
     bicubic_upscale,
     charbonnier,
+    check_loss,
     log_image_row,
     self_supervised_loss,
     side_by_side,
@@ -101,6 +102,7 @@ class HyperLoRASystem(L.LightningModule):
         min_lr_ratio: float = 0.1,
         crop_border: int = 0,
         log_images: bool = True,
+        nonfinite_loss: str = "raise",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -226,7 +228,9 @@ class HyperLoRASystem(L.LightningModule):
         adapters = self.adapters_for(batch["context"], batch["context_times"])
         loss = charbonnier(self.sr(batch["lr"], adapters), batch["hr"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
-        return loss
+        return check_loss(
+            loss, policy=self.hparams.nonfinite_loss, step=self.global_step, batch_idx=batch_idx, batch=batch
+        )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         lr, hr = batch["lr"], batch["hr"]

@@ -1,0 +1,138 @@
+"""Several processes, sweeps, reproducibility and faults (the real CLI where it matters)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hypernet.checkpointing import AtomicCheckpointIO
+from hypernet.systems.common import NonFiniteLossError
+from hypernet.train import run
+from tests.conftest import TINY_BASE, compose_train
+
+REPO = Path(__file__).resolve().parent.parent
+CLI_TINY = [o for o in TINY_BASE if not o.startswith("~callbacks.lr_monitor")]
+
+
+def cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hypernet.train", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_ddp_cpu_cli_writes_one_run_folder_and_checkpoint(tmp_path):
+    out = tmp_path / "ddp"
+    result = cli(["trainer=ddp_cpu", *CLI_TINY, f"hydra.run.dir={out}"], timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    info = json.loads((out / "run.json").read_text())
+    assert "trainer=ddp_cpu" in info["overrides"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "val/psnr_y" in metrics
+    assert [p for p in tmp_path.iterdir()] == [out]  # rank 1 wrote no run folder of its own
+
+
+def test_in_process_ddp_spawn(tmp_path):
+    cfg = compose_train([*TINY_BASE, "trainer.strategy=ddp_spawn", "trainer.devices=2"], tmp_path / "spawn")
+    metrics = run(cfg)
+    assert "val/psnr_y" in metrics and (tmp_path / "spawn" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_batch_size_must_divide_by_the_processes(tmp_path):
+    cfg = compose_train([*TINY_BASE, "trainer=ddp_cpu", "data.batch_size=5"], tmp_path / "x")
+    with pytest.raises(ValueError, match=r"data.batch_size=5 .* \(2 = trainer.devices"):
+        run(cfg)
+
+
+def test_multirun_with_in_process_ddp_is_refused(tmp_path):
+    result = cli(["-m", "trainer=ddp_cpu", "seed=0,1", *CLI_TINY, f"hydra.sweep.dir={tmp_path}"], timeout=300)
+    assert result.returncode != 0
+    assert "re-launches this command" in result.stderr and "submitit_slurm" in result.stderr
+    assert not list(tmp_path.glob("*/checkpoints"))
+
+
+def test_same_seed_same_metrics(tmp_path):
+    first = run(compose_train([*TINY_BASE, "deterministic=true"], tmp_path / "a"))
+    second = run(compose_train([*TINY_BASE, "deterministic=true"], tmp_path / "b"))
+    assert first == second
+    third = run(compose_train([*TINY_BASE, "deterministic=true", "seed=1"], tmp_path / "c"))
+    assert third["train/loss"] != first["train/loss"]
+
+
+def test_sigkill_mid_training_resumes_to_the_same_metrics(tmp_path):
+    longer = [*CLI_TINY, "trainer.max_epochs=4", "data.samples_per_epoch=16"]
+    reference = cli([*longer, f"hydra.run.dir={tmp_path / 'whole'}"], timeout=300)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hypernet.train", *longer, f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+    assert torch.load(last)["epoch"] < 4  # a whole, loadable checkpoint from mid-training
+
+    resumed = cli([*longer, f"hydra.run.dir={out}", f"ckpt_path={last}"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    after = json.loads((out / "metrics.json").read_text())
+    for key in ("val/psnr_y", "val/ssim_y", "train/loss"):
+        assert after[key] == pytest.approx(whole[key], rel=1e-6), key
+
+
+def test_nan_loss_stops_the_run_naming_step_and_batch(tmp_path, monkeypatch):
+    import hypernet.systems.base_sr as base_sr
+
+    real = base_sr.charbonnier
+    calls = {"n": 0}
+
+    def poisoned(sr, hr):
+        calls["n"] += 1
+        loss = real(sr, hr)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(base_sr, "charbonnier", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"nan at global step 1, batch 1 \(videos \["):
+        run(compose_train(TINY_BASE, tmp_path / "nan"))
+
+    calls["n"] = 0
+    with pytest.warns(UserWarning, match="skipping a batch"):
+        metrics = run(compose_train([*TINY_BASE, "optim.nonfinite_loss=skip"], tmp_path / "skip"))
+    assert metrics["val/psnr_y"] == metrics["val/psnr_y"]  # finite: the bad batch was skipped
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("killed mid-save")
+
+    with pytest.raises(RuntimeError, match="killed mid-save"):
+        io.save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
+    assert torch.load(path)["step"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left
