@@ -92,7 +92,7 @@ def check_launch(cfg: DictConfig) -> None:
         raise ValueError(
             f"multirun (-m) with trainer.strategy={strategy} on {world_size(cfg.trainer)} processes and Hydra's basic "
             "launcher: DDP re-launches this command for its other ranks, which would run the whole sweep again in "
-            "each of them. Use hydra/launcher=submitit_slurm (one process tree per job), or trainer.strategy="
+            "each of them. Use hydra/launcher=slurm (one process tree per job), or trainer.strategy="
             "ddp_spawn, or launch each run of the sweep separately."
         )
 

@@ -59,7 +59,7 @@ def test_batch_size_must_divide_by_the_processes(tmp_path):
 def test_multirun_with_in_process_ddp_is_refused(tmp_path):
     result = cli(["-m", "trainer=ddp_cpu", "seed=0,1", *CLI_TINY, f"hydra.sweep.dir={tmp_path}"], timeout=300)
     assert result.returncode != 0
-    assert "re-launches this command" in result.stderr and "submitit_slurm" in result.stderr
+    assert "re-launches this command" in result.stderr and "hydra/launcher=slurm" in result.stderr
     assert not list(tmp_path.glob("*/checkpoints"))
 
 
@@ -136,3 +136,45 @@ def test_checkpoint_write_is_atomic(tmp_path):
         io.save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
     assert torch.load(path)["step"] == 1  # the previous checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "hydra/launcher=slurm",
+                "trainer=ddp",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+                "paths.output_dir=x",
+            ],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_a_real_sweep_is_collected_into_a_table(tmp_path):
+    """Hydra multirun (basic launcher, one process per job in turn) -> collect_results table and plot."""
+    sweep = tmp_path / "sweep"
+    result = cli(["-m", *CLI_TINY, "optim.lr=0.001,0.002", "seed=0,1", f"hydra.sweep.dir={sweep}"], timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sys.path.insert(0, str(REPO / "scripts"))
+    from collect_results import main as collect
+
+    rows = collect(
+        [str(sweep), "--param", "optim.lr", "--metric", "val/psnr_y", "-o", str(tmp_path / "out")]
+    )
+    assert [(r["optim.lr"], r["seeds"]) for r in rows] == [(0.001, 2), (0.002, 2)]
+    jobs = [json.loads((sweep / str(i) / "metrics.json").read_text())["val/psnr_y"] for i in range(4)]
+    # Hydra numbers jobs in the order of the product: (0.001, 0), (0.001, 1), (0.002, 0), (0.002, 1)
+    assert rows[0]["val/psnr_y mean"] == pytest.approx((jobs[0] + jobs[1]) / 2)
+    assert rows[1]["val/psnr_y std"] == pytest.approx(abs(jobs[2] - jobs[3]) / 2**0.5)
+    assert (tmp_path / "out" / "plot.png").stat().st_size > 0
+    assert "| optim.lr |" in (tmp_path / "out" / "results.md").read_text()
