@@ -312,14 +312,14 @@ def test_encoder_buffers_change_in_train_mode_only(source):
 
 
 def test_unknown_source_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"hypernet\.encoder\.source='vit'.*'conv', 'base'"):
+    with pytest.raises(ValueError, match=r"hypernet\.source='vit'.*'conv', 'base', 'stats'"):
         VideoEncoder(source="vit")
 
 
 def test_source_base_without_base_is_a_clear_error():
     with pytest.raises(ValueError, match="source='base'.*pass base="):
         VideoEncoder(source="base", layer_names=["body.0.conv1"])
-    with pytest.raises(ValueError, match="layer_names is empty"):
+    with pytest.raises(ValueError, match=r"layer_names \(hypernet.targets\) is empty"):
         VideoEncoder(source="base", base=small_base())
 
 

@@ -163,14 +163,14 @@ def test_slurm_launcher_config_composes():
 def test_a_real_sweep_is_collected_into_a_table(tmp_path):
     """Hydra multirun (basic launcher, one process per job in turn) -> collect_results table and plot."""
     sweep = tmp_path / "sweep"
-    result = cli(["-m", *CLI_TINY, "optim.lr=0.001,0.002", "seed=0,1", f"hydra.sweep.dir={sweep}"], timeout=600)
+    result = cli(
+        ["-m", *CLI_TINY, "optim.lr=0.001,0.002", "seed=0,1", f"hydra.sweep.dir={sweep}"], timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     sys.path.insert(0, str(REPO / "scripts"))
     from collect_results import main as collect
 
-    rows = collect(
-        [str(sweep), "--param", "optim.lr", "--metric", "val/psnr_y", "-o", str(tmp_path / "out")]
-    )
+    rows = collect([str(sweep), "--param", "optim.lr", "--metric", "val/psnr_y", "-o", str(tmp_path / "out")])
     assert [(r["optim.lr"], r["seeds"]) for r in rows] == [(0.001, 2), (0.002, 2)]
     jobs = [json.loads((sweep / str(i) / "metrics.json").read_text())["val/psnr_y"] for i in range(4)]
     # Hydra numbers jobs in the order of the product: (0.001, 0), (0.001, 1), (0.002, 0), (0.002, 1)

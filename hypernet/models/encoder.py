@@ -218,7 +218,7 @@ class BaseActivationTokenizer(nn.Module):
         layer_names = list(layer_names)
         if not layer_names:
             raise EncoderInputError(
-                "hypernet.encoder.layer_names is empty: source 'base' needs the names of the base "
+                "encoder layer_names (hypernet.targets) is empty: source 'base' needs the names of the base "
                 "layers whose activations to read (e.g. the LoRA target layers)"
             )
         modules = dict(base.named_modules())
@@ -227,13 +227,13 @@ class BaseActivationTokenizer(nn.Module):
             if name not in modules:
                 valid = [n for n, m in modules.items() if n and _output_channels(m) is not None]
                 raise EncoderInputError(
-                    f"hypernet.encoder.layer_names: {name!r} is not a layer of the base "
+                    f"encoder layer_names (hypernet.targets): {name!r} is not a layer of the base "
                     f"({type(base).__name__}); valid Conv/Linear layers include {valid[:12]}"
                 )
             count = _output_channels(modules[name])
             if count is None:
                 raise EncoderInputError(
-                    f"hypernet.encoder.layer_names: {name!r} is a {type(modules[name]).__name__}; "
+                    f"encoder layer_names (hypernet.targets): {name!r} is a {type(modules[name]).__name__}; "
                     "choose a Conv2d or Linear layer, whose channel count is known"
                 )
             channels.append(count)
@@ -258,13 +258,13 @@ class BaseActivationTokenizer(nn.Module):
             def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
                 if name in pooled:
                     raise EncoderInputError(
-                        f"hypernet.encoder.layer_names: base layer {name!r} ran more than once on one "
+                        f"encoder layer_names (hypernet.targets): base layer {name!r} ran more than once on one "
                         "frame; choose layers that run once per frame"
                     )
                 if not isinstance(output, Tensor) or output.dim() < 2 or output.shape[0] != num:
                     shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
                     raise EncoderInputError(
-                        f"hypernet.encoder.layer_names: base layer {name!r} gave output {shape} for "
+                        f"encoder layer_names (hypernet.targets): base layer {name!r} gave output {shape} for "
                         f"{num} frames; expected a video-major batch of {num} samples, (V*n, ...)"
                     )
                 out = output.detach().to(torch.promote_types(output.dtype, torch.float32))
@@ -290,7 +290,7 @@ class BaseActivationTokenizer(nn.Module):
         missing = [name for name in self.layer_names if name not in pooled]
         if missing:
             raise EncoderInputError(
-                f"hypernet.encoder.layer_names: base layers {missing} did not run in the base's forward"
+                f"encoder layer_names (hypernet.targets): base layers {missing} did not run in the base's forward"
             )
         return [pooled[name] for name in self.layer_names]
 
@@ -445,7 +445,7 @@ class VideoEncoder(nn.Module):
             raise EncoderInputError(f"hypernet.source={source!r} is not known; choose one of {list(SOURCES)}")
         if dim % num_heads:
             raise EncoderInputError(
-                f"hypernet.encoder.dim={dim} must be a multiple of hypernet.encoder.num_heads={num_heads}"
+                f"hypernet.dim={dim} must be a multiple of hypernet.num_heads={num_heads}"
             )
         if source == "base" and base is None:
             raise EncoderInputError(
