@@ -158,3 +158,17 @@ def test_adapters_are_per_video_in_one_batch(base_ckpt):
             with apply_adapters(system.base, system.spec, single):
                 alone = system.base(batch["lr"][v : v + 1])
             assert torch.allclose(together[v : v + 1], alone, atol=1e-5)
+
+
+def test_adapter_spread_is_zero_for_one_shared_adapter_and_grows_with_differences(base_ckpt):
+    from hypernet.models.generator import adapter_spread
+    from hypernet.models.lora import init_adapters
+
+    spec = tiny_system(base_ckpt).spec
+    one = init_adapters(spec, num_videos=1, generator=torch.Generator().manual_seed(0))
+    one = {k: (a, torch.ones_like(b)) for k, (a, b) in one.items()}
+    shared = {k: (a.expand(3, *a.shape[1:]), b.expand(3, *b.shape[1:])) for k, (a, b) in one.items()}
+    assert adapter_spread(spec, shared).item() == pytest.approx(0.0, abs=1e-6)
+    varied = {k: (a, b * torch.tensor([0.5, 1.0, 1.5]).view(3, 1, 1)) for k, (a, b) in shared.items()}
+    # |dW_v - mean| / |dW_v| averaged: scales 0.5, 1, 1.5 around 1 -> (0.5 + 0 + 0.5) / (0.5 + 1 + 1.5)
+    assert adapter_spread(spec, varied).item() == pytest.approx(1 / 3, rel=1e-4)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from hypernet.models.lora import Adapters, LoRASpec
+from hypernet.models.lora import Adapters, LoRASpec, delta_weight
 
 
 class LayerQuery(nn.Module):
@@ -73,21 +72,12 @@ class LoRAGenerator(nn.Module):
         return adapters
 
 
-def delta_weights(spec: LoRASpec, adapters: Adapters) -> dict[str, torch.Tensor]:
-    """Each layer's weight change scaling * B @ A per video, flattened: {name: (V, numel)}."""
-    deltas = {}
-    for target in spec.targets:
-        a, b = adapters[target.name]
-        a = rearrange(a, "v r ... -> v r (...)")
-        deltas[target.name] = torch.einsum("vor,vri->voi", b, a).flatten(1) * target.scaling
-    return deltas
-
-
 def adapter_spread(spec: LoRASpec, adapters: Adapters, *, eps: float = 1e-12) -> torch.Tensor:
     """How much the adapters differ between videos relative to their size, averaged over layers:
     mean_v ||dW_v - mean(dW)|| / mean_v ||dW_v||. 0 = the same adapter for every video (collapse)."""
     spreads = []
-    for delta in delta_weights(spec, adapters).values():
+    for target in spec.targets:
+        delta = delta_weight(target, *adapters[target.name]).flatten(1)  # (V, numel)
         size = delta.norm(dim=1).mean()
         if size <= eps:
             continue

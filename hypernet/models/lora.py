@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from hypernet.runs import atomic_write_bytes
+
 FORMAT = "hypernet-lora/1"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -489,10 +491,11 @@ def apply_adapters(model: nn.Module, spec: LoRASpec, adapters: Adapters) -> Iter
 # Merge
 
 
-def _delta_weight(target: LoRATarget, a: Tensor, b: Tensor) -> Tensor:
-    """scaling * B @ A in the layer's weight shape (conv: contracted over the rank)."""
+def delta_weight(target: LoRATarget, a: Tensor, b: Tensor) -> Tensor:
+    """scaling * B @ A in the layer's weight shape (conv: contracted over the rank); any leading
+    dimensions (videos) are kept."""
     if target.kind == "conv":
-        return torch.einsum("or,rikl->oikl", b, a) * target.scaling
+        return torch.einsum("...or,...rikl->...oikl", b, a) * target.scaling
     return (b @ a) * target.scaling
 
 
@@ -506,7 +509,7 @@ def _merge(model: nn.Module, spec: LoRASpec, adapters: Adapters, video: int, sig
             weight = layer.weight
             work = torch.promote_types(weight.dtype, torch.float32)  # half weights merge in float32
             a, b = (x[video].to(weight.device, work) for x in adapters[t.name])
-            weight.copy_((weight.to(work) + sign * _delta_weight(t, a, b)).to(weight.dtype))
+            weight.copy_((weight.to(work) + sign * delta_weight(t, a, b)).to(weight.dtype))
 
 
 def merge_adapters(model: nn.Module, spec: LoRASpec, adapters: Adapters, *, video: int = 0) -> None:
@@ -540,19 +543,6 @@ def base_fingerprint(model: nn.Module) -> dict[str, str]:
         "class": type(model).__name__,
         "num_params": str(sum(p.numel() for _, p in params)),
     }
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_adapters(
@@ -596,7 +586,7 @@ def save_adapters(
         tensors[f"{t.name}.lora_B"] = b.detach().cpu().clone().contiguous()
     if not path.parent.exists():
         raise ValueError(f"save_adapters: folder {str(path.parent)!r} does not exist (writing {str(path)!r})")
-    _atomic_write(path, safetensors.torch.save(tensors, metadata=metadata))
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
 
 
 def _check_fingerprint(path: Path, spec: LoRASpec, saved: Mapping[str, str], base: nn.Module) -> None:
@@ -733,5 +723,5 @@ def export_peft(path_dir: str | os.PathLike, spec: LoRASpec, adapters: Adapters,
         tensors[f"base_model.model.{t.name}.lora_B.weight"] = b.contiguous()
     out = Path(path_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / PEFT_WEIGHTS_NAME, safetensors.torch.save(tensors, metadata={"format": "pt"}))
-    _atomic_write(out / PEFT_CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write_bytes(out / PEFT_WEIGHTS_NAME, safetensors.torch.save(tensors, metadata={"format": "pt"}))
+    atomic_write_bytes(out / PEFT_CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
