@@ -14,10 +14,12 @@ for variant in "base_direct hypernet.source=base hypernet.mode=direct" \
                "conv_direct hypernet.source=conv hypernet.mode=direct" \
                "base_refine hypernet.source=base hypernet.mode=refine" \
                "conv_refine hypernet.source=conv hypernet.mode=refine" \
-               "static hypernet.static=true"; do
+               "static hypernet.static=true" \
+               "stats_direct hypernet.source=stats hypernet.mode=direct"; do
   set -- $variant
   label=$1; shift
   $py -m hypernet.train experiment=hyper_quickstart "${common[@]}" $base "$@" paths.output_dir=$out/$label
 done
 $py scripts/compare_runs.py static=$out/static base_direct=$out/base_direct conv_direct=$out/conv_direct \
-  base_refine=$out/base_refine conv_refine=$out/conv_refine -o experiments/hyper_quickstart/table.md
+  base_refine=$out/base_refine conv_refine=$out/conv_refine stats_direct=$out/stats_direct \
+  -o experiments/hyper_quickstart/table.md
