@@ -130,6 +130,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
     )
     if trainer.is_global_zero:
+        for logger in loggers:
+            logger.experiment  # noqa: B018 - starts the run, so that its id exists to be recorded
         ids = {type(lg).__name__: str(lg.version) for lg in loggers}
         write_run_metadata(output_dir, cfg, logger_ids=ids)
 

@@ -66,3 +66,21 @@ def test_bad_options_fail_before_training(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         run(cfg)
     assert not (tmp_path / "bad").exists()  # nothing was started, nothing written
+
+
+def test_wandb_offline_run_keeps_metrics_and_real_images(tmp_path, monkeypatch):
+    """The default logger, offline: a local run folder with the metrics and SR crops, no network."""
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [o for o in TINY_BASE if o != "logger=csv"] + ["logger=wandb"]
+    run(compose_train(overrides, tmp_path / "run"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    images = list(runs[0].glob("files/media/images/val/*.png"))
+    assert images
+    pixels = np.asarray(Image.open(images[0]), dtype=np.float64)
+    assert pixels.std() > 5  # a picture, not a blank (float arrays were once logged as black)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["logger_run_ids"]["WandbLogger"] in runs[0].name

@@ -119,7 +119,8 @@ def log_image_row(
     row = row.detach().clamp(0, 1).cpu()
     name = type(logger).__name__
     if name == "WandbLogger":
-        logger.log_image(key=key, images=[row.permute(1, 2, 0).numpy()], caption=[caption], step=step)
+        image = (row * 255).round().byte().permute(1, 2, 0).numpy()  # wandb reads float arrays as 0-255
+        logger.log_image(key=key, images=[image], caption=[caption], step=step)
     elif name == "TensorBoardLogger":
         logger.experiment.add_image(key, row, global_step=step)
     elif fallback_dir is not None:
