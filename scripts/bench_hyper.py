@@ -30,17 +30,9 @@ from torch import nn
 
 from hypernet.models.base import build_base
 from hypernet.models.encoder import VideoEncoder, frame_times
+from hypernet.runs import peak_rss_mib
 
 SCRIPTS = Path(__file__).resolve().parent
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process, MiB: bench_video_io's VmHWM reader, reused."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    from bench_video_io import peak_rss_mib as video_io_peak_rss_mib
-
-    return video_io_peak_rss_mib()
 
 
 def build_encoder(source: str, *, seed: int = 0) -> VideoEncoder:
