@@ -397,5 +397,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return figures
 
 
+def cli() -> None:
+    """Console entry point: main() returns its figures, which sys.exit would take for an error."""
+    main()
+
+
 if __name__ == "__main__":
     main()
