@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,6 +26,7 @@ from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
 from hypernet.data.degrade import bicubic_downsample
 from hypernet.models.lora import Adapters, LoRASpec, init_adapters, save_adapters
+from hypernet.specialise import to_tensor
 from hypernet.systems.common import adapted_sr, charbonnier, self_supervised_loss
 
 DEFAULT_CHECKPOINT = Path("outputs/quickstart/hyper/checkpoints/last.ckpt")
@@ -73,8 +73,7 @@ def finetune_adapters(
 
 def load_clips(path: Path, clips: list[list[int]]) -> torch.Tensor:
     """Clips of frame indices of a video as (num_clips, clip_len, 3, H, W) float in [0, 1]."""
-    frames = video_io.read_frames(path, [i for clip in clips for i in clip])
-    frames = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(255)
+    frames = to_tensor(video_io.read_frames(path, [i for clip in clips for i in clip]))[0]
     return frames.view(len(clips), len(clips[0]), *frames.shape[1:])
 
 
