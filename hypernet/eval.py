@@ -21,7 +21,6 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hypernet.finetune import finetune_adapters
@@ -57,7 +56,9 @@ def evaluate_video(
                 base, spec, lr, hr=hr, steps=cfg.oracle_steps, learning_rate=cfg.finetune_lr, seed=cfg.seed
             )
         elif method == "hypernet":
-            adapters = system.adapters_for(item["context"][None], item["context_times"][None])
+            adapters = system.adapters_for(
+                item["context"][None], item["context_times"][None], item["degradation"][None]
+            )
             adapters = {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
         seconds = time.perf_counter() - started
         with torch.no_grad():
@@ -167,6 +168,7 @@ def plot_bars(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> Non
 
 def run(cfg: DictConfig) -> dict[str, float]:
     from hypernet.systems.hyper_lora import load_hypernet
+    from hypernet.train import build_datamodule
 
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
@@ -176,11 +178,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     system = load_hypernet(cfg.checkpoint)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("validate")
+    datamodule = build_datamodule(cfg)
+    # the test videos (data.test_source), or the validation videos when the data config has none
+    datamodule.setup("test")
+    videos = datamodule.test_sets.get("single")
+    if videos is None:
+        datamodule.setup("validate")
+        videos = datamodule.val_set
     rows, crops = [], []
-    for i in range(len(datamodule.val_set)):
-        video_rows, outputs = evaluate_video(system, datamodule.val_set[i], cfg)
+    for i in range(len(videos)):
+        video_rows, outputs = evaluate_video(system, videos[i], cfg)
         rows += video_rows
         if i < cfg.crop_videos:
             crops.append(

@@ -110,6 +110,19 @@ def build_system(cfg: DictConfig) -> L.LightningModule:
     return HyperLoRASystem.from_config(cfg)
 
 
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The data module of cfg.data; a bad option raises the data layer's own error (naming the
+    option) rather than Hydra's wrapper around it."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise e.__cause__ from None
+        raise
+
+
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """A config group holding several `_target_` entries (loggers, callbacks) -> objects."""
     if not group:
@@ -117,12 +130,45 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
+def test_selected(
+    cfg: DictConfig, trainer: L.Trainer, system: L.LightningModule, datamodule: L.LightningDataModule
+) -> dict[str, float]:
+    """Score the test videos once, on the checkpoint validation chose (`test_ckpt`: best | last |
+    a path): they choose nothing. A fresh one-process Trainer without loggers runs it, on rank 0
+    only, so it works alike after ddp, ddp_spawn or one process; the figures go to metrics.json."""
+    datamodule.setup("test")
+    if not datamodule.test_sets:
+        return {}
+    choice = cfg.get("test_ckpt", "best")
+    path = None if choice == "last" else choice
+    if choice == "best":
+        path = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
+    if path is not None:
+        import torch
+
+        # a checkpoint this run (or the user, by test_ckpt=PATH) wrote: trusted
+        system.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    tester = L.Trainer(
+        accelerator=cfg.trainer.get("accelerator", "auto"),
+        devices=1,
+        logger=False,
+        callbacks=[],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,  # refine mode takes gradient steps
+    )
+    metrics = {}
+    for results in tester.test(system, datamodule=datamodule, verbose=False):
+        metrics.update({k.split("/dataloader_idx_")[0]: float(v) for k, v in results.items()})
+    return metrics
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     check_launch(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     system = build_system(cfg)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -136,11 +182,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         write_run_metadata(output_dir, cfg, logger_ids=ids)
 
     trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
     if trainer.is_global_zero:
+        metrics.update(test_selected(cfg, trainer, system, datamodule))
         write_metrics(output_dir, metrics)
-        write_table_csv(output_dir / "val_videos.csv", system.last_val_table)
+        write_table_csv(output_dir / "val_videos.csv", system.tables.last["val"])
+        if system.tables.last["test"]:
+            write_table_csv(output_dir / "test_videos.csv", system.tables.last["test"])
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             import wandb

@@ -181,6 +181,8 @@ def stage_step_times(
     size: int = 24,
     mode: str = "direct",
     repeats: int = 5,
+    hypernet: dict | None = None,
+    label: str = "direct",
 ) -> dict[str, float]:
     """Seconds per training step (forward, backward, optimiser) of stage 1 (the base) and of stage 2
     (encoder + generator + the frozen base with per-video adapters, gradient into the hypernet only)
@@ -207,7 +209,7 @@ def stage_step_times(
             },
             ckpt,
         )
-        stage2 = HyperLoRASystem(base_ckpt=str(ckpt), mode=mode).train()
+        stage2 = HyperLoRASystem(base_ckpt=str(ckpt), mode=mode, **(hypernet or {})).train()
     opt1 = torch.optim.AdamW(stage1.model.parameters())
     opt2 = torch.optim.Adam([p for p in stage2.parameters() if p.requires_grad])
 
@@ -236,7 +238,7 @@ def stage_step_times(
         t1.append(median_time(step1))
         t2.append(median_time(step2))
     s1, s2 = min(t1), min(t2)
-    return {"stage1_step_s": s1, f"stage2_{mode}_step_s": s2, "stage2_over_stage1": s2 / s1}
+    return {"stage1_step_s": s1, f"stage2_{label}_step_s": s2, f"stage2_{label}_over_stage1": s2 / s1}
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ TINY_BASE = [
     "data.samples_per_epoch=8",
     "data.batch_size=4",
     "data.val_videos_per_image=1",
+    "data.val_procedural_videos=4",
     "data.val_batch_size=5",
     "model.channels=8",
     "model.num_blocks=1",

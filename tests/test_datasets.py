@@ -8,7 +8,7 @@ from hypernet.data.datasets import (
     DegradationConfig,
     FileVideo,
     FreshIndexSampler,
-    FreshStillsDataset,
+    FreshVideoDataset,
     SampleConfig,
     VideoListDataset,
     spread_indices,
@@ -17,8 +17,8 @@ from hypernet.data.video_io import write_mp4, write_png_folder
 from tests.conftest import moving_texture
 
 
-def fresh_dataset(**kw) -> FreshStillsDataset:
-    return FreshStillsDataset(
+def fresh_dataset(**kw) -> FreshVideoDataset:
+    return FreshVideoDataset(
         image_paths=builtin_images("train")[:3],
         num_samples=8,
         num_frames=12,

@@ -47,11 +47,20 @@ def tiny_batch(v: int = 2, seed: int = 0) -> dict:
         "context_times": torch.tensor([[0.1, 0.5, 0.9]] * v),
         "lr": torch.rand(v, 3, 3, 8, 8, generator=g),
         "hr": torch.rand(v, 3, 3, 32, 32, generator=g),
+        # scale, blur sigma, noise sigma, crf (-1: none): what the degradation-ceiling control reads
+        "degradation": torch.stack([torch.tensor([4.0, 0.5 + i, 0.01 * i, -1.0]) for i in range(v)]),
     }
 
 
 @pytest.mark.parametrize(
-    ("source", "mode"), [("base", "direct"), ("conv", "direct"), ("stats", "direct"), ("base", "refine")]
+    ("source", "mode"),
+    [
+        ("base", "direct"),
+        ("conv", "direct"),
+        ("stats", "direct"),
+        ("degradation", "direct"),
+        ("base", "refine"),
+    ],
 )
 def test_gradient_reaches_every_hypernet_parameter_and_not_the_base(base_ckpt, source, mode):
     system = tiny_system(base_ckpt, source=source, mode=mode).train()
@@ -59,7 +68,7 @@ def test_gradient_reaches_every_hypernet_parameter_and_not_the_base(base_ckpt, s
     with torch.no_grad():
         system.generator.gates.fill_(0.5)
     batch = tiny_batch()
-    adapters = system.adapters_for(batch["context"], batch["context_times"])
+    adapters = system.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
     loss = torch.nn.functional.l1_loss(system.sr(batch["lr"], adapters), batch["hr"])
     loss.backward()
     missing = [
@@ -172,3 +181,22 @@ def test_adapter_spread_is_zero_for_one_shared_adapter_and_grows_with_difference
     varied = {k: (a, b * torch.tensor([0.5, 1.0, 1.5]).view(3, 1, 1)) for k, (a, b) in shared.items()}
     # |dW_v - mean| / |dW_v| averaged: scales 0.5, 1, 1.5 around 1 -> (0.5 + 0 + 0.5) / (0.5 + 1 + 1.5)
     assert adapter_spread(spec, varied).item() == pytest.approx(1 / 3, rel=1e-4)
+
+
+def test_degradation_ceiling_reads_the_parameters_not_the_frames(base_ckpt):
+    system = tiny_system(base_ckpt, source="degradation").eval()
+    with torch.no_grad():
+        system.generator.gates.fill_(0.5)
+    batch = tiny_batch()
+    adapters = system.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
+    other_frames = system.adapters_for(
+        torch.rand_like(batch["context"]), batch["context_times"], batch["degradation"]
+    )
+    for name, (a, b) in adapters.items():
+        assert torch.equal(a, other_frames[name][0]) and torch.equal(b, other_frames[name][1])
+    a0 = adapters[system.spec.names[0]][0]
+    assert not torch.allclose(a0[0], a0[1])  # two degradations, two adapters
+    with pytest.raises(ValueError, match="true degradation parameters"):
+        system.adapters_for(batch["context"], batch["context_times"])
+    with pytest.raises(ValueError, match="degradation-ceiling control"):
+        system.adapters_from_stream([batch["context"][:1]], num_frames=3)

@@ -29,7 +29,12 @@ def test_stage1_run_writes_its_folder(tiny_base_cfg):
     assert info["seed"] == 0 and info["git_commit"] and "torch" in info["environment"]
     assert "data:" in (out / "config.yaml").read_text()
     rows = (out / "val_videos.csv").read_text().splitlines()
-    assert rows[0].startswith("video_id,psnr_y") and len(rows) == 1 + 5  # one held-out video per val photo
+    assert rows[0].startswith("video_id,group,psnr_y") and len(rows) == 1 + 4  # the procedural selection set
+    assert all(row.startswith("procedural-val-") for row in rows[1:])
+    tested = (out / "test_videos.csv").read_text().splitlines()
+    assert len(tested) == 1 + 5  # one video per held-out photograph, scored once on best.ckpt
+    assert {row.split("-")[0] for row in tested[1:]} == {"chelsea", "coins", "gravel", "ihc", "rocket"}
+    assert "test/psnr_y" in saved and "test/psnr_y_bicubic" in saved
     assert list((out / "images").glob("*.png"))  # CSV runs keep the SR crops as PNG
 
 

@@ -11,6 +11,7 @@ The built-in image source is the set of real photographs shipped inside scikit-i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,40 +147,215 @@ def image_pyramid(image: torch.Tensor, *, levels: int = 6) -> list[torch.Tensor]
     return pyramid
 
 
-def render_frames(
-    pyramid: list[torch.Tensor], path: CameraPath, *, num_frames: int, frame_size: int, indices: list[int]
+def view_theta(
+    cx: float, cy: float, view: float, angle: float, *, height: int, width: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Frames `indices` of a num_frames-long video along `path`: (n, 3, frame_size, frame_size) in [0, 1]."""
+    """(2, 3) affine from output coordinates in [-1, 1] to source coordinates in [-1, 1] of an
+    image of height x width: a square view of side `view` centred at (cx, cy), turned by angle."""
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    half = view / 2
+    return torch.tensor(
+        [
+            [cos * half / (width / 2), -sin * half / (width / 2), cx / (width / 2) - 1],
+            [sin * half / (height / 2), cos * half / (height / 2), cy / (height / 2) - 1],
+        ],
+        dtype=dtype,
+    )
+
+
+def pyramid_level(pyramid: list[torch.Tensor], source_pixels_per_output_pixel: float) -> int:
+    """The pyramid level whose resolution is just above the output's."""
+    level = math.floor(math.log2(max(source_pixels_per_output_pixel, 1.0)))
+    return min(max(level, 0), len(pyramid) - 1)
+
+
+def render_view(
+    pyramid: list[torch.Tensor], cx: float, cy: float, view: float, angle: float, *, frame_size: int
+) -> torch.Tensor:
+    """One square view of the image (pyramid level 0 coordinates): (C, frame_size, frame_size)."""
     height, width = pyramid[0].shape[-2:]
-    frames = []
-    for i in indices:
-        if not 0 <= i < num_frames:
-            raise IndexError(f"frame {i} outside a {num_frames}-frame video")
-        cx, cy, view, angle = path.at(i / max(num_frames - 1, 1))
-        # choose the pyramid level whose resolution is just above the output's
-        level = min(max(math.floor(math.log2(max(view / frame_size, 1.0))), 0), len(pyramid) - 1)
-        source = pyramid[level]
-        cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-        half = view / 2
-        # affine map from output coordinates in [-1, 1] to source coordinates in [-1, 1]
-        theta = torch.tensor(
-            [
-                [cos * half / (width / 2), -sin * half / (width / 2), cx / (width / 2) - 1],
-                [sin * half / (height / 2), cos * half / (height / 2), cy / (height / 2) - 1],
-            ],
-            dtype=source.dtype,
-        )
-        grid = F.affine_grid(theta[None], [1, 3, frame_size, frame_size], align_corners=False)
-        frame = F.grid_sample(
-            source[None], grid, mode="bicubic", padding_mode="reflection", align_corners=False
-        )
-        frames.append(frame[0])
-    return torch.stack(frames).clamp(0.0, 1.0)
+    source = pyramid[pyramid_level(pyramid, view / frame_size)]
+    theta = view_theta(cx, cy, view, angle, height=height, width=width, dtype=source.dtype)
+    grid = F.affine_grid(theta[None], [1, source.shape[0], frame_size, frame_size], align_corners=False)
+    frame = F.grid_sample(source[None], grid, mode="bicubic", padding_mode="reflection", align_corners=False)
+    return frame[0]
 
 
-class StillsVideo:
-    """An HR video over one photograph; frames are rendered on demand, so any frame of any
-    length of video costs the same and nothing is stored."""
+def render_sprite(
+    sprite: SpriteLayer, camera: tuple[float, float, float, float], t: float, *, frame_size: int
+) -> torch.Tensor:
+    """A moving layer as seen by the camera at scene time t: premultiplied RGBA (4, F, F).
+
+    Output coordinates o in [-1, 1] map to scene pixels q = c + (view / 2) R(phi) o; the sprite
+    at (s, theta, size) maps its coordinates u in [-1, 1] to p = s + (size / 2) R(theta) u; so
+    u = (view / size) R(phi - theta) o + (2 / size) R(-theta) (c - s), one affine per frame."""
+    cx, cy, view, phi = camera
+    sx, sy, theta_deg, size = sprite.at(t)
+    rel = math.radians(phi - theta_deg)
+    back = math.radians(-theta_deg)
+    k = view / size
+    dx, dy = (cx - sx) * 2 / size, (cy - sy) * 2 / size
+    pixels = sprite.pyramid[0].shape[-1]
+    source = sprite.pyramid[pyramid_level(sprite.pyramid, (view / frame_size) * pixels / size)]
+    theta = torch.tensor(
+        [
+            [k * math.cos(rel), -k * math.sin(rel), math.cos(back) * dx - math.sin(back) * dy],
+            [k * math.sin(rel), k * math.cos(rel), math.sin(back) * dx + math.cos(back) * dy],
+        ],
+        dtype=source.dtype,
+    )
+    grid = F.affine_grid(theta[None], [1, 4, frame_size, frame_size], align_corners=False)
+    return F.grid_sample(source[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+
+
+class SpriteLayer:
+    """A moving layer of a scene: premultiplied RGBA pyramid and a trajectory `at(t)` ->
+    (x, y, angle, side) in scene pixels, t in [0, 1] over the whole video."""
+
+    def __init__(self, rgba: torch.Tensor, at):
+        premultiplied = torch.cat([rgba[:3] * rgba[3:], rgba[3:]])
+        self.pyramid = image_pyramid(premultiplied)
+        self.at = at
+
+
+def colour_matrix(rng: np.random.Generator) -> torch.Tensor:
+    """(3, 4) random colour change for meta-augmentation: channel order, hue rotation about the
+    grey axis, saturation, contrast and brightness. Linear, so it commutes with the blur and
+    resampling of rendering and is applied to HR before degradation (LR and HR alike)."""
+    perm = np.eye(3)[rng.permutation(3)]
+    angle = rng.uniform(-math.pi, math.pi)
+    axis = np.ones(3) / math.sqrt(3)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    hue = math.cos(angle) * np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * np.outer(axis, axis)
+    grey = np.full((3, 3), 1 / 3)
+    saturation = rng.uniform(0.4, 1.5)
+    sat = saturation * np.eye(3) + (1 - saturation) * grey
+    contrast = rng.uniform(0.7, 1.2)
+    matrix = contrast * sat @ hue @ perm
+    offset = (1 - contrast) * 0.5 + rng.uniform(-0.1, 0.1)
+    return torch.tensor(np.concatenate([matrix, np.full((3, 1), offset)], axis=1), dtype=torch.float32)
+
+
+class SceneVideo:
+    """An HR video of a scene: a still image (pyramid), moving layers over it, filmed by one
+    camera path per shot (hard cuts between shots), optionally colour-transformed. Frames are
+    rendered on demand, so any frame costs the same and nothing is stored."""
+
+    def __init__(
+        self,
+        *,
+        pyramid: list[torch.Tensor],
+        paths: Sequence[CameraPath],
+        num_frames: int,
+        frame_size: int,
+        video_id: str,
+        sprites: Sequence[SpriteLayer] = (),
+        colour: torch.Tensor | None = None,
+    ):
+        if len(paths) > num_frames:
+            raise ValueError(f"{len(paths)} shots do not fit a {num_frames}-frame video")
+        self.pyramid = pyramid
+        self.paths = list(paths)
+        self.num_frames = num_frames
+        self.frame_size = frame_size
+        self.video_id = video_id
+        self.sprites = list(sprites)
+        self.colour = colour
+        # shot k covers frames shot_starts[k] .. shot_starts[k+1]-1 (equal lengths, the rest to the last)
+        self.shot_starts = [k * num_frames // len(paths) for k in range(len(paths))]
+
+    @property
+    def path(self) -> CameraPath:
+        return self.paths[0]
+
+    @property
+    def hr_size(self) -> tuple[int, int]:
+        return self.frame_size, self.frame_size
+
+    def shot_of(self, index: int) -> int:
+        return max(k for k, start in enumerate(self.shot_starts) if start <= index)
+
+    def camera(self, index: int) -> tuple[float, float, float, float]:
+        """(cx, cy, view, angle) of frame `index`."""
+        k = self.shot_of(index)
+        start = self.shot_starts[k]
+        end = self.shot_starts[k + 1] if k + 1 < len(self.paths) else self.num_frames
+        return self.paths[k].at((index - start) / max(end - start - 1, 1))
+
+    def hr_frames(self, indices: list[int]) -> torch.Tensor:
+        """Frames `indices`: (n, 3, frame_size, frame_size) in [0, 1]."""
+        frames = []
+        for i in indices:
+            if not 0 <= i < self.num_frames:
+                raise IndexError(f"frame {i} outside a {self.num_frames}-frame video")
+            camera = self.camera(i)
+            frame = render_view(self.pyramid, *camera, frame_size=self.frame_size)
+            t = i / max(self.num_frames - 1, 1)
+            for sprite in self.sprites:
+                layer = render_sprite(sprite, camera, t, frame_size=self.frame_size)
+                frame = frame * (1 - layer[3:]) + layer[:3]
+            frames.append(frame)
+        video = torch.stack(frames)
+        if self.colour is not None:
+            video = torch.einsum("ij,njhw->nihw", self.colour[:, :3], video) + self.colour[:, 3, None, None]
+        return video.clamp(0.0, 1.0)
+
+
+def multishot_paths(
+    rng: np.random.Generator,
+    *,
+    image_size: tuple[int, int],
+    frame_size: int,
+    shots: int,
+    zoom_range: tuple[float, float] = (0.15, 0.85),
+    max_angle: float = 8.0,
+) -> list[CameraPath]:
+    """Camera paths of a video cut into `shots` shots of one scene, alternating wide shots and
+    close-ups (starting with either); every close-up looks inside the wide shot before it or,
+    for a first close-up, after it, so the close-up's LR shows what the wide shot's HR holds."""
+    if shots == 1:
+        return [
+            random_camera_path(
+                rng, image_size=image_size, frame_size=frame_size, zoom_range=zoom_range, max_angle=max_angle
+            )
+        ]
+    lo, hi = zoom_range
+    mid = math.sqrt(lo * hi)
+    wide_first = rng.random() < 0.5
+    kinds = ["wide" if (k % 2 == 0) == wide_first else "close" for k in range(shots)]
+    paths: list[CameraPath | None] = [None] * shots
+    for k, kind in enumerate(kinds):
+        if kind == "wide":
+            paths[k] = random_camera_path(
+                rng, image_size=image_size, frame_size=frame_size, zoom_range=(mid, hi), max_angle=max_angle
+            )
+    height, width = image_size
+    for k, kind in enumerate(kinds):
+        if kind != "close":
+            continue
+        wide = paths[k - 1] if k > 0 else paths[k + 1]
+        assert wide is not None
+        close = random_camera_path(
+            rng, image_size=image_size, frame_size=frame_size, zoom_range=(lo, mid), max_angle=max_angle
+        )
+        # move the close-up onto a point of the wide shot's middle view, staying inside the image
+        wx, wy, wview, _ = wide.at(0.5)
+        target = (wx + rng.uniform(-0.3, 0.3) * wview, wy + rng.uniform(-0.3, 0.3) * wview)
+        centres = []
+        for (x, y), view in zip(close.centres, close.views, strict=True):
+            half = min(0.75 * view, 0.5 * min(height, width))
+            centres.append(
+                (
+                    float(np.clip(target[0] + (x - close.centres[1][0]) * 0.2, half, width - half)),
+                    float(np.clip(target[1] + (y - close.centres[1][1]) * 0.2, half, height - half)),
+                )
+            )
+        paths[k] = CameraPath(centres=tuple(centres), views=close.views, angles=close.angles)
+    return [p for p in paths if p is not None]
+
+
+class StillsVideo(SceneVideo):
+    """An HR video over one photograph (one or several shots)."""
 
     def __init__(
         self,
@@ -191,32 +367,30 @@ class StillsVideo:
         zoom_range: tuple[float, float] = (0.15, 0.85),
         max_angle: float = 8.0,
         pyramid: list[torch.Tensor] | None = None,
+        shots: int = 1,
+        video_id: str | None = None,
     ):
         self.image_path = Path(image_path)
-        self.num_frames = num_frames
-        self.frame_size = frame_size
-        self.video_id = f"{self.image_path.stem}-{seed}"
-        self.pyramid = pyramid if pyramid is not None else image_pyramid(load_image(image_path))
-        height, width = self.pyramid[0].shape[-2:]
+        pyramid = pyramid if pyramid is not None else image_pyramid(load_image(image_path))
+        height, width = pyramid[0].shape[-2:]
         if min(height, width) < frame_size:
             raise ValueError(
                 f"image {self.image_path} is {width}x{height}, smaller than the frame size {frame_size}: "
                 "use a larger image or a smaller data.hr_size"
             )
         rng = np.random.default_rng(seed)
-        self.path = random_camera_path(
-            rng, image_size=(height, width), frame_size=frame_size, zoom_range=zoom_range, max_angle=max_angle
+        paths = multishot_paths(
+            rng,
+            image_size=(height, width),
+            frame_size=frame_size,
+            shots=shots,
+            zoom_range=zoom_range,
+            max_angle=max_angle,
         )
-
-    @property
-    def hr_size(self) -> tuple[int, int]:
-        return self.frame_size, self.frame_size
-
-    def hr_frames(self, indices: list[int]) -> torch.Tensor:
-        return render_frames(
-            self.pyramid,
-            self.path,
-            num_frames=self.num_frames,
-            frame_size=self.frame_size,
-            indices=list(indices),
+        super().__init__(
+            pyramid=pyramid,
+            paths=paths,
+            num_frames=num_frames,
+            frame_size=frame_size,
+            video_id=video_id or f"{self.image_path.stem}-{seed}",
         )

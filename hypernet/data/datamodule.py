@@ -2,8 +2,17 @@
 
 `batch_size` is the GLOBAL batch: each of the world's ranks loads batch_size / world_size,
 with an error when it does not divide. Training draws fresh videos every epoch
-(`FreshIndexSampler`); validation is a fixed list of held-out videos whose content (photos or
-clips) never appears in training.
+(`FreshIndexSampler`) from one source or a weighted mix ({stills: 0.3, procedural: 0.7}).
+
+Three splits, so that nothing is chosen on the test videos:
+
+- train: fresh videos, never repeated;
+- val (model selection: best.ckpt, early curves): `val_source`, by default fixed-seed
+  procedural videos, drawn from the training distribution;
+- test (reported, chooses nothing): `test_source`, by default the held-out photographs (5
+  photos never seen in training, `val_videos_per_image` single-shot videos each), plus
+  multi-shot videos of the same photos (`test_shots`) and videos at a larger frame size
+  (`test_large_hr`), each group in its own loader and reported apart.
 """
 
 from __future__ import annotations
@@ -18,18 +27,23 @@ from hypernet.data.camera import StillsVideo, builtin_images, image_pyramid, lis
 from hypernet.data.datasets import (
     DegradationConfig,
     FreshIndexSampler,
-    FreshStillsDataset,
+    FreshVideoDataset,
+    PhotoAugment,
     SampleConfig,
     VideoListDataset,
+    check_shots,
     folder_videos,
+    parse_sources,
     reds_videos,
     stable_seed,
     vid4_videos,
     vimeo_videos,
 )
 from hypernet.data.degrade import DegradationRanges
+from hypernet.data.procedural import ProceduralConfig, procedural_video
 
-SOURCES = ("stills", "folder", "reds", "vimeo90k", "vid4")
+SOURCES = ("stills", "procedural", "folder", "reds", "vimeo90k", "vid4")
+TEST_GROUPS = ("single", "multishot", "large")
 
 
 def per_rank_batch_size(batch_size: int, world_size: int, *, option: str = "data.batch_size") -> int:
@@ -52,8 +66,9 @@ class VSRDataModule(L.LightningDataModule):
     def __init__(
         self,
         *,
-        source: str = "stills",
+        source: str | dict[str, float] = "stills",
         val_source: str | None = None,
+        test_source: str | None = None,
         root: str | None = None,
         val_root: str | None = None,
         scale: int = 4,
@@ -65,6 +80,12 @@ class VSRDataModule(L.LightningDataModule):
         samples_per_epoch: int = 256,
         val_videos_per_image: int = 4,
         val_videos: int = 2,
+        val_procedural_videos: int = 16,
+        test_shots: int = 0,
+        test_large_hr: int | None = None,
+        shots: int | list[int] = 1,
+        procedural: dict[str, Any] | None = None,
+        photo_augment: dict[str, Any] | None = None,
         zoom_range: tuple[float, float] = (0.15, 0.85),
         batch_size: int = 8,
         val_batch_size: int = 4,
@@ -74,17 +95,41 @@ class VSRDataModule(L.LightningDataModule):
         degradation: dict[str, Any] | None = None,
     ):
         super().__init__()
-        for option, value in (("data.source", source), ("data.val_source", val_source or source)):
-            if value not in SOURCES:
+        self.sources = parse_sources(source)
+        source = next(iter(self.sources)) if len(self.sources) == 1 else "mix"
+        for option, value in (
+            ("data.source", source),
+            ("data.val_source", val_source or source),
+            ("data.test_source", test_source),
+        ):
+            if value is not None and value not in (*SOURCES, "mix"):
                 raise ValueError(f"{option}={value!r} is not a known source; choose one of {list(SOURCES)}")
         if source == "vid4":
             raise ValueError(
-                "data.source=vid4: Vid4 is a test set; train on another source and set data.val_source=vid4"
+                "data.source=vid4: Vid4 is a test set; train on another source and set data.test_source=vid4"
             )
-        if source != "stills" and root is None:
+        if source not in ("stills", "procedural", "mix") and root is None:
             raise ValueError(f"data.source={source} needs data.root (the dataset folder)")
+        if val_source is None and source == "mix":
+            raise ValueError(
+                "data.source is a mix: set data.val_source (e.g. procedural) to say what selects models"
+            )
         self.source = source
         self.val_source = val_source or source
+        self.test_source = test_source
+        self.procedural = ProceduralConfig.from_options(procedural)
+        self.photo_augment = PhotoAugment(**dict(photo_augment or {}))
+        self.shots = (shots, shots) if isinstance(shots, int) else tuple(shots)
+        check_shots(self.shots, num_frames=num_frames, clip_len=clip_len)
+        if test_shots:
+            check_shots(
+                (test_shots, test_shots), num_frames=num_frames, clip_len=clip_len, option="data.test_shots"
+            )
+        if test_large_hr is not None and test_large_hr % scale:
+            raise ValueError(f"data.test_large_hr={test_large_hr} must be divisible by data.scale={scale}")
+        self.val_procedural_videos = val_procedural_videos
+        self.test_shots = test_shots
+        self.test_large_hr = test_large_hr
         self.root = root
         self.val_root = val_root or root
         self.val_root_given = val_root is not None
@@ -108,6 +153,7 @@ class VSRDataModule(L.LightningDataModule):
         self.sample = SampleConfig(clip_len=clip_len, context_frames=context_frames, patch_size=lr_patch)
         self.train_set = None
         self.val_set = None
+        self.test_sets: dict[str, VideoListDataset] = {}
 
     @property
     def scale(self) -> int:
@@ -139,9 +185,10 @@ class VSRDataModule(L.LightningDataModule):
         return videos[: -self.val_videos] if split == "train" else videos[-self.val_videos :]
 
     def build_train_set(self):
-        if self.source == "stills":
-            return FreshStillsDataset(
-                image_paths=self._stills_images("train"),
+        if self.source in ("stills", "procedural", "mix"):
+            return FreshVideoDataset(
+                sources=self.sources,
+                image_paths=self._stills_images("train") if "stills" in self.sources else (),
                 num_samples=self.samples_per_epoch,
                 num_frames=self.num_frames,
                 hr_size=self.hr_size,
@@ -149,6 +196,9 @@ class VSRDataModule(L.LightningDataModule):
                 degradation=self.degradation,
                 seed=self.seed,
                 zoom_range=self.zoom_range,
+                procedural=self.procedural,
+                photo_augment=self.photo_augment,
+                shots=self.shots,
             )
         return VideoListDataset(
             self._file_videos(self.source, "train"),
@@ -175,37 +225,96 @@ class VSRDataModule(L.LightningDataModule):
             )
         return images[: -self.val_videos] if split == "train" else images[-self.val_videos :]
 
-    def build_val_set(self) -> VideoListDataset:
-        if self.val_source == "stills":
-            videos = []
-            for path in self._stills_images("val"):
-                pyramid = image_pyramid(load_image(path))
-                for j in range(self.val_videos_per_image):
-                    videos.append(
-                        StillsVideo(
-                            image_path=path,
-                            seed=stable_seed(self.val_seed, path.name, j) % (2**31),
-                            num_frames=self.num_frames,
-                            frame_size=self.hr_size,
-                            zoom_range=self.zoom_range,
-                            pyramid=pyramid,
-                        )
+    def held_out_stills(self, *, shots: int = 1, hr_size: int | None = None) -> list[StillsVideo]:
+        """val_videos_per_image videos of every held-out photograph, seeded by val_seed: the same
+        videos whatever the training seed. Photos smaller than hr_size are left out."""
+        hr_size = hr_size or self.hr_size
+        videos = []
+        for path in self._stills_images("val"):
+            pyramid = image_pyramid(load_image(path))
+            if min(pyramid[0].shape[-2:]) < hr_size:
+                continue
+            for j in range(self.val_videos_per_image):
+                seed = stable_seed(self.val_seed, path.name, j) % (2**31)
+                if shots > 1 or hr_size != self.hr_size:  # other groups: other camera paths
+                    seed = stable_seed(self.val_seed, path.name, j, shots, hr_size) % (2**31)
+                suffix = "" if shots == 1 else f"-shots{shots}"
+                suffix += "" if hr_size == self.hr_size else f"-hr{hr_size}"
+                videos.append(
+                    StillsVideo(
+                        image_path=path,
+                        seed=seed,
+                        num_frames=self.num_frames,
+                        frame_size=hr_size,
+                        zoom_range=self.zoom_range,
+                        pyramid=pyramid,
+                        shots=shots,
+                        video_id=f"{path.stem}{suffix}-{seed}",
                     )
-        else:
-            videos = self._file_videos(self.val_source, "val")
-        # validation clips are whole frames: no patch crop, fixed context
+                )
+        if not videos:
+            raise ValueError(
+                f"no held-out photograph is at least {hr_size} pixels on its short side: lower data.test_large_hr"
+            )
+        return videos
+
+    def procedural_videos(self, count: int, *, shots: int = 1) -> list:
+        """count fixed-seed procedural scenes (seeded by val_seed, never drawn in training, whose
+        seeds come from (seed, index))."""
+        return [
+            procedural_video(
+                stable_seed(self.val_seed, "procedural", j) % (2**31),
+                self.procedural,
+                num_frames=self.num_frames,
+                frame_size=self.hr_size,
+                zoom_range=self.zoom_range,
+                shots=shots,
+                video_id=f"procedural-val-{j}",
+            )
+            for j in range(count)
+        ]
+
+    def _evaluation_set(self, videos: list) -> VideoListDataset:
+        # evaluation clips are whole frames: no patch crop, fixed context
         sample = SampleConfig(
             clip_len=self.sample.clip_len, context_frames=self.sample.context_frames, patch_size=None
         )
         return VideoListDataset(videos, sample=sample, degradation=self.degradation, seed=self.val_seed)
+
+    def build_val_set(self) -> VideoListDataset:
+        if self.val_source == "stills":
+            videos = self.held_out_stills()
+        elif self.val_source == "procedural":
+            videos = self.procedural_videos(self.val_procedural_videos)
+        else:
+            videos = self._file_videos(self.val_source, "val")
+        return self._evaluation_set(videos)
+
+    def build_test_sets(self) -> dict[str, VideoListDataset]:
+        """Test groups by name: single (the main test), multishot, large."""
+        if self.test_source is None:
+            return {}
+        if self.test_source == "procedural":
+            groups = {"single": self.procedural_videos(self.val_procedural_videos)}
+        elif self.test_source == "stills":
+            groups = {"single": self.held_out_stills()}
+            if self.test_shots:
+                groups["multishot"] = self.held_out_stills(shots=self.test_shots)
+            if self.test_large_hr:
+                groups["large"] = self.held_out_stills(hr_size=self.test_large_hr)
+        else:
+            groups = {"single": self._file_videos(self.test_source, "val")}
+        return {name: self._evaluation_set(videos) for name, videos in groups.items()}
 
     def setup(self, stage: str | None = None) -> None:
         _, world_size = self.world
         per_rank_batch_size(self.batch_size, world_size)
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = self.build_train_set()
-        if self.val_set is None:
+        if self.val_set is None and stage in (None, "fit", "validate"):
             self.val_set = self.build_val_set()
+        if not self.test_sets and stage in (None, "test"):
+            self.test_sets = self.build_test_sets()
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
@@ -225,5 +334,19 @@ class VSRDataModule(L.LightningDataModule):
             self.val_set, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers
         )
 
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per test group, in TEST_GROUPS order (their frame sizes may differ)."""
+        return [
+            DataLoader(
+                self.test_sets[name],
+                batch_size=self.val_batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+            )
+            for name in TEST_GROUPS
+            if name in self.test_sets
+        ]
+
+    @property
+    def test_groups(self) -> list[str]:
+        return [name for name in TEST_GROUPS if name in self.test_sets]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from hypernet.data import video_io
-from hypernet.data.camera import StillsVideo, image_pyramid, load_image
+from hypernet.data.camera import StillsVideo, colour_matrix, image_pyramid, load_image
 from hypernet.data.degrade import (
     Degradation,
     DegradationRanges,
@@ -41,6 +41,7 @@ from hypernet.data.degrade import (
     degrade,
     sample_degradation,
 )
+from hypernet.data.procedural import ProceduralConfig, procedural_video
 
 
 class Video(Protocol):
@@ -195,13 +196,84 @@ class SampleConfig:
     patch_size: int | None = None  # LR patch side; None = full frames
 
 
-class FreshStillsDataset(Dataset):
-    """Item i is a brand-new stills video (photo, camera path, degradation) seeded by (seed, i)."""
+FRESH_SOURCES = ("stills", "procedural")
+
+
+def parse_sources(source: str | Mapping[str, float], *, option: str = "data.source") -> dict[str, float]:
+    """A source name, or a mapping of names to weights ({stills: 0.3, procedural: 0.7}), as
+    normalised weights. Only the sources that draw fresh videos can be mixed."""
+    if isinstance(source, str):
+        return {source: 1.0}
+    weights = {str(k): v for k, v in dict(source).items()}
+    unknown = [k for k in weights if k not in FRESH_SOURCES]
+    if unknown:
+        raise ValueError(
+            f"{option}={weights}: {unknown} cannot be mixed; a mix takes weights for {list(FRESH_SOURCES)}"
+        )
+    for name, weight in weights.items():
+        if not isinstance(weight, int | float) or not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"{option}.{name}={weight!r}: a weight must be a number >= 0")
+    total = float(sum(weights.values()))
+    if total <= 0:
+        raise ValueError(f"{option}={weights}: the weights must sum to a positive number")
+    return {k: v / total for k, v in weights.items() if v > 0}
+
+
+@dataclass(frozen=True)
+class PhotoAugment:
+    """Meta-augmentation of the photographs, so that 14 photos stop being 14 recognisable tasks
+    (Rajendran et al. 2020): each video of a photo may get a random colour change (channel
+    order, hue, saturation, contrast, brightness) and may be a collage with pieces of other
+    photographs pasted into it. Applied to the HR scene, so LR and HR change alike."""
+
+    colour: float = 0.0  # probability of a colour change per video
+    collage: float = 0.0  # probability of pasting 1-3 pieces of other photographs
+
+    def __post_init__(self) -> None:
+        for name in ("colour", "collage"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 <= value <= 1):
+                raise ValueError(f"data.photo_augment.{name}={value!r} is a probability in [0, 1]")
+
+
+def collage(base: torch.Tensor, others: Sequence[torch.Tensor], rng: np.random.Generator) -> torch.Tensor:
+    """base (3, H, W) with a piece of each of `others` pasted in, cut out by an ellipse or a
+    polygon with sharp or soft edges."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    out = base.clone()
+    height, width = base.shape[-2:]
+    for other in others:
+        oh, ow = other.shape[-2:]
+        side = int(rng.uniform(0.3, 0.7) * min(height, width, oh, ow))
+        top, left = int(rng.integers(0, oh - side + 1)), int(rng.integers(0, ow - side + 1))
+        piece = other[:, top : top + side, left : left + side]
+        mask_image = Image.new("L", (side, side), 0)
+        draw = ImageDraw.Draw(mask_image)
+        if rng.random() < 0.5:
+            draw.ellipse((0, side * rng.uniform(0, 0.3), side - 1, side * rng.uniform(0.7, 1.0)), fill=255)
+        else:
+            angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(3, 8))))
+            draw.polygon([(side / 2 * (1 + np.cos(a)), side / 2 * (1 + np.sin(a))) for a in angles], fill=255)
+        if rng.random() < 0.5:
+            mask_image = mask_image.filter(ImageFilter.GaussianBlur(float(rng.uniform(1, 6))))
+        mask = torch.from_numpy(np.asarray(mask_image, dtype=np.float32) / 255.0)
+        y, x = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        region = out[:, y : y + side, x : x + side]
+        out[:, y : y + side, x : x + side] = region * (1 - mask) + piece * mask
+    return out
+
+
+class FreshVideoDataset(Dataset):
+    """Item i is a brand-new video seeded by (seed, i): its source drawn by weight (stills: a
+    photograph under a new camera path, optionally meta-augmented; procedural: a new scene),
+    its shots, its degradation. No two items share a video."""
 
     def __init__(
         self,
         *,
-        image_paths: Sequence[Path],
+        sources: Mapping[str, float] | None = None,
+        image_paths: Sequence[Path] = (),
         num_samples: int,
         num_frames: int,
         hr_size: int,
@@ -209,9 +281,16 @@ class FreshStillsDataset(Dataset):
         degradation: DegradationConfig,
         seed: int,
         zoom_range: tuple[float, float] = (0.15, 0.85),
+        procedural: ProceduralConfig | None = None,
+        photo_augment: PhotoAugment | None = None,
+        shots: tuple[int, int] = (1, 1),
     ):
         if hr_size % degradation.scale:
             raise ValueError(f"data.hr_size={hr_size} must be divisible by data.scale={degradation.scale}")
+        self.sources = dict(sources or {"stills": 1.0})
+        if "stills" in self.sources and not image_paths:
+            raise ValueError("the stills source needs images: data.root is empty")
+        check_shots(shots, num_frames=num_frames, clip_len=sample.clip_len)
         self.image_paths = list(image_paths)
         self.num_samples = num_samples
         self.num_frames = num_frames
@@ -220,6 +299,9 @@ class FreshStillsDataset(Dataset):
         self.degradation = degradation
         self.seed = seed
         self.zoom_range = tuple(zoom_range)
+        self.procedural = procedural or ProceduralConfig()
+        self.photo_augment = photo_augment or PhotoAugment()
+        self.shots = tuple(shots)
         self._pyramids: dict[int, list[torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -230,24 +312,64 @@ class FreshStillsDataset(Dataset):
             self._pyramids[image] = image_pyramid(load_image(self.image_paths[image]))
         return self._pyramids[image]
 
-    def __getitem__(self, index: int) -> dict:
-        video_seed = stable_seed(self.seed, "train", index)
-        rng = np.random.default_rng(video_seed)
+    def draw_video(self, video_seed: int, rng: np.random.Generator) -> Video:
+        names = list(self.sources)
+        source = names[0] if len(names) == 1 else names[rng.choice(len(names), p=list(self.sources.values()))]
+        lo, hi = self.shots
+        shots = lo if lo == hi else int(rng.integers(lo, hi + 1))
+        if source == "procedural":
+            return procedural_video(
+                video_seed,
+                self.procedural,
+                num_frames=self.num_frames,
+                frame_size=self.hr_size,
+                zoom_range=self.zoom_range,
+                shots=shots,
+            )
         image = int(rng.integers(len(self.image_paths)))
+        pyramid = self._pyramid(image)
+        augment = self.photo_augment
+        if augment.collage and rng.random() < augment.collage and len(self.image_paths) > 1:
+            others = rng.choice(
+                [i for i in range(len(self.image_paths)) if i != image], size=int(rng.integers(1, 4))
+            )
+            pyramid = image_pyramid(collage(pyramid[0], [self._pyramid(int(i))[0] for i in others], rng))
         video = StillsVideo(
             image_path=self.image_paths[image],
             seed=video_seed,
             num_frames=self.num_frames,
             frame_size=self.hr_size,
             zoom_range=self.zoom_range,
-            pyramid=self._pyramid(image),
+            pyramid=pyramid,
+            shots=shots,
         )
+        if augment.colour and rng.random() < augment.colour:
+            video.colour = colour_matrix(rng)
+        return video
+
+    def __getitem__(self, index: int) -> dict:
+        video_seed = stable_seed(self.seed, "train", index)
+        rng = np.random.default_rng(video_seed)
         return make_sample(
-            video,
+            self.draw_video(video_seed, rng),
             degradation=self.degradation,
             video_seed=video_seed,
             rng=rng,
             **vars(self.sample),
+        )
+
+
+def check_shots(
+    shots: tuple[int, int], *, num_frames: int, clip_len: int, option: str = "data.shots"
+) -> None:
+    """Every shot must hold at least one clip, so that a clip can fall inside a single shot."""
+    lo, hi = shots
+    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+        raise ValueError(f"{option}={list(shots)}: shots per video is an int >= 1 or a range [min, max]")
+    if hi * clip_len > num_frames:
+        raise ValueError(
+            f"{option}={hi} shots of at least data.clip_len={clip_len} frames do not fit a "
+            f"{num_frames}-frame video (data.num_frames): lower the shots or lengthen the videos"
         )
 
 

@@ -539,3 +539,39 @@ class VideoEncoder(nn.Module):
         if state is None:
             raise EncoderInputError("encode_stream was given no chunks: the video has no frames")
         return self.finalize(state)
+
+
+class DegradationEncoder(nn.Module):
+    """The degradation ceiling, a control: the video's TRUE degradation parameters, not its
+    frames, -> M latents. A hypernetwork on these can only adapt to the degradation, and knows
+    it exactly; its gain bounds what inferring the degradation from the video is worth.
+
+    params (V, P) in `Degradation.as_tensor` order (scale, blur sigma, noise sigma, crf or -1),
+    normalised by running statistics, projected and added to M learned queries, then the same
+    latent blocks as the video encoder."""
+
+    def __init__(
+        self,
+        *,
+        num_params: int = 4,
+        dim: int = 64,
+        num_latents: int = 8,
+        num_heads: int = 4,
+        num_blocks: int = 2,
+    ):
+        super().__init__()
+        self.norm = RunningNorm(num_features=num_params)
+        self.proj = nn.Sequential(nn.Linear(num_params, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.queries = nn.Parameter(0.02 * torch.randn(num_latents, dim))
+        self.blocks = nn.ModuleList(LatentBlock(dim=dim, num_heads=num_heads) for _ in range(num_blocks))
+
+    def forward(self, params: Tensor) -> Tensor:
+        """params (V, P) -> latents (V, M, dim)."""
+        if params.dim() != 2 or params.shape[1] != self.norm.mean.shape[0]:
+            raise EncoderInputError(
+                f"degradation parameters must be (V, {self.norm.mean.shape[0]}); got shape {tuple(params.shape)}"
+            )
+        latents = self.queries + self.proj(self.norm(params.to(self.queries.dtype)))[:, None]
+        for block in self.blocks:
+            latents = block(latents)
+        return latents

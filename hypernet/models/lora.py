@@ -469,22 +469,74 @@ def _lora_hook(target: LoRATarget, a: Tensor, b: Tensor):
     return hook
 
 
+def _per_video_forward(layer: nn.Module, target: LoRATarget, a: Tensor, b: Tensor):
+    """A forward for `layer` with each video's adapter folded into its own copy of the weight,
+    W_v = W + scaling * B_v @ A_v, run as ONE grouped convolution (groups = V) or one batched
+    matmul. Same result as base output + LoRA branch, at about the base layer's cost: the
+    LoRA branch's extra convolution and its backward disappear, and the gradient reaches A and
+    B through W_v. The weights are tiny next to the activations, so building W_v costs nothing."""
+
+    def forward(x: Tensor) -> Tensor:
+        num_videos = a.shape[0]
+        if x.shape[0] % num_videos:
+            raise ValueError(
+                f"layer {target.name!r}: its input batch of {x.shape[0]} samples is not a multiple of the "
+                f"{num_videos} videos the adapters hold; the batch must be video-major, V*n samples"
+            )
+        weight = layer.weight + delta_weight(target, a.to(x.dtype), b.to(x.dtype))  # (V, *W.shape)
+        bias = layer.bias
+        if target.kind == "linear":
+            out = torch.bmm(x.reshape(num_videos, -1, target.in_features), weight.transpose(1, 2))
+            out = out if bias is None else out + bias
+            return out.reshape(*x.shape[:-1], target.out_features)
+        padding = target.padding
+        if target.padding_mode != "zeros":
+            ph, pw = target.padding
+            x = F.pad(x, (pw, pw, ph, ph), mode=target.padding_mode)
+            padding = (0, 0)
+        out = F.conv2d(
+            rearrange(x, "(v n) c h w -> n (v c) h w", v=num_videos),
+            rearrange(weight, "v o i kh kw -> (v o) i kh kw"),
+            None if bias is None else bias.repeat(num_videos),
+            stride=target.stride,
+            padding=padding,
+            dilation=target.dilation,
+            groups=num_videos,
+        )
+        return rearrange(out, "n (v o) h w -> (v n) o h w", v=num_videos)
+
+    return forward
+
+
 @contextlib.contextmanager
-def apply_adapters(model: nn.Module, spec: LoRASpec, adapters: Adapters) -> Iterator[None]:
+def apply_adapters(
+    model: nn.Module, spec: LoRASpec, adapters: Adapters, *, per_video_weights: bool = False
+) -> Iterator[None]:
     """While active, every target layer's output gets + scaling * up(down(x)), each sample with its
-    own video's adapter. Forward hooks only, removed on exit (also on an exception), so the
-    model is never edited and gradients flow into the adapter tensors."""
+    own video's adapter, and gradients flow into the adapter tensors. The model is never edited.
+
+    per_video_weights=False: forward hooks add the LoRA branch (the PEFT way; removed on exit,
+    also on an exception). True: each target layer's forward is swapped, for the duration, for
+    one that folds every video's adapter into a per-video weight (`_per_video_forward`); equal to
+    float rounding and cheaper to train through (scripts/bench_lora.py)."""
     _num_videos(spec, adapters)
     layers = [(t, _layer_of(model, t)) for t in spec.targets]
     handles = []
+    swapped: list[nn.Module] = []
     try:
         for target, layer in layers:
-            hook = _lora_hook(target, *adapters[target.name])
-            handles.append(layer.register_forward_hook(hook, with_kwargs=True))
+            if per_video_weights:
+                layer.forward = _per_video_forward(layer, target, *adapters[target.name])
+                swapped.append(layer)
+            else:
+                hook = _lora_hook(target, *adapters[target.name])
+                handles.append(layer.register_forward_hook(hook, with_kwargs=True))
         yield
     finally:
         for handle in handles:
             handle.remove()
+        for layer in swapped:
+            del layer.forward  # the class's forward again
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,11 +12,14 @@ import torch
 from hypernet.models.base import build_base
 from hypernet.systems.common import (
     EMA,
+    EvaluationTables,
     bicubic_upscale,
     charbonnier,
     check_loss,
     log_image_row,
     side_by_side,
+    split_key,
+    test_group,
     video_metrics,
     warmup_cosine,
 )
@@ -41,8 +44,7 @@ class BaseSRSystem(L.LightningModule):
         self.save_hyperparameters()
         self.model = build_base(**model)
         self.ema = EMA(self.model, decay=ema_decay) if ema_decay > 0 else None
-        self.val_rows: list[dict[str, Any]] = []
-        self.last_val_table: list[dict[str, Any]] = []
+        self.tables = EvaluationTables()
 
     @property
     def scale(self) -> int:
@@ -67,23 +69,32 @@ class BaseSRSystem(L.LightningModule):
             self.ema.update(self.model)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluate(batch, batch_idx, split="val", group="single")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluate(batch, batch_idx, split="test", group=test_group(self.trainer, dataloader_idx))
+
+    def evaluate(self, batch: dict, batch_idx: int, *, split: str, group: str) -> None:
         lr, hr = batch["lr"], batch["hr"]
-        sr = self.eval_model()(lr).clamp(0, 1)
+        with torch.no_grad():
+            sr = self.eval_model()(lr).clamp(0, 1)
         bicubic = bicubic_upscale(lr, self.scale)
         ours = video_metrics(sr, hr, crop_border=self.hparams.crop_border)
         ref = video_metrics(bicubic, hr, crop_border=self.hparams.crop_border)
         for i, video_id in enumerate(batch["video_id"]):
-            self.val_rows.append(
+            self.tables.add(
+                split,
                 {
                     "video_id": video_id,
+                    "group": group,
                     "psnr_y": ours["psnr_y"][i].item(),
                     "ssim_y": ours["ssim_y"][i].item(),
                     "psnr_rgb": ours["psnr_rgb"][i].item(),
                     "psnr_y_bicubic": ref["psnr_y"][i].item(),
                     "ssim_y_bicubic": ref["ssim_y"][i].item(),
-                }
+                },
             )
-        if batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
+        if split == "val" and batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
             t = lr.shape[1] // 2
             row = side_by_side(bicubic[0, t], sr[0, t], hr[0, t])
             log_image_row(
@@ -96,13 +107,16 @@ class BaseSRSystem(L.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
-        rows, self.val_rows = self.val_rows, []
-        if not rows:
-            return
-        self.last_val_table = rows
-        for key in ("psnr_y", "ssim_y", "psnr_rgb", "psnr_y_bicubic", "ssim_y_bicubic"):
-            value = sum(r[key] for r in rows) / len(rows)
-            self.log(f"val/{key}", value, prog_bar=key == "psnr_y", sync_dist=False)
+        self.log_tables("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_tables("test")
+
+    def log_tables(self, split: str) -> None:
+        for group, rows in self.tables.finish(split).items():
+            for key in ("psnr_y", "ssim_y", "psnr_rgb", "psnr_y_bicubic", "ssim_y_bicubic"):
+                value = sum(r[key] for r in rows) / len(rows)
+                self.log(split_key(split, group, key), value, prog_bar=split == "val" and key == "psnr_y")
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(

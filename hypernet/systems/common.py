@@ -32,11 +32,21 @@ def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
     return factor
 
 
-def adapted_sr(base: nn.Module, spec: LoRASpec, adapters: Adapters | None, lr: torch.Tensor) -> torch.Tensor:
-    """The base's SR of lr (V, T, C, h, w), each video with its own adapters (None: the base alone)."""
+def adapted_sr(
+    base: nn.Module,
+    spec: LoRASpec,
+    adapters: Adapters | None,
+    lr: torch.Tensor,
+    *,
+    per_video_weights: bool = False,
+) -> torch.Tensor:
+    """The base's SR of lr (V, T, C, h, w), each video with its own adapters (None: the base
+    alone). per_video_weights: fold each adapter into a per-video weight, the cheaper way to
+    train through (equal to float rounding); otherwise LoRA branches by hooks, so that a zero
+    adapter leaves the base's output bit-identical."""
     if adapters is None:
         return base(lr)
-    with apply_adapters(base, spec, adapters):
+    with apply_adapters(base, spec, adapters, per_video_weights=per_video_weights):
         return base(lr)
 
 
@@ -140,3 +150,48 @@ def side_by_side(*images: torch.Tensor, size: int = 96) -> torch.Tensor:
         crops.append(image[:, top : top + s, left : left + s])
         crops.append(torch.ones(image.shape[0], s, 2))
     return torch.cat(crops[:-1], dim=-1)
+
+
+def split_key(split: str, group: str, key: str) -> str:
+    """Logged name of a metric: "val/psnr_y"; test groups other than the main one get their own
+    prefix ("test/multishot/psnr_y") so they are reported apart."""
+    return f"{split}/{key}" if group == "single" else f"{split}/{group}/{key}"
+
+
+def gain_summary(gains: list[float]) -> dict[str, float]:
+    """Mean gain, its standard error and the number of videos improved."""
+    values = torch.tensor(gains, dtype=torch.float64)
+    n = len(gains)
+    return {
+        "gain_y": values.mean().item(),
+        "gain_y_stderr": (values.std() / math.sqrt(n)).item() if n > 1 else 0.0,
+        "videos_improved": float((values > 0).sum().item()),
+    }
+
+
+class EvaluationTables:
+    """Per-video rows of the validation and test passes, grouped (test: single, multishot, large),
+    kept after each pass for the run's CSV tables."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[dict]] = {"val": [], "test": []}
+        self.last: dict[str, list[dict]] = {"val": [], "test": []}
+
+    def add(self, split: str, row: dict) -> None:
+        self.rows[split].append(row)
+
+    def finish(self, split: str) -> dict[str, list[dict]]:
+        """The pass's rows by group (empty when nothing was evaluated, e.g. a sanity check)."""
+        rows, self.rows[split] = self.rows[split], []
+        if rows:
+            self.last[split] = rows
+        groups: dict[str, list[dict]] = {}
+        for row in rows:
+            groups.setdefault(row.get("group", "single"), []).append(row)
+        return groups
+
+
+def test_group(trainer, dataloader_idx: int) -> str:
+    """Name of the test loader's group (the data module lists them in loader order)."""
+    groups = getattr(getattr(trainer, "datamodule", None), "test_groups", None)
+    return groups[dataloader_idx] if groups else "single"

@@ -26,23 +26,42 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hypernet.models.base import build_base
-from hypernet.models.encoder import VideoEncoder, frame_times
+from hypernet.models.encoder import DegradationEncoder, VideoEncoder, frame_times
 from hypernet.models.generator import LoRAGenerator, adapter_spread
 from hypernet.models.lora import Adapters, LoRASpec, find_targets
 from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
+    EvaluationTables,
     adapted_sr,
     bicubic_upscale,
     charbonnier,
     check_loss,
+    gain_summary,
     log_image_row,
     self_supervised_loss,
     side_by_side,
+    split_key,
+    test_group,
     video_metrics,
     warmup_cosine,
 )
 
 MODES = ("direct", "refine")
+
+
+def feature_layer_names(spec: LoRASpec, patterns: list[str] | None) -> list[str]:
+    """The target layers whose activations the encoder reads: all targets (None), or those
+    matching hypernet.feature_layers (fnmatch patterns). Fewer, earlier layers make the frozen
+    base's pass over the context cheaper: it stops after the last layer read."""
+    import fnmatch
+
+    names = list(spec.names)
+    if patterns is None:
+        return names
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not chosen:
+        raise ValueError(f"hypernet.feature_layers={list(patterns)} matches none of the LoRA targets {names}")
+    return chosen
 
 
 def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -85,6 +104,7 @@ class HyperLoRASystem(L.LightningModule):
         rank: int = 4,
         alpha: float | None = None,
         source: str = "base",
+        feature_layers: list[str] | None = None,
         dim: int = 64,
         num_latents: int = 8,
         num_heads: int = 4,
@@ -125,23 +145,28 @@ class HyperLoRASystem(L.LightningModule):
         self.spec: LoRASpec = find_targets(
             self.base, include=list(targets), exclude=list(exclude), rank=rank, alpha=alpha
         )
-        self.encoder = VideoEncoder(
-            source=source,
-            dim=dim,
-            num_latents=num_latents,
-            num_heads=num_heads,
-            num_blocks=num_blocks,
-            conv_channels=conv_channels,
-            lr_stats=lr_stats,
-            base=self.base,
-            layer_names=list(self.spec.names) if source == "base" else (),
-        )
+        self.encoder: nn.Module
+        if source == "degradation":  # the ceiling control: true degradation parameters, no frames
+            self.encoder = DegradationEncoder(
+                dim=dim, num_latents=num_latents, num_heads=num_heads, num_blocks=num_blocks
+            )
+        else:
+            self.encoder = VideoEncoder(
+                source=source,
+                dim=dim,
+                num_latents=num_latents,
+                num_heads=num_heads,
+                num_blocks=num_blocks,
+                conv_channels=conv_channels,
+                lr_stats=lr_stats,
+                base=self.base,
+                layer_names=feature_layer_names(self.spec, feature_layers) if source == "base" else (),
+            )
         self.generator = LoRAGenerator(spec=self.spec, dim=dim, num_heads=num_heads, static=static)
         # refine mode: one learned step size per layer, log-parametrised (positive)
         self.log_inner_lr = nn.Parameter(torch.full((len(self.spec.targets),), math.log(inner_lr)))
-        self.val_rows: list[dict[str, Any]] = []
-        self.last_val_table: list[dict[str, Any]] = []
-        self._spreads: list[torch.Tensor] = []
+        self.tables = EvaluationTables()
+        self._spreads: dict[str, list[torch.Tensor]] = {}
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> HyperLoRASystem:
@@ -160,11 +185,26 @@ class HyperLoRASystem(L.LightningModule):
         return self.base.scale
 
     def sr(self, lr: torch.Tensor, adapters: Adapters | None) -> torch.Tensor:
-        return adapted_sr(self.base, self.spec, adapters, lr)
+        """Training folds the adapters into per-video weights (cheaper backward); evaluation adds
+        LoRA branches, exact for a zero adapter."""
+        return adapted_sr(self.base, self.spec, adapters, lr, per_video_weights=self.training)
 
     # -------------------------------------------------------------- adapters
-    def adapters_for(self, context: torch.Tensor, times: torch.Tensor | None = None) -> Adapters:
-        adapters = self.generator(self.encoder(context, times))
+    def adapters_for(
+        self,
+        context: torch.Tensor,
+        times: torch.Tensor | None = None,
+        degradation: torch.Tensor | None = None,
+    ) -> Adapters:
+        """Adapters for V videos from their context frames (V, K, C, h, w) and times (V, K);
+        the degradation-ceiling control reads `degradation` (V, P) instead."""
+        if self.hparams.source == "degradation":
+            if degradation is None:
+                raise ValueError("hypernet.source=degradation needs each video's true degradation parameters")
+            latents = self.encoder(degradation)
+        else:
+            latents = self.encoder(context, times)
+        adapters = self.generator(latents)
         if self.hparams.mode == "refine":
             adapters = self.refine(adapters, context)
         return adapters
@@ -176,6 +216,11 @@ class HyperLoRASystem(L.LightningModule):
         """Adapters for one whole video given as LR chunks (1, n, C, h, w) in order: the encoder
         folds chunk after chunk (memory independent of the length). Refine mode takes its inner
         steps on `refine_context` (1, K, C, h, w), a few frames spread over the video."""
+        if self.hparams.source == "degradation":
+            raise ValueError(
+                "this checkpoint is the degradation-ceiling control (hypernet.source=degradation): it reads a "
+                "video's true degradation parameters, which a real video does not come with; use a blind one"
+            )
         state, start = None, 0
         for chunk in chunks:
             times = frame_times(num_frames, start=start, count=chunk.shape[1]).to(chunk)[None]
@@ -225,7 +270,7 @@ class HyperLoRASystem(L.LightningModule):
 
     # -------------------------------------------------------------- steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        adapters = self.adapters_for(batch["context"], batch["context_times"])
+        adapters = self.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
         loss = charbonnier(self.sr(batch["lr"], adapters), batch["hr"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
         return check_loss(
@@ -233,8 +278,14 @@ class HyperLoRASystem(L.LightningModule):
         )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluate(batch, batch_idx, split="val", group="single")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluate(batch, batch_idx, split="test", group=test_group(self.trainer, dataloader_idx))
+
+    def evaluate(self, batch: dict, batch_idx: int, *, split: str, group: str) -> None:
         lr, hr = batch["lr"], batch["hr"]
-        adapters = self.adapters_for(batch["context"], batch["context_times"])
+        adapters = self.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
         adapters = {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
         with torch.no_grad():
             sr = self.sr(lr, adapters).clamp(0, 1)
@@ -248,11 +299,13 @@ class HyperLoRASystem(L.LightningModule):
             video_metrics(x, hr, crop_border=border) for x in (sr, base_sr, shuffled_sr, bicubic)
         )
         if lr.shape[0] > 1:
-            self._spreads.append(adapter_spread(self.spec, adapters))
+            self._spreads.setdefault(f"{split}/{group}", []).append(adapter_spread(self.spec, adapters))
         for i, video_id in enumerate(batch["video_id"]):
-            self.val_rows.append(
+            self.tables.add(
+                split,
                 {
                     "video_id": video_id,
+                    "group": group,
                     "psnr_y": ours["psnr_y"][i].item(),
                     "psnr_y_base": base["psnr_y"][i].item(),
                     "gain_y": (ours["psnr_y"][i] - base["psnr_y"][i]).item(),
@@ -260,9 +313,9 @@ class HyperLoRASystem(L.LightningModule):
                     "psnr_y_bicubic": bic["psnr_y"][i].item(),
                     "ssim_y": ours["ssim_y"][i].item(),
                     "ssim_y_base": base["ssim_y"][i].item(),
-                }
+                },
             )
-        if batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
+        if split == "val" and batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
             t = lr.shape[1] // 2
             log_image_row(
                 self.logger,
@@ -274,20 +327,34 @@ class HyperLoRASystem(L.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
-        rows, self.val_rows = self.val_rows, []
-        spreads, self._spreads = self._spreads, []
-        if not rows:
-            return
-        self.last_val_table = rows
-        n = len(rows)
-        for key in ("psnr_y", "psnr_y_base", "psnr_y_shuffled", "psnr_y_bicubic", "ssim_y", "ssim_y_base"):
-            self.log(f"val/{key}", sum(r[key] for r in rows) / n, prog_bar=key == "psnr_y")
-        gains = torch.tensor([r["gain_y"] for r in rows], dtype=torch.float64)
-        self.log("val/gain_y", gains.mean().item())
-        self.log("val/gain_y_stderr", (gains.std() / math.sqrt(n)).item() if n > 1 else 0.0)
-        self.log("val/videos_improved", float((gains > 0).sum().item()))
-        if spreads:
-            self.log("val/adapter_spread", torch.stack(spreads).mean().item())
+        self.log_tables("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_tables("test")
+
+    def log_tables(self, split: str) -> None:
+        spreads = {k: v for k, v in self._spreads.items() if k.startswith(f"{split}/")}
+        for key in spreads:
+            del self._spreads[key]
+        for group, rows in self.tables.finish(split).items():
+            n = len(rows)
+            for key in (
+                "psnr_y",
+                "psnr_y_base",
+                "psnr_y_shuffled",
+                "psnr_y_bicubic",
+                "ssim_y",
+                "ssim_y_base",
+            ):
+                value = sum(r[key] for r in rows) / n
+                self.log(split_key(split, group, key), value, prog_bar=split == "val" and key == "psnr_y")
+            for key, value in gain_summary([r["gain_y"] for r in rows]).items():
+                self.log(split_key(split, group, key), value)
+            own_over_shuffled = sum(r["psnr_y"] - r["psnr_y_shuffled"] for r in rows) / n
+            self.log(split_key(split, group, "own_over_shuffled_y"), own_over_shuffled)
+            if spreads.get(f"{split}/{group}"):
+                spread = torch.stack(spreads[f"{split}/{group}"]).mean().item()
+                self.log(split_key(split, group, "adapter_spread"), spread)
 
     def configure_optimizers(self):
         trainable = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("base.")]
