@@ -111,7 +111,9 @@ def summarise(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, float
     return summary
 
 
-def markdown(rows: list[dict[str, Any]], summary: dict[str, float], methods: list[str]) -> str:
+def markdown(
+    rows: list[dict[str, Any]], summary: dict[str, float], methods: list[str], *, groups: list[str] = ()
+) -> str:
     lines = [
         "| method | PSNR-Y | SSIM-Y | PSNR-RGB | seconds to specialise | adapter KiB |",
         "|---|---|---|---|---|---|",
@@ -134,6 +136,14 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, float], methods: lis
         if f"test/{other}_time_over_hypernet" in summary:
             lines.append(
                 f"; {other} takes {summary[f'test/{other}_time_over_hypernet']:.0f}x the hypernet's time to specialise"
+            )
+    for group in groups:
+        key = f"test/{group}/hypernet_gain_y"
+        if key in summary:
+            lines.append(
+                f"\n\ntest group {group}: hypernet vs base {summary[key]:+.3f} +- "
+                f"{summary[f'test/{group}/hypernet_gain_y_stderr']:.3f} dB, "
+                f"{int(summary[f'test/{group}/hypernet_videos_improved'])} videos improved"
             )
     lines += ["", "| video | " + " | ".join(methods) + " |", "|---" * (1 + len(methods)) + "|"]
     videos = list(dict.fromkeys(r["video_id"] for r in rows))
@@ -179,30 +189,36 @@ def run(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     system = load_hypernet(cfg.checkpoint)
     datamodule = build_datamodule(cfg)
-    # the test videos (data.test_source), or the validation videos when the data config has none
+    # the test videos (data.test_source, every group), or the validation videos when there are none
     datamodule.setup("test")
-    videos = datamodule.test_sets.get("single")
-    if videos is None:
+    groups = dict(datamodule.test_sets)
+    if not groups:
         datamodule.setup("validate")
-        videos = datamodule.val_set
+        groups = {"single": datamodule.val_set}
     rows, crops = [], []
-    for i in range(len(videos)):
-        video_rows, outputs = evaluate_video(system, videos[i], cfg)
-        rows += video_rows
-        if i < cfg.crop_videos:
-            crops.append(
-                side_by_side(
-                    *[outputs[m] for m in ("bicubic", "base", "hypernet", "oracle") if m in outputs],
-                    outputs["hr"],
+    for group, videos in groups.items():
+        for i in range(len(videos)):
+            video_rows, outputs = evaluate_video(system, videos[i], cfg)
+            rows += [{**row, "group": group} for row in video_rows]
+            if group == "single" and i < cfg.crop_videos:
+                crops.append(
+                    side_by_side(
+                        *[outputs[m] for m in ("bicubic", "base", "hypernet", "oracle") if m in outputs],
+                        outputs["hr"],
+                    )
                 )
-            )
     methods = list(cfg.methods)
-    summary = summarise(rows, methods)
+    main_rows = [r for r in rows if r["group"] == "single"]
+    summary = summarise(main_rows, methods)
+    for group in groups:  # other groups reported apart: test/multishot/..., test/large/...
+        if group != "single":
+            grouped = summarise([r for r in rows if r["group"] == group], methods)
+            summary.update({k.replace("test/", f"test/{group}/", 1): v for k, v in grouped.items()})
     output_dir.mkdir(parents=True, exist_ok=True)
     write_table_csv(output_dir / "results.csv", rows)
-    atomic_write_text(output_dir / "results.md", markdown(rows, summary, methods))
+    atomic_write_text(output_dir / "results.md", markdown(main_rows, summary, methods, groups=list(groups)))
     write_metrics(output_dir, summary)
-    plot_bars(output_dir / "gains.png", rows, methods)
+    plot_bars(output_dir / "gains.png", main_rows, methods)
     if crops:
         import torchvision
 

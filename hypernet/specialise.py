@@ -1,6 +1,6 @@
 """`python -m hypernet.specialise INPUT -o OUTPUT.mp4`: upscale any LR video with adapters made for it.
 
-The inference line of DESIGN.md: the whole LR video is streamed once through the hypernetwork's
+The inference line of docs/design.md: the whole LR video is streamed once through the hypernetwork's
 encoder (memory independent of its length) to get one set of LoRA adapters, the adapters are
 merged into the frozen base's weights (so each frame then costs exactly what the base costs), and
 the video is streamed a second time through the specialised base and encoded to H.264 as it

@@ -8,7 +8,12 @@ runs in a fresh subprocess, so each peak resident memory (VmHWM, as in bench_vid
 of one encoding alone. Figures, measured in the same run:
 
 - ``encoder_time_2000_over_200``: seconds for 2000 frames over seconds for 200 (target about 10);
-- ``encoder_mem_2000_over_200``: peak memory for 2000 frames over that for 200 (target <= 1.2).
+- ``encoder_mem_2000_over_200``: peak memory for 2000 frames over that for 200 (target <= 1.2);
+- ``stage2_over_stage1``: a stage-2 training step (hyper_content: 4 context frames, base activations
+  of the first layers, adapters folded into per-video weights) over a stage-1 step, same batch
+  (target <= 1.5); ``stage2_quickstart_over_stage1`` the same for hyper_quickstart's settings;
+- ``procedural_over_step``: drawing a batch of 8 fresh procedural videos over one stage-2 step
+  (``stills_over_step`` for the photographs), and ``procedural_videos_per_s``.
 
     .venv/bin/python scripts/bench_hyper.py [--frames-small 200] [--frames-large 2000] [--json out.json]
 """
@@ -241,6 +246,37 @@ def stage_step_times(
     return {"stage1_step_s": s1, f"stage2_{label}_step_s": s2, f"stage2_{label}_over_stage1": s2 / s1}
 
 
+CONTENT_FEATURE_LAYERS = ("conv_first", "body.0.*")  # configs/experiment/hyper_content.yaml
+
+
+def data_draw_times(*, batch: int, repeats: int = 3) -> dict[str, float]:
+    """Seconds to draw one training batch of fresh videos (scene, frames, degradation) per source,
+    at hyper_content's sample shapes; median over `repeats` batches of new videos."""
+    from hypernet.data.camera import builtin_images
+    from hypernet.data.datasets import DegradationConfig, FreshVideoDataset, SampleConfig
+
+    times = {}
+    for source in ("procedural", "stills"):
+        dataset = FreshVideoDataset(
+            sources={source: 1.0},
+            image_paths=builtin_images("train"),
+            num_samples=batch * (repeats + 1),
+            num_frames=30,
+            hr_size=96,
+            sample=SampleConfig(clip_len=5, context_frames=4, patch_size=16),
+            degradation=DegradationConfig(),
+            seed=0,
+        )
+        [dataset[i] for i in range(batch)]  # warm-up: fonts, photo palette, image decoding
+        samples = []
+        for r in range(1, repeats + 1):
+            start = time.perf_counter()
+            [dataset[r * batch + i] for i in range(batch)]
+            samples.append(time.perf_counter() - start)
+        times[source] = statistics.median(samples)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -281,12 +317,31 @@ def main() -> None:
     results.update(chunk=args.chunk, size=args.size)
     print_encoder_table(results, small, large, chunk=args.chunk, size=args.size, source=args.source)
     torch.set_num_threads(args.threads)
-    steps = stage_step_times()
+    steps = stage_step_times(label="quickstart")  # hyper_quickstart: 8 context frames, every layer read
+    steps.update(
+        stage_step_times(
+            context=4, hypernet={"feature_layers": list(CONTENT_FEATURE_LAYERS)}, label="content"
+        )
+    )
+    steps["stage2_over_stage1"] = steps["stage2_content_over_stage1"]
     results.update(steps)
     print(
-        f"training step at hyper_quickstart's batch (8 clips x 5 frames, 8 context frames): stage 1 "
-        f"{steps['stage1_step_s'] * 1e3:.0f} ms, stage 2 {steps['stage2_direct_step_s'] * 1e3:.0f} ms, "
-        f"stage2_over_stage1 = {steps['stage2_over_stage1']:.2f} (target <= 1.5)"
+        f"training step, 8 clips x 5 frames of 16x16 LR: stage 1 {steps['stage1_step_s'] * 1e3:.0f} ms; stage 2 as "
+        f"hyper_quickstart (8 context frames, all 11 layers read) {steps['stage2_quickstart_step_s'] * 1e3:.0f} ms "
+        f"= {steps['stage2_quickstart_over_stage1']:.2f}x; as hyper_content (4 context frames, first layers, "
+        f"per-video weights) {steps['stage2_content_step_s'] * 1e3:.0f} ms = {steps['stage2_over_stage1']:.2f}x "
+        "(target <= 1.5)"
+    )
+    draws = data_draw_times(batch=8)
+    for source, seconds in draws.items():
+        results[f"{source}_batch_draw_s"] = seconds
+        results[f"{source}_over_step"] = seconds / steps["stage2_content_step_s"]
+    results["procedural_videos_per_s"] = 8 / draws["procedural"]
+    print(
+        f"drawing a batch of 8 fresh videos (clip 5 + 4 context frames, degraded): procedural "
+        f"{draws['procedural'] * 1e3:.0f} ms ({results['procedural_videos_per_s']:.0f} videos/s), stills "
+        f"{draws['stills'] * 1e3:.0f} ms; procedural_over_step = {results['procedural_over_step']:.2f} of a stage-2 "
+        "step in the same process (a loader worker draws the next batch while the step runs: below 1 it is hidden)"
     )
     if args.json:
         write_json(args.json, results)

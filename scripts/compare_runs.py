@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/compare_runs.py LABEL=RUN_DIR [LABEL=RUN_DIR ...] [-o table.md]
 
-Each RUN_DIR is a stage-2 run folder (its val_videos.csv has psnr_y, psnr_y_base, psnr_y_shuffled
-per video). The table gives each video's base PSNR-Y and every run's gain over the base; the
+Each RUN_DIR is a stage-2 run folder: its test_videos.csv (the held-out test videos; or
+val_videos.csv for runs without a test split, or with --split val) has psnr_y, psnr_y_base,
+psnr_y_shuffled per video; only the main test group ("single") is compared. The table gives each video's base PSNR-Y and every run's gain over the base; the
 summary rows give the mean gain +- standard error, the videos improved, the shuffled-context
 control and the adapter spread (from metrics.json)."""
 
@@ -16,13 +17,17 @@ import math
 from pathlib import Path
 
 
-def read_rows(run_dir: Path) -> dict[str, dict[str, float]]:
-    path = run_dir / "val_videos.csv"
+def read_rows(run_dir: Path, split: str = "test") -> dict[str, dict[str, float]]:
+    path = run_dir / f"{split}_videos.csv"
+    if split == "test" and not path.is_file():
+        path = run_dir / "val_videos.csv"  # runs without a test split
     if not path.is_file():
         raise SystemExit(f"{path} does not exist: is {run_dir} a finished stage-2 run folder?")
     with path.open() as f:
         return {
-            r["video_id"]: {k: float(v) for k, v in r.items() if k != "video_id"} for r in csv.DictReader(f)
+            r["video_id"]: {k: float(v) for k, v in r.items() if k not in ("video_id", "group")}
+            for r in csv.DictReader(f)
+            if r.get("group", "single") == "single"
         }
 
 
@@ -33,8 +38,8 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def table(runs: dict[str, Path]) -> str:
-    data = {label: read_rows(d) for label, d in runs.items()}
+def table(runs: dict[str, Path], split: str = "test") -> str:
+    data = {label: read_rows(d, split) for label, d in runs.items()}
     metrics = {label: json.loads((d / "metrics.json").read_text()) for label, d in runs.items()}
     first = next(iter(data.values()))
     videos = list(first)
@@ -55,7 +60,9 @@ def table(runs: dict[str, Path]) -> str:
         "shuffled-context gain (dB)": lambda lb: "{:+.3f}".format(
             mean_stderr([data[lb][v]["psnr_y_shuffled"] - data[lb][v]["psnr_y_base"] for v in videos])[0]
         ),
-        "adapter spread": lambda lb: f"{metrics[lb].get('val/adapter_spread', float('nan')):.3f}",
+        "adapter spread": lambda lb: (
+            f"{metrics[lb].get(f'{split}/adapter_spread', metrics[lb].get('val/adapter_spread', float('nan'))):.3f}"
+        ),
     }
     for name, cell in summary.items():
         lines.append(f"| **{name}** | | " + " | ".join(cell(lb) for lb in labels) + " |")
@@ -66,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
     parser.add_argument("-o", "--output", type=Path, help="also write the table here")
+    parser.add_argument(
+        "--split", choices=["test", "val"], default="test", help="which per-video table to compare"
+    )
     args = parser.parse_args(argv)
     runs = {}
     for item in args.runs:
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         if not sep:
             raise SystemExit(f"{item!r}: write LABEL=RUN_DIR")
         runs[label] = Path(path)
-    text = table(runs)
+    text = table(runs, args.split)
     print(text)
     if args.output:
         args.output.write_text(text)

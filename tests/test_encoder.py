@@ -178,7 +178,7 @@ def relative_spread(latents: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_different_videos_give_different_latents_at_initialisation(source):
-    """The collapse DESIGN.md warns about: at the first training step, latents must already
+    """The collapse docs/design.md warns about: at the first training step, latents must already
     differ between videos by a clear margin relative to their size (measured: about 0.05 for
     conv, 0.3 for base; a learned conv encoder without normalised features gave 5e-4)."""
     encoder = make_encoder(source).train()  # the first training step, running norms fresh

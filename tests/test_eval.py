@@ -38,7 +38,9 @@ def test_eval_table_has_every_method_and_column(tiny_checkpoints, tmp_path):
     summary = evaluation.run(cfg)
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["video_id", "method", "psnr_y", "ssim_y", "psnr_rgb", "seconds", "adapter_kib"]
+    assert list(rows[0]) == [
+        "video_id", "method", "psnr_y", "ssim_y", "psnr_rgb", "seconds", "adapter_kib", "group"
+    ]  # fmt: skip
     assert [r["method"] for r in rows[:5]] == ["bicubic", "base", "selfsup", "hypernet", "oracle"]
     assert len(rows) == 5 * 5  # five held-out photos, one video each, five methods
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -94,3 +96,23 @@ def test_selfsup_finetune_changes_only_the_adapters(tiny_checkpoints):
     assert any(not torch.equal(adapters[k][1], start[k][1]) for k in adapters)
     assert all(not p.requires_grad for p in system.base.parameters())
     assert Path(tiny_checkpoints["hyper"]).is_file()
+
+
+def test_eval_reports_test_groups_apart(tiny_checkpoints, tmp_path):
+    cfg = compose_eval(
+        [
+            *TINY_DATA,
+            "methods=[base,hypernet]",
+            "data.test_shots=2",
+            "data.num_frames=8",
+            f"checkpoint={tiny_checkpoints['hyper']}",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
+    summary = evaluation.run(cfg)
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["group"] for r in rows} == {"single", "multishot"} and len(rows) == 2 * 5 * 2
+    assert all("-shots2-" in r["video_id"] for r in rows if r["group"] == "multishot")
+    assert "test/hypernet_gain_y" in summary and "test/multishot/hypernet_gain_y" in summary
+    assert "test group multishot" in (tmp_path / "results.md").read_text()

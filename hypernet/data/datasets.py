@@ -16,7 +16,7 @@ video, so every sample of a video carries the same parameters.
 
 Training draws are *fresh*: item i of the training set is a new video (new photo crop, camera
 path and degradation) seeded by (seed, i), and the sampler hands out new indices every epoch.
-DESIGN.md: content diversity is the largest lever; a small fixed pool memorises.
+docs/design.md: content diversity is the largest lever; a small fixed pool memorises.
 """
 
 from __future__ import annotations

@@ -8,14 +8,15 @@ running sum per (video, head, latent), the online softmax of FlashAttention. Tim
 the video's length, memory is that of one chunk plus a state of V*H*M*(d+2) numbers, and the
 result equals encoding every frame at once (up to float rounding).
 
-Per-frame tokens come from one of two sources (DESIGN.md, "Interfaces: Encoder"):
+Per-frame tokens come from one of three sources (docs/design.md, "Interfaces"):
 
 - "conv": the encoder's own small conv net, one token per position of a stride-4 feature map;
 - "base": the frozen base network's own activations at given layers, pooled to per-channel
-  mean and std, one token per (frame, layer): what the base itself "sees".
+  mean and std, one token per (frame, layer): what the base itself "sees";
+- "stats": no content features, only the LR statistics below (a control).
 
 Beside them, cheap LR statistics (per-channel mean, std, log mean |Laplacian|, log high-pass
-std) give one more token per frame. DESIGN.md ("Making the hypernetwork learn") found that a
+std) give one more token per frame. The prototype (docs/design.md, "Making the hypernetwork learn") found that a
 learned encoder alone collapsed, producing the same adapter for every video, while these
 statistics, normalised, vary between videos from the first step. Features whose scale is not
 known in advance pass through a `RunningNorm`, so they arrive at unit scale without the

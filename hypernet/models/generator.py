@@ -5,7 +5,7 @@ the answer goes through output heads that produce that layer's A (down) and B (u
 the same shape share their heads (the embedding tells them apart), which keeps the generator
 small however deep the base is. B is multiplied by a per-layer gate that starts at zero, so at
 initialisation every adapter is the identity and the base's output is unchanged; the gate is
-the learned output scale (DESIGN.md: "a linear output with a zero-initialised scale").
+the learned output scale (docs/design.md: "a linear output with a zero-initialised scale").
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class LoRAGenerator(nn.Module):
     """latents (V, M, dim) -> adapters {layer: (A (V, *a_shape), B (V, *b_shape))}.
 
     static=True ignores the latents (one learned adapter shared by all videos): the "static
-    shared LoRA, same budget" control of DESIGN.md."""
+    shared LoRA, same budget" control of docs/design.md."""
 
     def __init__(self, *, spec: LoRASpec, dim: int, num_heads: int = 4, static: bool = False):
         super().__init__()

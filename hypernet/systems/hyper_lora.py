@@ -8,7 +8,7 @@ refine  then k differentiable inner gradient steps on a self-supervised loss com
 
 The base comes from a stage-1 checkpoint, is frozen (requires_grad False) and always in eval
 mode; validation reports base vs base+hypernet per video, plus the collapse controls of
-DESIGN.md: `val/psnr_y_shuffled` (adapters from another video's context) and
+docs/design.md: `val/psnr_y_shuffled` (adapters from another video's context) and
 `val/adapter_spread`.
 """
 

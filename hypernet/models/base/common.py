@@ -1,7 +1,7 @@
 """Building blocks shared by the base VSR networks.
 
 No normalisation layers anywhere: a LoRA changes a layer's output distribution, and running
-statistics learned without it would then be wrong (DESIGN.md, "Base networks").
+statistics learned without it would then be wrong (docs/design.md, "Base networks").
 """
 
 from __future__ import annotations
