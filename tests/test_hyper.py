@@ -200,3 +200,14 @@ def test_degradation_ceiling_reads_the_parameters_not_the_frames(base_ckpt):
         system.adapters_for(batch["context"], batch["context_times"])
     with pytest.raises(ValueError, match="degradation-ceiling control"):
         system.adapters_from_stream([batch["context"][:1]], num_frames=3)
+
+
+def test_feature_layers_choose_what_the_encoder_reads(base_ckpt):
+    system = tiny_system(base_ckpt, feature_layers=["conv_first", "body.0.*"])
+    assert system.encoder.tokenizer.layer_names == ["conv_first", "body.0.conv1", "body.0.conv2"]
+    assert len(system.spec.names) > 3  # the adapters still cover every target
+    batch = tiny_batch()
+    adapters = system.adapters_for(batch["context"], batch["context_times"])
+    assert set(adapters) == set(system.spec.names)
+    with pytest.raises(ValueError, match=r"hypernet.feature_layers=\['head\*'\] matches none"):
+        tiny_system(base_ckpt, feature_layers=["head*"])

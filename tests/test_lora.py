@@ -602,3 +602,32 @@ def test_project_bases_batched_equal_separate(name):
         torch.testing.assert_close(
             batched[v : v + 1], reference_merged(model, spec, adapters, v)(x[v : v + 1]), atol=1e-4, rtol=0
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-video weights: the training path
+
+
+@pytest.mark.parametrize("toy", [WindowToy, RecurrentToy, TokenToy])
+def test_per_video_weights_equal_the_lora_branches_values_and_gradients(toy):
+    """Folding each video's adapter into its own weight (one grouped conv / batched matmul) gives
+    the same outputs and the same adapter gradients as hooks adding the LoRA branch; the layers'
+    own forward comes back on exit."""
+    model = toy().requires_grad_(False)
+    spec = find_targets(model, rank=2, alpha=3.0)
+    x = torch.randn(3, 4, 3, 10, 10) if toy is not TokenToy else torch.randn(3 * 2, 3, 5, 5)
+    results = []
+    for per_video in (False, True):
+        adapters = random_adapters(spec, 3, requires_grad=True)
+        with apply_adapters(model, spec, adapters, per_video_weights=per_video):
+            y = model(x)
+        (y**2).mean().backward()
+        results.append((y.detach(), [t.grad for pair in adapters.values() for t in pair]))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=ATOL, rtol=0)
+    for g_hooks, g_weights in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(g_weights, g_hooks, atol=1e-4, rtol=1e-4)
+    assert all("forward" not in vars(model.get_submodule(t.name)) for t in spec.targets)
+    with pytest.raises(ValueError, match="not a multiple of the 2 videos"):
+        with apply_adapters(model, spec, random_adapters(spec, 2), per_video_weights=True):
+            model(x[:3] if toy is TokenToy else x[:1, :3])
+    assert all("forward" not in vars(model.get_submodule(t.name)) for t in spec.targets)
