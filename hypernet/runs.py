@@ -18,13 +18,24 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 
+def default_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the process's umask. mkstemp makes its
+    files 0o600 (private), which would leave checkpoints and adapters unreadable to the group
+    that shares a run folder. The umask can only be read by setting it, so it is set back."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`: a reader
-    (or a crash) never sees a half-written file under the final name."""
+    (or a crash) never sees a half-written file under the final name. The file gets the usual
+    permissions of a new file (see default_file_mode), not mkstemp's private ones."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -106,6 +117,7 @@ def write_run_metadata(output_dir: str | Path, cfg: DictConfig, *, logger_ids: M
     except ValueError:  # composed without @hydra.main (tests, notebooks)
         pass
     run_info = {
+        "status": "running",  # rewritten by mark_run: "finished", or "failed" with the error
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "overrides": overrides,
         "seed": int(cfg.seed),
@@ -116,6 +128,20 @@ def write_run_metadata(output_dir: str | Path, cfg: DictConfig, *, logger_ids: M
     }
     atomic_write_text(output_dir / "run.json", json.dumps(run_info, indent=2))
     atomic_write_text(output_dir / "git.diff", _git("diff", "HEAD"))
+
+
+def mark_run(output_dir: str | Path, status: str, *, error: BaseException | None = None) -> None:
+    """Record how the run ended in its `run.json`: "finished", or "failed" with the error's type
+    and message, so that a folder left by a crash does not pass for a real run."""
+    path = Path(output_dir) / "run.json"
+    try:
+        run_info = json.loads(path.read_text())
+    except (OSError, ValueError):  # never written (not rank 0) or unreadable: nothing to mark
+        return
+    run_info["status"] = status
+    if error is not None:
+        run_info["error"] = {"type": type(error).__name__, "message": str(error)}
+    atomic_write_text(path, json.dumps(run_info, indent=2))
 
 
 def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any]) -> None:

@@ -627,7 +627,9 @@ def test_per_video_weights_equal_the_lora_branches_values_and_gradients(toy):
     for g_hooks, g_weights in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(g_weights, g_hooks, atol=1e-4, rtol=1e-4)
     assert all("forward" not in vars(model.get_submodule(t.name)) for t in spec.targets)
-    with pytest.raises(ValueError, match="not a multiple of the 2 videos"):
-        with apply_adapters(model, spec, random_adapters(spec, 2), per_video_weights=True):
-            model(x[:3] if toy is TokenToy else x[:1, :3])
+    with (
+        pytest.raises(ValueError, match="not a multiple of the 2 videos"),
+        apply_adapters(model, spec, random_adapters(spec, 2), per_video_weights=True),
+    ):
+        model(x[:3] if toy is TokenToy else x[:1, :3])
     assert all("forward" not in vars(model.get_submodule(t.name)) for t in spec.targets)

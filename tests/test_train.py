@@ -62,6 +62,8 @@ def test_resume_continues_identically(tmp_path):
         (["model.scale=2"], r"model.scale=2 differs from data.scale=4"),
         (["data.patch_size=30"], r"data.patch_size=30 .* divisible by data.scale=4"),
         (["trainer.devices=3"], r"data.batch_size=4 .* \(3 = trainer.devices"),
+        (["data.batch_size=0"], r"data.batch_size=0 must be a positive int"),
+        (["data.batch_size=-2"], r"data.batch_size=-2 must be a positive int"),
         (["stage=meta"], r"stage='meta'"),
         (["stage=hyper"], r"base_ckpt"),
     ],

@@ -47,7 +47,9 @@ TEST_GROUPS = ("single", "multishot", "large")
 
 
 def per_rank_batch_size(batch_size: int, world_size: int, *, option: str = "data.batch_size") -> int:
-    if batch_size < 1 or batch_size % world_size:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{option}={batch_size!r} must be a positive int (the global batch, in videos)")
+    if batch_size % world_size:
         raise ValueError(
             f"{option}={batch_size} is the global batch and must divide by the number of processes "
             f"({world_size}); choose a multiple of {world_size}"

@@ -701,6 +701,13 @@ def load_adapters(
             raise AdapterFileError(
                 f"adapter file {str(path)!r} lacks tensor {err} named in its spec"
             ) from None
+        for key, tensor in ((f"{t.name}.lora_A", a), (f"{t.name}.lora_B", b)):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise AdapterFileError(
+                    f"adapter file {str(path)!r}: tensor {key!r} holds {bad} NaN or inf values "
+                    f"(of {tensor.numel()}); it would turn the video black: fit or predict the adapters again"
+                )
         adapters[t.name] = (
             a.to(device) if device is not None else a,
             b.to(device) if device is not None else b,

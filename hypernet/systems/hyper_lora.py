@@ -67,6 +67,8 @@ def feature_layer_names(spec: LoRASpec, patterns: list[str] | None) -> list[str]
 def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The stage-1 base network (EMA weights when the run kept them) and its model config."""
     path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"base_ckpt={path} is a folder, not a checkpoint file; {_inside_hint(path)}")
     if not path.is_file():
         raise FileNotFoundError(
             f"base_ckpt={path} does not exist: train stage 1 first (experiment=base_quickstart)"
@@ -82,6 +84,8 @@ def load_hypernet(checkpoint: str | Path, *, map_location: str = "cpu") -> Hyper
     """A trained stage-2 system (eval mode) from its checkpoint alone: the frozen base's weights
     travel inside it, so the stage-1 checkpoint need not exist any more."""
     path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file; {_inside_hint(path)}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: train stage 2 first (make quickstart)")
     try:
@@ -90,7 +94,26 @@ def load_hypernet(checkpoint: str | Path, *, map_location: str = "cpu") -> Hyper
         raise ValueError(
             f"checkpoint {path} is not a readable stage-2 (HyperLoRASystem) checkpoint: {e}"
         ) from e
+    check_finite(system, path)
     return system.eval()
+
+
+def _inside_hint(folder: Path) -> str:
+    """Where the checkpoint of a run folder is, for an error that was given the folder."""
+    found = [p for p in (folder / "checkpoints" / "last.ckpt", folder / "last.ckpt") if p.is_file()]
+    return f"did you mean {found[0]}?" if found else "give the .ckpt file (a run keeps them in checkpoints/)"
+
+
+def check_finite(module: nn.Module, path: Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged run saved them): they would make every
+    frame black, silently. Names the file and the first bad tensor."""
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"checkpoint {path}: tensor {name!r} holds {bad} NaN or inf values (of {tensor.numel()}); "
+                "the run that saved it diverged: use an earlier checkpoint or retrain"
+            )
 
 
 class HyperLoRASystem(L.LightningModule):
