@@ -142,7 +142,10 @@ def test_stage2_run_keeps_the_base_bit_identical(base_ckpt, tmp_path):
     ("overrides", "message"),
     [
         (["hypernet.targets=[decoder.*]"], r"decoder"),
-        (["hypernet.rank=10000"], r"rank"),
+        (
+            ["hypernet.overrides={conv_first:{rank:10000}}"],
+            r"overrides\['conv_first'\]\['rank'\]=10000 is too large",
+        ),
         (["data.context_frames=50"], r"context_frames=50 .*8 frames"),
         (["model.channels=9"], r"base_ckpt=.*model"),
     ],
@@ -211,3 +214,19 @@ def test_feature_layers_choose_what_the_encoder_reads(base_ckpt):
     assert set(adapters) == set(system.spec.names)
     with pytest.raises(ValueError, match=r"hypernet.feature_layers=\['head\*'\] matches none"):
         tiny_system(base_ckpt, feature_layers=["head*"])
+
+
+def test_stage2_on_the_recurrent_base_works_with_the_default_rank(tmp_path):
+    """Its flow head is smaller than the default rank: the rank is capped there, not an error."""
+    out = tmp_path / "recurrent"
+    run(compose_train([*TINY_BASE, "model=recurrent", "model.channels=8"], out / "base"))
+    cfg = compose_train(
+        [*TINY_BASE, "model=recurrent", "model.channels=8", *TINY_HYPER, "hypernet.rank=4",
+         f"base_ckpt={out / 'base' / 'checkpoints' / 'last.ckpt'}"],
+        out / "hyper",
+    )  # fmt: skip
+    metrics = run(cfg)
+    assert "test/gain_y" in metrics
+    system = HyperLoRASystem.load_from_checkpoint(out / "hyper" / "checkpoints" / "last.ckpt", base_ckpt=None)
+    ranks = {t.rank for t in system.spec.targets}
+    assert max(ranks) == 4 and min(ranks) < 4
