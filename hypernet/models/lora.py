@@ -558,6 +558,21 @@ def delta_weight(target: LoRATarget, a: Tensor, b: Tensor) -> Tensor:
     return (b @ a) * target.scaling
 
 
+def scale_adapters(adapters: Adapters, strength: float, *, option: str = "strength") -> Adapters:
+    """The adapters with their weight change scaled by `strength` (B * strength: the delta
+    scaling * B @ A is linear in B): 0 is the base exactly, 1 as trained, above 1 extrapolates."""
+    if (
+        isinstance(strength, bool)
+        or not isinstance(strength, int | float)
+        or not math.isfinite(strength)
+        or strength < 0
+    ):
+        raise ValueError(
+            f"{option}={strength!r}: the adapter strength must be a number >= 0 (0: the base, 1: as trained)"
+        )
+    return {name: (a, b * strength) for name, (a, b) in adapters.items()}
+
+
 def _merge(model: nn.Module, spec: LoRASpec, adapters: Adapters, video: int, sign: float) -> None:
     num_videos = _num_videos(spec, adapters)
     if not 0 <= video < num_videos:
