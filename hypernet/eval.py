@@ -70,7 +70,9 @@ def evaluate_video(
                     {
                         "video_id": item["video_id"],
                         "strength": float(strength),
-                        "psnr_y": video_metrics(scaled.clamp(0, 1), hr, crop_border=0)["psnr_y"].item(),
+                        "psnr_y": video_metrics(scaled.clamp(0, 1), hr, crop_border=cfg.crop_border)[
+                            "psnr_y"
+                        ].item(),
                     }
                 )
         seconds = time.perf_counter() - started
@@ -79,7 +81,7 @@ def evaluate_video(
                 sr = bicubic_upscale(lr, system.scale)
             else:
                 sr = adapted_sr(base, spec, adapters, lr).clamp(0, 1)
-        m = video_metrics(sr, hr, crop_border=0)
+        m = video_metrics(sr, hr, crop_border=cfg.crop_border)
         rows.append(
             {
                 "video_id": item["video_id"],

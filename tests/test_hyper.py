@@ -10,29 +10,12 @@ import torch
 from hypernet.models.lora import apply_adapters
 from hypernet.systems.hyper_lora import HyperLoRASystem
 from hypernet.train import run
-from tests.conftest import TINY_BASE, compose_train
-
-TINY_HYPER = [
-    "stage=hyper",
-    "hypernet.dim=16",
-    "hypernet.num_latents=4",
-    "hypernet.num_heads=2",
-    "hypernet.num_blocks=1",
-    "hypernet.conv_channels=8",
-    "hypernet.rank=2",
-    "optim=hyper",
-    "data.context_frames=3",
-    "data.patch_size=null",
-    "data.batch_size=2",
-    "data.samples_per_epoch=4",
-]
+from tests.conftest import TINY_BASE, TINY_HYPER, compose_train
 
 
 @pytest.fixture(scope="module")
-def base_ckpt(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("stage1")
-    run(compose_train(TINY_BASE, out))
-    return out / "checkpoints" / "last.ckpt"
+def base_ckpt(tiny_checkpoints) -> Path:
+    return tiny_checkpoints["base"]
 
 
 def tiny_system(base_ckpt: Path, **options) -> HyperLoRASystem:

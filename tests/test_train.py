@@ -115,3 +115,18 @@ def test_git_diff_holds_source_changes_only(tmp_path):
     ]
     assert changed == ["diff --git a/model.py b/model.py"]
     assert git("status", "--porcelain", "--", *SOURCE_PATHSPEC).split() == ["M", "model.py"]
+
+
+def test_a_finished_run_is_reachable_as_latest(tmp_path, capsys):
+    """outputs/<task>/latest points at the newest run of the task, so the next command can name it."""
+    log_dir = tmp_path / "logs"
+    first = log_dir / "train" / "runs" / "one"
+    cfg = compose_train([*TINY_BASE, f"paths.log_dir={log_dir}"], first)
+    run(cfg)
+    latest = log_dir / "train" / "latest"
+    assert latest.is_symlink() and (latest / "checkpoints" / "best.ckpt").is_file()
+    assert latest.resolve() == first.resolve()
+    assert "checkpoints: best.ckpt" in capsys.readouterr().out
+    second = log_dir / "train" / "runs" / "two"
+    run(compose_train([*TINY_BASE, f"paths.log_dir={log_dir}"], second))
+    assert latest.resolve() == second.resolve()
