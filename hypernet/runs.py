@@ -67,6 +67,11 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
+# What a run's code is: the tree without results and run outputs. A diff of the whole tree would
+# carry earlier runs' committed results (and their own diffs) into every new run folder.
+SOURCE_PATHSPEC = (".", ":(exclude)experiments", ":(exclude)outputs")
+
+
 def _git(*args: str) -> str:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -122,12 +127,12 @@ def write_run_metadata(output_dir: str | Path, cfg: DictConfig, *, logger_ids: M
         "overrides": overrides,
         "seed": int(cfg.seed),
         "git_commit": _git("rev-parse", "HEAD").strip() or "unknown",
-        "git_dirty": bool(_git("status", "--porcelain").strip()),
+        "git_dirty": bool(_git("status", "--porcelain", "--", *SOURCE_PATHSPEC).strip()),
         "logger_run_ids": dict(logger_ids),
         "environment": environment_versions(),
     }
     atomic_write_text(output_dir / "run.json", json.dumps(run_info, indent=2))
-    atomic_write_text(output_dir / "git.diff", _git("diff", "HEAD"))
+    atomic_write_text(output_dir / "git.diff", _git("diff", "HEAD", "--", *SOURCE_PATHSPEC))
 
 
 def mark_run(output_dir: str | Path, status: str, *, error: BaseException | None = None) -> None:

@@ -232,6 +232,26 @@ def check_resume_checkpoint(path: str | Path, system: L.LightningModule, stage: 
         )
 
 
+def point_latest(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """Point `<log_dir>/<task_name>/latest` at this run's folder, so the next stage and
+    `specialise` can name a checkpoint before knowing the run's time stamp, e.g.
+    base_ckpt=outputs/base_content/latest/checkpoints/best.ckpt. Only for runs inside that task's
+    folder (the default layout); the link is replaced atomically."""
+    import os
+
+    task = Path(cfg.paths.log_dir) / str(cfg.task_name)
+    try:
+        relative = output_dir.resolve().relative_to(task.resolve())
+    except ValueError:
+        return None
+    link = task / "latest"
+    tmp = task / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(relative, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     check_launch(cfg)
@@ -263,6 +283,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise
     if trainer.is_global_zero:
         mark_run(output_dir, "finished")
+        link = point_latest(cfg, output_dir)
+        where = f" (also {link}/)" if link else ""
+        print(f"run folder: {output_dir}{where}; checkpoints: best.ckpt (chosen on val), last.ckpt")
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             import wandb

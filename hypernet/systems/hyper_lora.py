@@ -49,19 +49,33 @@ from hypernet.systems.common import (
 MODES = ("direct", "refine")
 
 
-def feature_layer_names(spec: LoRASpec, patterns: list[str] | None) -> list[str]:
-    """The target layers whose activations the encoder reads: all targets (None), or those
-    matching hypernet.feature_layers (fnmatch patterns). Fewer, earlier layers make the frozen
-    base's pass over the context cheaper: it stops after the last layer read."""
+def feature_layer_names(base: nn.Module, spec: LoRASpec, patterns: list[str] | None) -> list[str]:
+    """The target layers whose activations the encoder reads: those matching
+    hypernet.feature_layers (fnmatch patterns), or by default every target that runs when the
+    base sees one frame alone (the encoder feeds it frames one by one; a recurrent base's flow
+    layers need two). Fewer, earlier layers make the frozen base's pass over the context cheaper:
+    it stops after the last layer read."""
     import fnmatch
 
     names = list(spec.names)
-    if patterns is None:
-        return names
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    if not chosen:
-        raise ValueError(f"hypernet.feature_layers={list(patterns)} matches none of the LoRA targets {names}")
-    return chosen
+    if patterns is not None:
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if not chosen:
+            raise ValueError(
+                f"hypernet.feature_layers={list(patterns)} matches none of the LoRA targets {names}"
+            )
+        return chosen
+    ran: set[str] = set()
+    modules = dict(base.named_modules())
+    handles = [modules[n].register_forward_hook(lambda *_, n=n: ran.add(n)) for n in names]
+    try:
+        with torch.no_grad():
+            param = next(base.parameters())
+            base(torch.zeros(1, 1, 3, 16, 16, dtype=param.dtype, device=param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [n for n in names if n in ran]
 
 
 def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -126,6 +140,7 @@ class HyperLoRASystem(L.LightningModule):
         exclude: list[str] = (),
         rank: int = 4,
         alpha: float | None = None,
+        overrides: dict[str, dict[str, float]] | None = None,
         source: str = "base",
         feature_layers: list[str] | None = None,
         dim: int = 64,
@@ -166,7 +181,12 @@ class HyperLoRASystem(L.LightningModule):
             )
         self.base = base.requires_grad_(False).eval()
         self.spec: LoRASpec = find_targets(
-            self.base, include=list(targets), exclude=list(exclude), rank=rank, alpha=alpha
+            self.base,
+            include=list(targets),
+            exclude=list(exclude),
+            rank=rank,
+            alpha=alpha,
+            overrides={k: dict(v) for k, v in (overrides or {}).items()},
         )
         self.encoder: nn.Module
         if source == "degradation":  # the ceiling control: true degradation parameters, no frames
@@ -183,7 +203,9 @@ class HyperLoRASystem(L.LightningModule):
                 conv_channels=conv_channels,
                 lr_stats=lr_stats,
                 base=self.base,
-                layer_names=feature_layer_names(self.spec, feature_layers) if source == "base" else (),
+                layer_names=feature_layer_names(self.base, self.spec, feature_layers)
+                if source == "base"
+                else (),
             )
         self.generator = LoRAGenerator(spec=self.spec, dim=dim, num_heads=num_heads, static=static)
         # refine mode: one learned step size per layer, log-parametrised (positive)
