@@ -161,6 +161,10 @@ class VSRDataModule(L.LightningDataModule):
     def scale(self) -> int:
         return self.degradation.scale
 
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
+
     @property
     def world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -324,7 +328,12 @@ class VSRDataModule(L.LightningDataModule):
         return DataLoader(
             self.train_set,
             batch_size=per_rank_batch_size(self.batch_size, world_size),
-            sampler=FreshIndexSampler(num_samples=len(self.train_set), rank=rank, world_size=world_size),
+            sampler=FreshIndexSampler(
+                num_samples=len(self.train_set),
+                rank=rank,
+                world_size=world_size,
+                epoch_of=self._current_epoch,
+            ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=True,

@@ -33,6 +33,7 @@ from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
     EvaluationTables,
     adapted_sr,
+    align_logging_step,
     bicubic_upscale,
     charbonnier,
     check_loss,
@@ -314,6 +315,9 @@ class HyperLoRASystem(L.LightningModule):
         return current
 
     # -------------------------------------------------------------- steps
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        align_logging_step(checkpoint)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         adapters = self.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
         loss = charbonnier(self.sr(batch["lr"], adapters), batch["hr"])
