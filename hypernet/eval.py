@@ -23,10 +23,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from hypernet.finetune import finetune_adapters
 from hypernet.models.lora import Adapters, scale_adapters
 from hypernet.runs import atomic_write_text, write_metrics, write_table_csv
 from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side, video_metrics
+from hypernet.systems.per_video import finetune_adapters
 
 METHODS = ("bicubic", "base", "selfsup", "hypernet", "oracle")
 

@@ -34,21 +34,27 @@ import argparse
 import contextlib
 import math
 import os
-import signal
 import sys
-import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange
 from torch import nn
 
+from hypernet.cli_checks import (
+    SIGTERM_EXIT,
+    InputError,
+    check_device,
+    check_frame_size,
+    check_not_an_input,
+    check_output,
+    check_outputs_differ,
+    sigterm_unwinds,
+)
 from hypernet.data.datasets import spread_indices
 from hypernet.data.video_io import (
     TruncatedVideoWarning,
@@ -56,41 +62,14 @@ from hypernet.data.video_io import (
     iter_chunks,
     probe,
     read_frames,
+    to_tensor,
+    to_uint8,
     write_mp4,
 )
 from hypernet.models.lora import Adapters, LoRASpec, load_adapters, merge_adapters, save_adapters
-from hypernet.runs import peak_rss_mib
-
-# The stage-2 checkpoint that `make quickstart` writes, relative to the working directory (the
-# repository root, where the README's commands run).
-DEFAULT_CHECKPOINT = Path("outputs/quickstart/hyper/checkpoints/last.ckpt")
-
-# Smallest LR frame side, pixels. The base's 3x3 convolutions need some image around each pixel
-# to mean anything, and the refine mode's self-supervised step downsamples the LR frames once
-# more by the scale (x4): 8x8 becomes 2x2, the smallest image it can still upscale back.
-MIN_SIZE = 8
+from hypernet.runs import DEFAULT_CHECKPOINT, peak_rss_mib
 
 MODES = ("hypernet", "adapter", "base-only")
-
-
-class SpecialiseError(ValueError):
-    """A bad input, output or option of `specialise`; the message names it and what to do."""
-
-
-# ----------------------------------------------------------------------------------------------
-# frames <-> tensors
-
-
-def to_tensor(chunk: np.ndarray, *, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 frames (t, H, W, 3) -> one video of floats in [0, 1], (1, t, 3, H, W)."""
-    frames = torch.from_numpy(np.ascontiguousarray(chunk)).to(device).float().div_(255)
-    return rearrange(frames, "t h w c -> 1 t c h w")
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """One video of floats (1, t, 3, H, W), clamped to [0, 1] -> uint8 frames (t, H, W, 3)."""
-    frames = rearrange(video.clamp(0, 1).mul(255).round(), "1 t c h w -> t h w c")
-    return frames.to(torch.uint8).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,84 +119,6 @@ def _counted(chunks: Iterable[np.ndarray], advance) -> Iterator[np.ndarray]:
 # checks before any heavy work
 
 
-def check_output(
-    path: str | os.PathLike, *, option: str = "-o/--output", suffix: str | None = ".mp4"
-) -> Path:
-    """The output path, with its folder created and proven writable (by writing a temporary file
-    there), so that a bad path fails now and not after an hour of upscaling."""
-    path = Path(path)
-    if suffix is not None and path.suffix.lower() != suffix:
-        raise SpecialiseError(f"{option} {path}: the file name must end in {suffix}")
-    if path.is_dir():
-        raise SpecialiseError(f"{option} {path}: is a folder; give a file name")
-    folder = path.parent
-    for ancestor in (folder, *folder.parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise SpecialiseError(
-                    f"{option} {path}: cannot be written, {ancestor} is a file, not a folder"
-                )
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise SpecialiseError(f"{option} {path}: cannot write into the folder {folder} ({reason})") from e
-    return path
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name one file: equal once symlinks and `..` are resolved, or (both
-    existing) the same inode, which also catches hard links."""
-    a, b = Path(a), Path(b)
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def check_not_an_input(
-    output: str | os.PathLike | None, option: str, inputs: Mapping[str, str | os.PathLike | None]
-) -> None:
-    """Refuse an output path that names one of the inputs ({option: path}): writing it would
-    destroy that input before (or while) it is read."""
-    if output is None:
-        return
-    for name, path in inputs.items():
-        if path is not None and same_file(output, path):
-            raise SpecialiseError(
-                f"{option} {output}: is the same file as {name} {path}; writing it would destroy that "
-                "input: choose another name"
-            )
-
-
-def check_outputs_differ(outputs: Mapping[str, str | os.PathLike | None]) -> None:
-    """Refuse two outputs ({option: path}) that name one file: the second would replace the first."""
-    given = [(option, path) for option, path in outputs.items() if path is not None]
-    for i, (option, path) in enumerate(given):
-        for other, other_path in given[i + 1 :]:
-            if same_file(path, other_path):
-                raise SpecialiseError(
-                    f"{other} {other_path}: is the same file as {option} {path}; give each output its own name"
-                )
-
-
-def check_frame_size(path: str | os.PathLike, height: int, width: int, *, scale: int = 1) -> None:
-    """LR frames (height / scale x width / scale of the video at `path`) large enough for the
-    model (MIN_SIZE); `scale` > 1 where the LR video will be made from this HR one."""
-    lr_height, lr_width = height // scale, width // scale
-    if lr_height < MIN_SIZE or lr_width < MIN_SIZE:
-        made = "" if scale == 1 else f", which makes LR frames of {lr_width}x{lr_height} at x{scale}"
-        raise SpecialiseError(
-            f"{path}: frames are {width}x{height} (WxH){made}, smaller than the minimum "
-            f"{MIN_SIZE}x{MIN_SIZE} this model can upscale"
-        )
-
-
 def check_input(
     path: str | os.PathLike, *, fps: float | None = None, allow_truncated: bool = False
 ) -> VideoInfo:
@@ -228,35 +129,8 @@ def check_input(
     info = probe(path, fps=fps, verify=True, allow_truncated=allow_truncated)
     check_frame_size(path, info.height, info.width)
     if not info.fps > 0:
-        raise SpecialiseError(f"{path}: the file stores no frame rate; give one with --fps")
+        raise InputError(f"{path}: the file stores no frame rate; give one with --fps")
     return info
-
-
-def check_device(device: str, *, option: str = "--device") -> torch.device:
-    """The torch device, refused now (not as an unreadable checkpoint later) when it does not
-    exist on this machine."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise SpecialiseError(
-            f"{option} {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1"
-        ) from e
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SpecialiseError(
-                f"{option} {device}: no CUDA device is available on this machine "
-                "(torch.cuda.is_available() is False); use --device cpu"
-            )
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise SpecialiseError(
-                f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                f"numbered from 0; choose one of them"
-            )
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise SpecialiseError(
-            f"{option} {device}: no MPS device is available on this machine; use --device cpu"
-        )
-    return parsed
 
 
 def _check_options(
@@ -271,21 +145,21 @@ def _check_options(
     device: str = "cpu",
 ) -> None:
     if base_only and adapter is not None:
-        raise SpecialiseError("--base-only and --adapter exclude each other: choose one")
+        raise InputError("--base-only and --adapter exclude each other: choose one")
     if base_only and save_adapter is not None:
-        raise SpecialiseError("--base-only makes no adapters, so there is nothing to --save-adapter")
+        raise InputError("--base-only makes no adapters, so there is nothing to --save-adapter")
     if chunk_size < 1:
-        raise SpecialiseError(f"--chunk-size must be >= 1 frame, got {chunk_size}")
+        raise InputError(f"--chunk-size must be >= 1 frame, got {chunk_size}")
     if overlap < 0:
-        raise SpecialiseError(f"--overlap must be >= 0 frames, got {overlap}")
+        raise InputError(f"--overlap must be >= 0 frames, got {overlap}")
     if not 0 <= crf <= 51:
-        raise SpecialiseError(f"--crf must be in 0..51 (0 = lossless, 18 ~ visually lossless), got {crf}")
+        raise InputError(f"--crf must be in 0..51 (0 = lossless, 18 ~ visually lossless), got {crf}")
     if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise SpecialiseError(f"--fps {fps:g}: the frame rate must be > 0 frames per second")
+        raise InputError(f"--fps {fps:g}: the frame rate must be > 0 frames per second")
     if save_adapter is not None and save_adapter.suffix.lower() != ".safetensors":
-        raise SpecialiseError(f"--save-adapter {save_adapter}: adapter files end in .safetensors")
+        raise InputError(f"--save-adapter {save_adapter}: adapter files end in .safetensors")
     if adapter is not None and not adapter.is_file():
-        raise SpecialiseError(f"--adapter {adapter}: no such file (make one with --save-adapter)")
+        raise InputError(f"--adapter {adapter}: no such file (make one with --save-adapter)")
     check_device(device)
 
 
@@ -480,29 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
-
-
-# exit status of a process ended by a signal, as a shell reports it: 128 + the signal's number
-SIGTERM_EXIT = 128 + signal.SIGTERM
-
-
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(SIGTERM_EXIT)
-
-
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """While inside: SIGTERM raises SystemExit, so it unwinds like Ctrl-C through the `finally`
-    and `except BaseException` blocks that delete temporary files (write_mp4, atomic writes),
-    instead of killing the process with them on disk. Only the main thread can set handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -7,11 +7,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from hypernet import eval as evaluation
-from hypernet.finetune import finetune_adapters
 from hypernet.metrics import psnr
 from hypernet.models.lora import init_adapters
 from hypernet.systems.common import adapted_sr
 from hypernet.systems.hyper_lora import load_hypernet
+from hypernet.systems.per_video import finetune_adapters
 from tests.conftest import CONFIG_DIR
 
 TINY_DATA = [

@@ -344,12 +344,12 @@ def test_finetune_bad_options_name_the_option(checkpoint, video, tmp_path, capsy
 def test_finetune_checks_its_output_first(video, tmp_path, capsys, monkeypatch):
     """The output's folder is proven writable before the checkpoint is even loaded (a missing
     checkpoint here), and a folder that cannot be written is one line, not a traceback."""
-    import hypernet.specialise
+    import hypernet.cli_checks
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(hypernet.specialise.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(hypernet.cli_checks.tempfile, "TemporaryFile", refuse)
     out = tmp_path / "locked" / "a.safetensors"
     argv = ["--lr", str(video), "-o", str(out), "--checkpoint", str(tmp_path / "missing.ckpt")]
     assert finetune_main(argv) == 2

@@ -75,8 +75,7 @@ class FileVideo:
         return self._size
 
     def hr_frames(self, indices: list[int]) -> torch.Tensor:
-        frames = video_io.read_frames(self.path, list(indices))  # (n, H, W, 3) uint8
-        return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+        return video_io.to_tensor(video_io.read_frames(self.path, list(indices)))[0]
 
 
 @dataclass(frozen=True)

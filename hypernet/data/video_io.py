@@ -47,7 +47,9 @@ import av
 import av.error
 import av.logging
 import numpy as np
+import torch
 from av.video.reformatter import Interpolation
+from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 
 # FFmpeg prints a line for every damaged packet and libx264 its statistics at the end of every
@@ -754,3 +756,19 @@ def h264_roundtrip(frames: np.ndarray, *, crf: int, fps: float = 25.0, preset: s
     if len(decoded) != len(frames):  # would be an encoder bug, not a user error
         raise RuntimeError(f"h264_roundtrip: encoded {len(frames)} frames but decoded {len(decoded)}")
     return decoded[:, :height, :width]  # crop the even-size padding
+
+
+# ----------------------------------------------------------------------------------------------
+# frames <-> tensors
+
+
+def to_tensor(chunk: np.ndarray, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 frames (t, H, W, 3) -> one video of floats in [0, 1], (1, t, 3, H, W)."""
+    frames = torch.from_numpy(np.ascontiguousarray(chunk)).to(device).float().div_(255)
+    return rearrange(frames, "t h w c -> 1 t c h w")
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """One video of floats (1, t, 3, H, W), clamped to [0, 1] -> uint8 frames (t, H, W, 3)."""
+    frames = rearrange(video.clamp(0, 1).mul(255).round(), "1 t c h w -> t h w c")
+    return frames.to(torch.uint8).cpu().numpy()

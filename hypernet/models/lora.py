@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from hypernet.runs import atomic_write_bytes
+from hypernet.files import atomic_write_bytes
 
 FORMAT = "hypernet-lora/1"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
