@@ -229,8 +229,8 @@ def plot_bars(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> Non
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    from hypernet.data.datamodule import build_datamodule
     from hypernet.systems.hyper_lora import load_hypernet
-    from hypernet.train import build_datamodule
 
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hypernet.checkpointing import AtomicCheckpointIO
+from hypernet.data.datamodule import build_datamodule
 from hypernet.models.base import BASE_MODELS
 from hypernet.runs import mark_run, write_metrics, write_run_metadata, write_table_csv
 
@@ -117,19 +118,6 @@ def build_system(cfg: DictConfig) -> L.LightningModule:
     from hypernet.systems.hyper_lora import HyperLoRASystem
 
     return HyperLoRASystem.from_config(cfg)
-
-
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The data module of cfg.data; a bad option raises the data layer's own error (naming the
-    option) rather than Hydra's wrapper around it."""
-    from hydra.errors import InstantiationException
-
-    try:
-        return instantiate(cfg.data)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, ValueError):
-            raise e.__cause__ from None
-        raise
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

@@ -361,3 +361,17 @@ class VSRDataModule(L.LightningDataModule):
     @property
     def test_groups(self) -> list[str]:
         return [name for name in TEST_GROUPS if name in self.test_sets]
+
+
+def build_datamodule(cfg: Any) -> VSRDataModule:
+    """The data module of cfg.data; a bad option raises the data layer's own error (naming the
+    option) rather than Hydra's wrapper around it."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise e.__cause__ from None
+        raise
