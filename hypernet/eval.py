@@ -240,6 +240,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     system = load_hypernet(cfg.checkpoint)
+    if cfg.get("context_tile") is not None and hasattr(system.encoder, "context_tile"):
+        system.encoder.context_tile = int(cfg.context_tile)  # read large context frames as training's tiles
     datamodule = build_datamodule(cfg)
     # the test videos (data.test_source, every group), or the validation videos when there are none
     datamodule.setup("test")

@@ -144,6 +144,7 @@ class HyperLoRASystem(L.LightningModule):
         overrides: dict[str, dict[str, float]] | None = None,
         source: str = "base",
         feature_layers: list[str] | None = None,
+        context_tile: int | None = None,
         dim: int = 64,
         num_latents: int = 8,
         num_heads: int = 4,
@@ -203,6 +204,7 @@ class HyperLoRASystem(L.LightningModule):
                 num_blocks=num_blocks,
                 conv_channels=conv_channels,
                 lr_stats=lr_stats,
+                context_tile=context_tile,
                 base=self.base,
                 layer_names=feature_layer_names(self.base, self.spec, feature_layers)
                 if source == "base"
