@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from hypernet.runs import atomic_write_bytes
+from hypernet.files import atomic_write_bytes
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -23,10 +23,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from hypernet.finetune import finetune_adapters
-from hypernet.models.lora import Adapters
+from hypernet.models.lora import Adapters, scale_adapters
 from hypernet.runs import atomic_write_text, write_metrics, write_table_csv
 from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side, video_metrics
+from hypernet.systems.per_video import finetune_adapters
 
 METHODS = ("bicubic", "base", "selfsup", "hypernet", "oracle")
 
@@ -39,11 +39,12 @@ def adapter_kib(adapters: Adapters | None) -> float:
 
 def evaluate_video(
     system, item: dict, cfg: DictConfig
-) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """All methods on one video: rows for the table and each method's SR frames."""
+) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """All methods on one video: rows for the table, each method's SR frames, and the hypernet's
+    PSNR-Y at every strength of cfg.strengths (its adapters' delta scaled)."""
     base, spec = system.base, system.spec
     lr, hr = item["lr"][None], item["hr"][None]
-    rows, outputs = [], {}
+    rows, outputs, strength_rows = [], {}, []
     for method in cfg.methods:
         started = time.perf_counter()
         adapters = None
@@ -60,13 +61,27 @@ def evaluate_video(
                 item["context"][None], item["context_times"][None], item["degradation"][None]
             )
             adapters = {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
+            for strength in cfg.get("strengths") or []:
+                with torch.no_grad():
+                    scaled = adapted_sr(
+                        base, spec, scale_adapters(adapters, strength, option="strengths"), lr
+                    )
+                strength_rows.append(
+                    {
+                        "video_id": item["video_id"],
+                        "strength": float(strength),
+                        "psnr_y": video_metrics(scaled.clamp(0, 1), hr, crop_border=cfg.crop_border)[
+                            "psnr_y"
+                        ].item(),
+                    }
+                )
         seconds = time.perf_counter() - started
         with torch.no_grad():
             if method == "bicubic":
                 sr = bicubic_upscale(lr, system.scale)
             else:
                 sr = adapted_sr(base, spec, adapters, lr).clamp(0, 1)
-        m = video_metrics(sr, hr, crop_border=0)
+        m = video_metrics(sr, hr, crop_border=cfg.crop_border)
         rows.append(
             {
                 "video_id": item["video_id"],
@@ -80,7 +95,10 @@ def evaluate_video(
         )
         outputs[method] = sr[0, sr.shape[1] // 2]
     outputs["hr"] = hr[0, hr.shape[1] // 2]
-    return rows, outputs
+    base_psnr = next((r["psnr_y"] for r in rows if r["method"] == "base"), None)
+    for row in strength_rows:
+        row["gain_y"] = row["psnr_y"] - base_psnr if base_psnr is not None else float("nan")
+    return rows, outputs, strength_rows
 
 
 def summarise(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, float]:
@@ -153,6 +171,40 @@ def markdown(
     return "\n".join(lines).replace("\n;", ";") + "\n"
 
 
+def strength_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Gain over the base at each strength: test/hypernet_gain_y@S, its s.e. and videos improved."""
+    summary = {}
+    for strength in sorted({r["strength"] for r in rows}):
+        gains = [r["gain_y"] for r in rows if r["strength"] == strength]
+        n, mean = len(gains), sum(gains) / len(gains)
+        summary[f"test/hypernet_gain_y@{strength:g}"] = mean
+        summary[f"test/hypernet_gain_y_stderr@{strength:g}"] = math.sqrt(
+            sum((g - mean) ** 2 for g in gains) / max(n - 1, 1) / n
+        )
+        summary[f"test/hypernet_videos_improved@{strength:g}"] = float(sum(g > 0 for g in gains))
+    return summary
+
+
+def plot_strength(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = strength_summary(rows)
+    strengths = sorted({r["strength"] for r in rows})
+    means = [summary[f"test/hypernet_gain_y@{s:g}"] for s in strengths]
+    errors = [summary[f"test/hypernet_gain_y_stderr@{s:g}"] for s in strengths]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(strengths, means, yerr=errors, marker="o", capsize=3)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("adapter strength (0: the base, 1: as trained)")
+    ax.set_ylabel("PSNR-Y gain over the base (dB)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_bars(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
     import matplotlib
 
@@ -177,8 +229,8 @@ def plot_bars(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> Non
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    from hypernet.data.datamodule import build_datamodule
     from hypernet.systems.hyper_lora import load_hypernet
-    from hypernet.train import build_datamodule
 
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
@@ -188,6 +240,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     system = load_hypernet(cfg.checkpoint)
+    if cfg.get("context_tile") is not None and hasattr(system.encoder, "context_tile"):
+        system.encoder.context_tile = int(cfg.context_tile)  # read large context frames as training's tiles
     datamodule = build_datamodule(cfg)
     # the test videos (data.test_source, every group), or the validation videos when there are none
     datamodule.setup("test")
@@ -195,11 +249,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if not groups:
         datamodule.setup("validate")
         groups = {"single": datamodule.val_set}
-    rows, crops = [], []
+    for strength in cfg.get("strengths") or []:
+        scale_adapters({}, strength, option="strengths")  # a bad strength fails before any work
+    rows, crops, strength_rows = [], [], []
     for group, videos in groups.items():
         for i in range(len(videos)):
-            video_rows, outputs = evaluate_video(system, videos[i], cfg)
+            video_rows, outputs, video_strengths = evaluate_video(system, videos[i], cfg)
             rows += [{**row, "group": group} for row in video_rows]
+            strength_rows += [{**row, "group": group} for row in video_strengths]
             if group == "single" and i < cfg.crop_videos:
                 crops.append(
                     side_by_side(
@@ -219,6 +276,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     atomic_write_text(output_dir / "results.md", markdown(main_rows, summary, methods, groups=list(groups)))
     write_metrics(output_dir, summary)
     plot_bars(output_dir / "gains.png", main_rows, methods)
+    if strength_rows:
+        write_table_csv(output_dir / "strength.csv", strength_rows)
+        summary.update(strength_summary([r for r in strength_rows if r["group"] == "single"]))
+        write_metrics(output_dir, summary)
+        plot_strength(output_dir / "strength.png", [r for r in strength_rows if r["group"] == "single"])
     if crops:
         import torchvision
 

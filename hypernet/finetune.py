@@ -10,65 +10,30 @@ The adapter file is applied with `python -m hypernet.specialise LR.mp4 -o out.mp
 With --hr alone, the LR video is made from it by MATLAB bicubic (the BI protocol). The base is the
 one inside the stage-2 checkpoint (default: the one `make quickstart` trains), so the adapter's
 fingerprint matches what `specialise` loads.
+
+Every check a user can fail runs before a training step, with the checks `specialise` uses: the
+options and the output path first, then (once the checkpoint gives the scale) the videos' sizes
+and lengths.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from hypernet.cli_checks import check_frame_size, check_not_an_input, check_output, sigterm_unwinds
 from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
 from hypernet.data.degrade import bicubic_downsample
-from hypernet.models.lora import Adapters, LoRASpec, init_adapters, save_adapters
-from hypernet.specialise import to_tensor
-from hypernet.systems.common import adapted_sr, charbonnier, self_supervised_loss
-
-DEFAULT_CHECKPOINT = Path("outputs/quickstart/hyper/checkpoints/last.ckpt")
-
-
-def finetune_adapters(
-    base: nn.Module,
-    spec: LoRASpec,
-    lr: torch.Tensor,
-    *,
-    hr: torch.Tensor | None = None,
-    steps: int = 100,
-    learning_rate: float = 1e-3,
-    init: Adapters | None = None,
-    seed: int = 0,
-) -> Adapters:
-    """Adapters for ONE video fitted with Adam: lr (B, T, C, h, w) holds B clips of that video,
-    hr (B, T, C, sh, sw) or None.
-
-    With hr: the SR loss on those frames (the oracle: it sees the answer). Without: the
-    self-supervised loss on the LR frames alone. The base stays frozen; only A and B move."""
-    if lr.ndim != 5:
-        raise ValueError(f"finetune_adapters takes clips (B, T, C, h, w), got {tuple(lr.shape)}")
-    generator = torch.Generator().manual_seed(seed)
-    start = (
-        init if init is not None else init_adapters(spec, num_videos=1, generator=generator, dtype=lr.dtype)
-    )
-    leaves = {
-        k: (a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True))
-        for k, (a, b) in start.items()
-    }
-    optimizer = torch.optim.Adam([t for pair in leaves.values() for t in pair], lr=learning_rate)
-    for _ in range(steps):
-        with torch.enable_grad():
-            if hr is not None:
-                loss = charbonnier(adapted_sr(base, spec, leaves, lr), hr)
-            else:
-                loss = self_supervised_loss(base, spec, leaves, lr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        optimizer.step()
-    return {k: (a.detach(), b.detach()) for k, (a, b) in leaves.items()}
+from hypernet.data.video_io import to_tensor
+from hypernet.models.lora import save_adapters
+from hypernet.runs import DEFAULT_CHECKPOINT
+from hypernet.systems.per_video import finetune_adapters
 
 
 def load_clips(path: Path, clips: list[list[int]]) -> torch.Tensor:
@@ -104,25 +69,64 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        summary = run_finetune(args)
-    except (ValueError, FileNotFoundError) as e:
+        with sigterm_unwinds():  # a kill while saving leaves no temporary file behind
+            summary = run_finetune(args)
+    except (ValueError, OSError) as e:  # bad input, output or option: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The options alone, and the output path (its folder created and proven writable), before
+    any video is read: a bad one fails now, not after the training steps."""
+    if args.lr is None and args.hr is None:
+        raise ValueError("give --hr HR_VIDEO (supervised), --lr LR_VIDEO (self-supervised), or both")
+    for option, value in (("--steps", args.steps), ("--clips", args.clips), ("--clip-len", args.clip_len)):
+        if value < 1:
+            raise ValueError(f"{option} {value}: must be >= 1")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ValueError(f"--learning-rate {args.learning_rate:g}: must be a number > 0")
+    inputs = {"--lr": args.lr, "--hr": args.hr, "--checkpoint": args.checkpoint}
+    check_not_an_input(args.output, "-o/--output", inputs)
+    check_output(args.output, option="-o/--output", suffix=".safetensors")
+
+
+def check_videos(lr: Path | None, hr: Path | None, *, scale: int) -> video_io.VideoInfo:
+    """The videos are readable and whole, their LR frames large enough for the model (the
+    `specialise` minimum), and an LR / HR pair is one video: same length, HR `scale` x the LR
+    size. Returns the probe of the video the clips are cut from (HR when given)."""
+    hr_info = None if hr is None else video_io.probe(hr, verify=True)
+    lr_info = None if lr is None else video_io.probe(lr, verify=True)
+    if lr_info is not None:
+        check_frame_size(lr, lr_info.height, lr_info.width)
+    else:
+        check_frame_size(hr, hr_info.height, hr_info.width, scale=scale)
+    if hr_info is None or lr_info is None:
+        return hr_info or lr_info
+    if hr_info.num_frames != lr_info.num_frames:
+        raise ValueError(
+            f"--hr {hr} has {hr_info.num_frames} frames but --lr {lr} has {lr_info.num_frames}: "
+            "they must be the same video, frame for frame"
+        )
+    if (hr_info.height, hr_info.width) != (lr_info.height * scale, lr_info.width * scale):
+        raise ValueError(
+            f"--hr {hr} is {hr_info.width}x{hr_info.height} (WxH) but --lr {lr} is "
+            f"{lr_info.width}x{lr_info.height}: the HR frames must be x{scale} the LR size "
+            f"({lr_info.width * scale}x{lr_info.height * scale})"
+        )
+    return hr_info
+
+
 def run_finetune(args: argparse.Namespace) -> dict:
     from hypernet.systems.hyper_lora import load_hypernet
 
-    if args.lr is None and args.hr is None:
-        raise ValueError("give --hr HR_VIDEO (supervised), --lr LR_VIDEO (self-supervised), or both")
-    if args.output.suffix != ".safetensors":
-        raise ValueError(f"-o {args.output}: adapter files end in .safetensors")
+    check_args(args)
     system = load_hypernet(args.checkpoint)
     base, spec, scale = system.base, system.spec, system.scale
     source = args.hr if args.hr is not None else args.lr
-    info = video_io.probe(source)
+    info = check_videos(args.lr, args.hr, scale=scale)
     clip_len = min(args.clip_len, info.num_frames)
     starts = spread_indices(
         info.num_frames - clip_len + 1, min(args.clips, info.num_frames - clip_len + 1), None
@@ -130,11 +134,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
     clips = [list(range(s, s + clip_len)) for s in starts]
     hr = load_clips(args.hr, clips) if args.hr is not None else None
     if args.lr is not None:
-        lr = load_clips(args.lr, clips)
-        if hr is not None and tuple(hr.shape[-2:]) != (lr.shape[-2] * scale, lr.shape[-1] * scale):
-            raise ValueError(
-                f"--hr {args.hr} is {tuple(hr.shape[-2:])}, not x{scale} the LR size {tuple(lr.shape[-2:])}"
-            )
+        lr = load_clips(args.lr, clips)  # same length and x`scale` sizes: check_videos
     else:
         height, width = (hr.shape[-2] // scale) * scale, (hr.shape[-1] // scale) * scale
         hr = hr[..., :height, :width]

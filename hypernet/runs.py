@@ -5,38 +5,21 @@ versions, the logger's run id, and at the end `metrics.json` (a flat dict, keys 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hypernet.files import atomic_write_bytes, atomic_write_text, default_file_mode  # noqa: F401 (re-exported)
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`: a reader
-    (or a crash) never sees a half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+# The stage-2 checkpoint `make quickstart` writes (chosen on the validation scenes), relative to the
+# repository root where the README's commands run: what specialise and finetune use by default.
+DEFAULT_CHECKPOINT = Path("outputs/quickstart/hyper/checkpoints/best.ckpt")
 
 
 def peak_rss_mib() -> float:
@@ -54,6 +37,11 @@ def peak_rss_mib() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+# What a run's code is: the tree without results and run outputs. A diff of the whole tree would
+# carry earlier runs' committed results (and their own diffs) into every new run folder.
+SOURCE_PATHSPEC = (".", ":(exclude)experiments", ":(exclude)outputs")
 
 
 def _git(*args: str) -> str:
@@ -106,16 +94,31 @@ def write_run_metadata(output_dir: str | Path, cfg: DictConfig, *, logger_ids: M
     except ValueError:  # composed without @hydra.main (tests, notebooks)
         pass
     run_info = {
+        "status": "running",  # rewritten by mark_run: "finished", or "failed" with the error
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "overrides": overrides,
         "seed": int(cfg.seed),
         "git_commit": _git("rev-parse", "HEAD").strip() or "unknown",
-        "git_dirty": bool(_git("status", "--porcelain").strip()),
+        "git_dirty": bool(_git("status", "--porcelain", "--", *SOURCE_PATHSPEC).strip()),
         "logger_run_ids": dict(logger_ids),
         "environment": environment_versions(),
     }
     atomic_write_text(output_dir / "run.json", json.dumps(run_info, indent=2))
-    atomic_write_text(output_dir / "git.diff", _git("diff", "HEAD"))
+    atomic_write_text(output_dir / "git.diff", _git("diff", "HEAD", "--", *SOURCE_PATHSPEC))
+
+
+def mark_run(output_dir: str | Path, status: str, *, error: BaseException | None = None) -> None:
+    """Record how the run ended in its `run.json`: "finished", or "failed" with the error's type
+    and message, so that a folder left by a crash does not pass for a real run."""
+    path = Path(output_dir) / "run.json"
+    try:
+        run_info = json.loads(path.read_text())
+    except (OSError, ValueError):  # never written (not rank 0) or unreadable: nothing to mark
+        return
+    run_info["status"] = status
+    if error is not None:
+        run_info["error"] = {"type": type(error).__name__, "message": str(error)}
+    atomic_write_text(path, json.dumps(run_info, indent=2))
 
 
 def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any]) -> None:

@@ -14,7 +14,13 @@ Why the pieces look the way they do:
 - The output is written by `write_mp4`, which encodes into a hidden temporary file and renames it
   at the end: a failure or Ctrl-C leaves nothing under the output name. `save_adapters` is
   atomic too. The adapter file is written as soon as the adapters exist (before upscaling), so
-  a failure while upscaling keeps the expensive part.
+  a failure while upscaling keeps the expensive part. `main` turns SIGTERM (kill, timeout,
+  SLURM's time limit) into the same unwinding as Ctrl-C, so the temporaries go with it.
+- No output may name an input (compared after resolving symlinks): `-o` or `--save-adapter` on
+  the input video, the checkpoint or the adapter file would destroy it.
+- A file cut short (an interrupted download) would otherwise decode into a shorter video without
+  complaint; the input is read once by `probe(verify=True)` to compare its frames with what its
+  container announces, before any work (`--allow-truncated` accepts it with a warning).
 - Chunks are upscaled with `overlap` frames of context on each side whose outputs are dropped.
   A sliding-window base whose window radius is at most `overlap` then gives exactly the frames
   it gives on the whole video at once. A recurrent base is approximate at chunk boundaries: its
@@ -25,54 +31,45 @@ Why the pieces look the way they do:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
-import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange
 from torch import nn
 
+from hypernet.cli_checks import (
+    SIGTERM_EXIT,
+    InputError,
+    check_device,
+    check_frame_size,
+    check_not_an_input,
+    check_output,
+    check_outputs_differ,
+    sigterm_unwinds,
+)
 from hypernet.data.datasets import spread_indices
-from hypernet.data.video_io import VideoInfo, iter_chunks, probe, read_frames, write_mp4
+from hypernet.data.video_io import (
+    TruncatedVideoWarning,
+    VideoInfo,
+    iter_chunks,
+    probe,
+    read_frames,
+    to_tensor,
+    to_uint8,
+    write_mp4,
+)
 from hypernet.models.lora import Adapters, LoRASpec, load_adapters, merge_adapters, save_adapters
-from hypernet.runs import peak_rss_mib
-
-# The stage-2 checkpoint that `make quickstart` writes, relative to the working directory (the
-# repository root, where the README's commands run).
-DEFAULT_CHECKPOINT = Path("outputs/quickstart/hyper/checkpoints/last.ckpt")
-
-# Smallest LR frame side, pixels. The base's 3x3 convolutions need some image around each pixel
-# to mean anything, and the refine mode's self-supervised step downsamples the LR frames once
-# more by the scale (x4): 8x8 becomes 2x2, the smallest image it can still upscale back.
-MIN_SIZE = 8
+from hypernet.runs import DEFAULT_CHECKPOINT, peak_rss_mib
 
 MODES = ("hypernet", "adapter", "base-only")
-
-
-class SpecialiseError(ValueError):
-    """A bad input, output or option of `specialise`; the message names it and what to do."""
-
-
-# ----------------------------------------------------------------------------------------------
-# frames <-> tensors
-
-
-def to_tensor(chunk: np.ndarray, *, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 frames (t, H, W, 3) -> one video of floats in [0, 1], (1, t, 3, H, W)."""
-    frames = torch.from_numpy(np.ascontiguousarray(chunk)).to(device).float().div_(255)
-    return rearrange(frames, "t h w c -> 1 t c h w")
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """One video of floats (1, t, 3, H, W), clamped to [0, 1] -> uint8 frames (t, H, W, 3)."""
-    frames = rearrange(video.clamp(0, 1).mul(255).round(), "1 t c h w -> t h w c")
-    return frames.to(torch.uint8).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,45 +119,17 @@ def _counted(chunks: Iterable[np.ndarray], advance) -> Iterator[np.ndarray]:
 # checks before any heavy work
 
 
-def check_output(
-    path: str | os.PathLike, *, option: str = "-o/--output", suffix: str | None = ".mp4"
-) -> Path:
-    """The output path, with its folder created and proven writable (by writing a temporary file
-    there), so that a bad path fails now and not after an hour of upscaling."""
-    path = Path(path)
-    if suffix is not None and path.suffix.lower() != suffix:
-        raise SpecialiseError(f"{option} {path}: the file name must end in {suffix}")
-    if path.is_dir():
-        raise SpecialiseError(f"{option} {path}: is a folder; give a file name")
-    folder = path.parent
-    for ancestor in (folder, *folder.parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise SpecialiseError(
-                    f"{option} {path}: cannot be written, {ancestor} is a file, not a folder"
-                )
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise SpecialiseError(f"{option} {path}: cannot write into the folder {folder} ({reason})") from e
-    return path
-
-
-def check_input(path: str | os.PathLike, *, fps: float | None = None) -> VideoInfo:
-    """Probe the input (VideoReadError, a ValueError naming the file, when it is unreadable or
-    empty) and check that its frames are large enough and it has a frame rate."""
-    info = probe(path, fps=fps)
-    if info.height < MIN_SIZE or info.width < MIN_SIZE:
-        raise SpecialiseError(
-            f"{path}: frames are {info.width}x{info.height} (WxH), smaller than the minimum "
-            f"{MIN_SIZE}x{MIN_SIZE} this model can upscale"
-        )
+def check_input(
+    path: str | os.PathLike, *, fps: float | None = None, allow_truncated: bool = False
+) -> VideoInfo:
+    """Probe the input (VideoReadError, a ValueError naming the file, when it is unreadable,
+    empty or cut short) and check that its frames are large enough and it has a frame rate. The
+    file is demuxed once (no decoding) so that a truncated file fails now, not after the
+    adapters were made; `allow_truncated` accepts it with a warning, keeping the frames there are."""
+    info = probe(path, fps=fps, verify=True, allow_truncated=allow_truncated)
+    check_frame_size(path, info.height, info.width)
     if not info.fps > 0:
-        raise SpecialiseError(f"{path}: the file stores no frame rate; give one with --fps")
+        raise InputError(f"{path}: the file stores no frame rate; give one with --fps")
     return info
 
 
@@ -172,19 +141,26 @@ def _check_options(
     chunk_size: int,
     overlap: int,
     crf: int,
+    fps: float | None = None,
+    device: str = "cpu",
 ) -> None:
     if base_only and adapter is not None:
-        raise SpecialiseError("--base-only and --adapter exclude each other: choose one")
+        raise InputError("--base-only and --adapter exclude each other: choose one")
     if base_only and save_adapter is not None:
-        raise SpecialiseError("--base-only makes no adapters, so there is nothing to --save-adapter")
+        raise InputError("--base-only makes no adapters, so there is nothing to --save-adapter")
     if chunk_size < 1:
-        raise SpecialiseError(f"--chunk-size must be >= 1 frame, got {chunk_size}")
+        raise InputError(f"--chunk-size must be >= 1 frame, got {chunk_size}")
     if overlap < 0:
-        raise SpecialiseError(f"--overlap must be >= 0 frames, got {overlap}")
+        raise InputError(f"--overlap must be >= 0 frames, got {overlap}")
     if not 0 <= crf <= 51:
-        raise SpecialiseError(f"--crf must be in 0..51 (0 = lossless, 18 ~ visually lossless), got {crf}")
+        raise InputError(f"--crf must be in 0..51 (0 = lossless, 18 ~ visually lossless), got {crf}")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise InputError(f"--fps {fps:g}: the frame rate must be > 0 frames per second")
+    if save_adapter is not None and save_adapter.suffix.lower() != ".safetensors":
+        raise InputError(f"--save-adapter {save_adapter}: adapter files end in .safetensors")
     if adapter is not None and not adapter.is_file():
-        raise SpecialiseError(f"--adapter {adapter}: no such file (make one with --save-adapter)")
+        raise InputError(f"--adapter {adapter}: no such file (make one with --save-adapter)")
+    check_device(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,17 +176,19 @@ def predict_adapters(
     context_frames: int = 8,
     device: torch.device | str = "cpu",
     advance=None,
+    allow_truncated: bool = False,
 ) -> Adapters:
     """The hypernetwork's adapters for the whole video, streamed chunk by chunk through its
     encoder. Refine mode also takes its inner steps on `context_frames` frames spread over the
     video (decoded once more, only those frames kept)."""
-    chunks = iter_chunks(input_path, chunk_size=chunk_size)
+    chunks = iter_chunks(input_path, chunk_size=chunk_size, allow_truncated=allow_truncated)
     if advance is not None:
         chunks = _counted(chunks, advance)
     refine_context = None
     if system.hparams.mode == "refine":
         indices = spread_indices(num_frames, min(context_frames, num_frames), rng=None)
-        refine_context = to_tensor(read_frames(input_path, indices), device=device)
+        frames = read_frames(input_path, indices, allow_truncated=allow_truncated)
+        refine_context = to_tensor(frames, device=device)
     return system.adapters_from_stream(
         (to_tensor(chunk, device=device) for chunk in chunks),
         num_frames=num_frames,
@@ -237,13 +215,19 @@ def specialise(
     fps: float | None = None,
     device: str = "cpu",
     progress: bool = True,
+    allow_truncated: bool = False,
 ) -> dict[str, Any]:
     """Upscale `input_path` into `output_path` (an mp4) with the stage-2 `checkpoint`'s base,
     specialised by adapters predicted for this video (default), read from `adapter`, or none
-    (`base_only`). Returns the figures of the run as a flat dict."""
+    (`base_only`). Returns the figures of the run as a flat dict. `allow_truncated` upscales
+    the frames there are of a file cut short, with a TruncatedVideoWarning, instead of refusing it."""
     started = time.perf_counter()
     adapter = None if adapter is None else Path(adapter)
     save_adapter = None if save_adapter is None else Path(save_adapter)
+    inputs = {"the input video": input_path, "--checkpoint": checkpoint, "--adapter": adapter}
+    check_not_an_input(output_path, "-o/--output", inputs)
+    check_not_an_input(save_adapter, "--save-adapter", inputs)
+    check_outputs_differ({"-o/--output": output_path, "--save-adapter": save_adapter})
     _check_options(
         adapter=adapter,
         save_adapter=save_adapter,
@@ -251,10 +235,10 @@ def specialise(
         chunk_size=chunk_size,
         overlap=overlap,
         crf=crf,
+        fps=fps,
+        device=device,
     )
-    info = check_input(input_path, fps=fps)
-    if Path(input_path).resolve() == Path(output_path).resolve():
-        raise SpecialiseError(f"-o/--output {output_path}: is the input video; choose another name")
+    info = check_input(input_path, fps=fps, allow_truncated=allow_truncated)
     output_path = check_output(output_path)
     if save_adapter is not None:
         check_output(save_adapter, option="--save-adapter", suffix=None)
@@ -289,6 +273,7 @@ def specialise(
                     context_frames=context_frames,
                     device=device,
                     advance=lambda n: bar.advance(task, n),
+                    allow_truncated=allow_truncated,
                 ),
             )
         else:
@@ -299,7 +284,8 @@ def specialise(
             merge_adapters(base, spec, adapters, video=0)
 
         task = bar.add_task("upscaling", total=info.num_frames)
-        chunks = _counted(iter_chunks(input_path, chunk_size=chunk_size), lambda n: bar.advance(task, n))
+        chunks = iter_chunks(input_path, chunk_size=chunk_size, allow_truncated=allow_truncated)
+        chunks = _counted(chunks, lambda n: bar.advance(task, n))
         frames = write_mp4(
             output_path,
             upscale_frames(base, chunks, overlap=overlap, device=device),
@@ -361,31 +347,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (lossless) .. 51")
     parser.add_argument("--fps", type=float, help="frame rate of the output (default: the input's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="upscale the frames there are of an input cut short (a warning, not an error)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+@contextlib.contextmanager
+def truncation_warnings_as_lines() -> Iterator[None]:
+    """While inside: the warning of an input cut short (--allow-truncated) is one line
+    `warning: ...` on stderr, shown once (every pass over the file warns again); other warnings
+    keep Python's format."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", TruncatedVideoWarning)
+        show = warnings.showwarning
+
+        def one_line(message, category, *args, **kwargs):
+            if issubclass(category, TruncatedVideoWarning):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = one_line
+        yield
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     try:
-        figures = specialise(
-            args.input,
-            args.output,
-            checkpoint=args.checkpoint,
-            adapter=args.adapter,
-            save_adapter=args.save_adapter,
-            base_only=args.base_only,
-            chunk_size=args.chunk_size,
-            context_frames=args.context_frames,
-            overlap=args.overlap,
-            crf=args.crf,
-            fps=args.fps,
-            device=args.device,
-            progress=not args.no_progress,
-        )
+        with sigterm_unwinds(), truncation_warnings_as_lines():
+            figures = specialise(
+                args.input,
+                args.output,
+                checkpoint=args.checkpoint,
+                adapter=args.adapter,
+                save_adapter=args.save_adapter,
+                base_only=args.base_only,
+                chunk_size=args.chunk_size,
+                context_frames=args.context_frames,
+                overlap=args.overlap,
+                crf=args.crf,
+                fps=args.fps,
+                device=args.device,
+                progress=not args.no_progress,
+                allow_truncated=args.allow_truncated,
+            )
     except (ValueError, OSError) as e:  # bad input, output or option: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SystemExit as e:
+        if e.code == SIGTERM_EXIT:
+            print("error: terminated (SIGTERM); no partial output was left behind", file=sys.stderr)
+        raise
     print(
         f"{figures['output']}: {figures['frames']} frames, "
         f"{figures['input_width']}x{figures['input_height']} -> "

@@ -5,6 +5,7 @@ and scripts call it directly through Hydra's compose API."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hypernet.checkpointing import AtomicCheckpointIO
+from hypernet.data.datamodule import build_datamodule
 from hypernet.models.base import BASE_MODELS
-from hypernet.runs import write_metrics, write_run_metadata, write_table_csv
+from hypernet.runs import mark_run, write_metrics, write_run_metadata, write_table_csv
 
 STAGES = ("base", "hyper")
+# ckpt_path values Lightning resolves itself (not file paths)
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
 # every rank validates every held-out video, so epoch metrics need no cross-rank reduction
 warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
@@ -57,6 +61,12 @@ def check_config(cfg: DictConfig) -> None:
             f"data.patch_size={patch} (HR pixels) must be divisible by data.scale={cfg.data.scale}; "
             f"try {patch - patch % cfg.data.scale} or {patch + cfg.data.scale - patch % cfg.data.scale}"
         )
+    for option in ("batch_size", "val_batch_size"):
+        value = cfg.data.get(option)
+        if (option == "batch_size" or value is not None) and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"data.{option}={value!r} must be a positive int (videos per batch)")
     processes = world_size(cfg.trainer)
     if cfg.data.batch_size % processes:
         raise ValueError(
@@ -110,19 +120,6 @@ def build_system(cfg: DictConfig) -> L.LightningModule:
     return HyperLoRASystem.from_config(cfg)
 
 
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The data module of cfg.data; a bad option raises the data layer's own error (naming the
-    option) rather than Hydra's wrapper around it."""
-    from hydra.errors import InstantiationException
-
-    try:
-        return instantiate(cfg.data)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, ValueError):
-            raise e.__cause__ from None
-        raise
-
-
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """A config group holding several `_target_` entries (loggers, callbacks) -> objects."""
     if not group:
@@ -163,6 +160,86 @@ def test_selected(
     return metrics
 
 
+def _one_line(error: BaseException) -> str:
+    """An exception as one line for a message of ours; torch's loader errors run over several
+    lines and may suggest turning weights_only off, which a user must not be told to do."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if "weights_only" in text or not text:
+        return type(error).__name__
+    return f"{type(error).__name__}: {text}"
+
+
+def check_resume_checkpoint(path: str | Path, system: L.LightningModule, stage: str) -> None:
+    """ckpt_path resumes THIS run's training: it must be a file that loads as a Lightning
+    checkpoint of the same system (same state_dict keys and shapes). Checked before anything is
+    written, so a wrong file is one error naming it rather than Lightning's or torch's traceback."""
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"ckpt_path={path} is a folder; give the .ckpt file (e.g. {path / 'checkpoints' / 'last.ckpt'})"
+        )
+    if not path.is_file():
+        raise ValueError(f"ckpt_path={path} does not exist; give the last.ckpt of the run to resume")
+    try:
+        # a checkpoint the user points at to resume their own run: trusted, as Lightning would load it
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(
+            f"ckpt_path={path} cannot be loaded as a checkpoint ({_one_line(e)}): the file is truncated, "
+            "corrupt or not a checkpoint; give the last.ckpt of the run to resume"
+        ) from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"ckpt_path={path} holds no Lightning state_dict: it is not a checkpoint this project's "
+            "training wrote; give the last.ckpt of the run to resume"
+        )
+    expected = system.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        other = "hyper" if any(k.startswith(("generator.", "encoder.")) for k in state) else "base"
+        hint = f" (it looks like a stage={other} checkpoint)" if other != stage else ""
+        raise ValueError(
+            f"ckpt_path={path} is a checkpoint of another system{hint}, not of this stage={stage} run: "
+            f"{len(missing)} weights missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:2]}); resume with a checkpoint of a run with the same stage and model"
+        )
+    shapes = [
+        k
+        for k in expected
+        if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if shapes:
+        k = shapes[0]
+        raise ValueError(
+            f"ckpt_path={path} was saved with another model size: {k} is {tuple(state[k].shape)} there "
+            f"and {tuple(expected[k].shape)} here ({len(shapes)} weights differ); resume with the config "
+            "it was trained with"
+        )
+
+
+def point_latest(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """Point `<log_dir>/<task_name>/latest` at this run's folder, so the next stage and
+    `specialise` can name a checkpoint before knowing the run's time stamp, e.g.
+    base_ckpt=outputs/base_content/latest/checkpoints/best.ckpt. Only for runs inside that task's
+    folder (the default layout); the link is replaced atomically."""
+    import os
+
+    task = Path(cfg.paths.log_dir) / str(cfg.task_name)
+    try:
+        relative = output_dir.resolve().relative_to(task.resolve())
+    except ValueError:
+        return None
+    link = task / "latest"
+    tmp = task / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(relative, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     check_launch(cfg)
@@ -170,6 +247,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
     system = build_system(cfg)
+    if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in LIGHTNING_CKPT_NAMES:
+        check_resume_checkpoint(cfg.ckpt_path, system, cfg.stage)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     trainer: L.Trainer = instantiate(
@@ -181,6 +260,36 @@ def run(cfg: DictConfig) -> dict[str, float]:
         ids = {type(lg).__name__: str(lg.version) for lg in loggers}
         write_run_metadata(output_dir, cfg, logger_ids=ids)
 
+    try:
+        metrics = fit_and_test(cfg, trainer, system, datamodule, output_dir)
+    except BaseException as e:  # also Ctrl-C and SIGTERM: the folder must not look like a real run
+        if trainer.is_global_zero:
+            # Lightning turns Ctrl-C into sys.exit(1): record the interrupt, not "SystemExit: 1"
+            cause = e.__context__ if isinstance(e, SystemExit) and e.__context__ is not None else e
+            with contextlib.suppress(Exception):  # never hide the run's own error behind this one
+                mark_run(output_dir, "failed", error=cause)
+        raise
+    if trainer.is_global_zero:
+        mark_run(output_dir, "finished")
+        link = point_latest(cfg, output_dir)
+        where = f" (also {link}/)" if link else ""
+        print(f"run folder: {output_dir}{where}; checkpoints: best.ckpt (chosen on val), last.ckpt")
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+    return metrics
+
+
+def fit_and_test(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    system: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    output_dir: Path,
+) -> dict[str, float]:
+    """Train, then score the test videos and write the run's results (rank 0)."""
     trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
@@ -190,11 +299,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
         write_table_csv(output_dir / "val_videos.csv", system.tables.last["val"])
         if system.tables.last["test"]:
             write_table_csv(output_dir / "test_videos.csv", system.tables.last["test"])
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            wandb.finish()
     return metrics
 
 

@@ -5,6 +5,8 @@ hit every variant alike), the median wall time of:
 - the base's training step (forward + backward, weights trainable: a stage-1 step);
 - the frozen base with the gradient taken to its input (stage 2's cost without adapters);
 - the frozen base with per-video adapters, V videos batched (a stage-2 step, gradients to A, B);
+- the same with each adapter folded into a per-video weight (`per_video_weights=True`, what stage-2
+  training uses): ``per_video_weights_over_base``, ``per_video_weights_over_batched``;
 - the same adapters as a Python loop over the videos, one forward call per video;
 - inference (no grad) of the base, and of a copy with one video's adapters merged into it.
 
@@ -108,6 +110,11 @@ def bench_base(
             F.mse_loss(base(lr), hr).backward()
         clear_adapter_grads()
 
+    def per_video_weights_step() -> None:
+        with apply_adapters(base, spec, adapters, per_video_weights=True):
+            F.mse_loss(base(lr), hr).backward()
+        clear_adapter_grads()
+
     def loop_step() -> None:
         loss = torch.zeros(())
         for v in range(videos):
@@ -128,6 +135,7 @@ def bench_base(
         "base": base_step,
         "frozen_input_grad": frozen_input_grad_step,
         "batched": batched_step,
+        "per_video_weights": per_video_weights_step,
         "loop": loop_step,
         "infer": infer(plain),
         "merged": infer(merged),
@@ -147,6 +155,8 @@ def bench_base(
         **{f"{k}_ms": 1e3 * v for k, v in med.items()},
         "batched_over_base": med["batched"] / med["base"],
         "batched_over_frozen_input_grad": med["batched"] / med["frozen_input_grad"],
+        "per_video_weights_over_base": med["per_video_weights"] / med["base"],
+        "per_video_weights_over_batched": med["per_video_weights"] / med["batched"],
         "merged_over_base": med["merged"] / med["infer"],
         "loop_over_batched": med["loop"] / med["batched"],
     }
@@ -195,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ("base fwd+bwd (weights trainable, stage 1)", "base_ms"),
             ("frozen base fwd+bwd (grad to input only)", "frozen_input_grad_ms"),
             (f"frozen base + adapters, {args.videos} videos batched", "batched_ms"),
+            ("frozen base + adapters folded into per-video weights (training)", "per_video_weights_ms"),
             (f"frozen base + adapters, loop over {args.videos} videos", "loop_ms"),
             ("inference: base", "infer_ms"),
             ("inference: one video's adapters merged", "merged_ms"),
@@ -205,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         checks = [
             ("batched / base step", "batched_over_base", "<= 1.30", r["batched_over_base"] <= 1.3),
             ("batched / frozen base step (reference)", "batched_over_frozen_input_grad", "", None),
+            ("per-video weights / base step", "per_video_weights_over_base", "", None),
+            ("per-video weights / batched", "per_video_weights_over_batched", "", None),
             ("merged / base inference", "merged_over_base", "<= 1.05", r["merged_over_base"] <= 1.05),
             ("loop / batched", "loop_over_batched", ">= 1.50", r["loop_over_batched"] >= 1.5),
         ]

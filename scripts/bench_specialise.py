@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hypernet.data.video_io import probe, write_mp4
-from hypernet.runs import atomic_write_text
-from hypernet.specialise import DEFAULT_CHECKPOINT
+from hypernet.runs import DEFAULT_CHECKPOINT, atomic_write_text
 
 
 def synthetic_frames(num_frames: int, size: int, *, chunk: int = 32) -> Iterator[np.ndarray]:

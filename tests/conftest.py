@@ -37,6 +37,23 @@ TINY_BASE = [
 ]
 
 
+# A stage-2 run on top of it that takes seconds.
+TINY_HYPER = [
+    "stage=hyper",
+    "hypernet.dim=16",
+    "hypernet.num_latents=4",
+    "hypernet.num_heads=2",
+    "hypernet.num_blocks=1",
+    "hypernet.conv_channels=8",
+    "hypernet.rank=2",
+    "optim=hyper",
+    "data.context_frames=3",
+    "data.patch_size=null",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+]
+
+
 def moving_texture(num_frames: int, height: int, width: int, *, seed: int = 0) -> np.ndarray:
     """(T, H, W, 3) uint8: a random texture drifting one pixel per frame over a colour ramp: real
     motion, not noise, for tests that need a video."""
@@ -63,7 +80,6 @@ def tiny_base_cfg(tmp_path):
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """A tiny stage-1 and stage-2 run, trained once per test session through the real entry point."""
     from hypernet.train import run
-    from tests.test_hyper import TINY_HYPER
 
     out = tmp_path_factory.mktemp("tiny_runs")
     run(compose_train(TINY_BASE, out / "base"))

@@ -347,3 +347,27 @@ def test_bad_frames_and_times_are_clear_errors():
         encoder.encode_stream([])
     with pytest.raises(ValueError, match="no frames"):
         encoder.finalize(encoder.init_state(1))
+
+
+def test_large_context_frames_are_read_as_training_sized_tiles():
+    """With context_tile, a 2x2 mosaic of four 8x8 frames encodes like those four frames, and
+    frames no larger than the tile are untouched."""
+    from hypernet.models.encoder import VideoEncoder, tile_frames
+
+    torch.manual_seed(0)
+    encoder = VideoEncoder(
+        source="conv", dim=16, num_latents=2, num_heads=2, num_blocks=1, conv_channels=8, context_tile=8
+    ).eval()
+    small = torch.rand(1, 4, 3, 8, 8)
+    times = torch.full((1, 4), 0.5)
+    mosaic = torch.cat(
+        [torch.cat([small[:, 0], small[:, 1]], dim=-1), torch.cat([small[:, 2], small[:, 3]], dim=-1)], dim=-2
+    )
+    with torch.no_grad():
+        from_tiles = encoder(mosaic[:, None], times[:, :1])
+        from_frames = encoder(small, times)
+    torch.testing.assert_close(from_tiles, from_frames, atol=1e-5, rtol=0)
+    same, same_times = tile_frames(small, times, 8)
+    assert same is small and same_times is times
+    tiles, tile_times = tile_frames(torch.rand(2, 3, 3, 20, 17), torch.rand(2, 3), 8)
+    assert tiles.shape == (2, 3 * 2 * 2, 3, 8, 8) and tile_times.shape == (2, 12)

@@ -7,11 +7,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from hypernet import eval as evaluation
-from hypernet.finetune import finetune_adapters
 from hypernet.metrics import psnr
 from hypernet.models.lora import init_adapters
 from hypernet.systems.common import adapted_sr
 from hypernet.systems.hyper_lora import load_hypernet
+from hypernet.systems.per_video import finetune_adapters
 from tests.conftest import CONFIG_DIR
 
 TINY_DATA = [
@@ -116,3 +116,31 @@ def test_eval_reports_test_groups_apart(tiny_checkpoints, tmp_path):
     assert all("-shots2-" in r["video_id"] for r in rows if r["group"] == "multishot")
     assert "test/hypernet_gain_y" in summary and "test/multishot/hypernet_gain_y" in summary
     assert "test group multishot" in (tmp_path / "results.md").read_text()
+
+
+def test_eval_sweeps_adapter_strength(tiny_checkpoints, tmp_path):
+    cfg = compose_eval(
+        [
+            *TINY_DATA,
+            "methods=[base,hypernet]",
+            "strengths=[0,1,2]",
+            f"checkpoint={tiny_checkpoints['hyper']}",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
+    summary = evaluation.run(cfg)
+    assert summary["test/hypernet_gain_y@0"] == pytest.approx(0.0, abs=1e-9)  # strength 0 is the base
+    assert summary["test/hypernet_gain_y@1"] == pytest.approx(summary["test/hypernet_gain_y"], abs=1e-9)
+    with (tmp_path / "strength.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 3 * 5
+    assert (tmp_path / "strength.png").stat().st_size > 0
+    bad = compose_eval(
+        [
+            *TINY_DATA,
+            "strengths=[-1]",
+            f"checkpoint={tiny_checkpoints['hyper']}",
+            f"paths.output_dir={tmp_path / 'bad'}",
+        ]
+    )
+    with pytest.raises(ValueError, match=r"strengths=-1"):
+        evaluation.run(bad)

@@ -10,29 +10,12 @@ import torch
 from hypernet.models.lora import apply_adapters
 from hypernet.systems.hyper_lora import HyperLoRASystem
 from hypernet.train import run
-from tests.conftest import TINY_BASE, compose_train
-
-TINY_HYPER = [
-    "stage=hyper",
-    "hypernet.dim=16",
-    "hypernet.num_latents=4",
-    "hypernet.num_heads=2",
-    "hypernet.num_blocks=1",
-    "hypernet.conv_channels=8",
-    "hypernet.rank=2",
-    "optim=hyper",
-    "data.context_frames=3",
-    "data.patch_size=null",
-    "data.batch_size=2",
-    "data.samples_per_epoch=4",
-]
+from tests.conftest import TINY_BASE, TINY_HYPER, compose_train
 
 
 @pytest.fixture(scope="module")
-def base_ckpt(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("stage1")
-    run(compose_train(TINY_BASE, out))
-    return out / "checkpoints" / "last.ckpt"
+def base_ckpt(tiny_checkpoints) -> Path:
+    return tiny_checkpoints["base"]
 
 
 def tiny_system(base_ckpt: Path, **options) -> HyperLoRASystem:
@@ -142,7 +125,10 @@ def test_stage2_run_keeps_the_base_bit_identical(base_ckpt, tmp_path):
     ("overrides", "message"),
     [
         (["hypernet.targets=[decoder.*]"], r"decoder"),
-        (["hypernet.rank=10000"], r"rank"),
+        (
+            ["hypernet.overrides={conv_first:{rank:10000}}"],
+            r"overrides\['conv_first'\]\['rank'\]=10000 is too large",
+        ),
         (["data.context_frames=50"], r"context_frames=50 .*8 frames"),
         (["model.channels=9"], r"base_ckpt=.*model"),
     ],
@@ -211,3 +197,19 @@ def test_feature_layers_choose_what_the_encoder_reads(base_ckpt):
     assert set(adapters) == set(system.spec.names)
     with pytest.raises(ValueError, match=r"hypernet.feature_layers=\['head\*'\] matches none"):
         tiny_system(base_ckpt, feature_layers=["head*"])
+
+
+def test_stage2_on_the_recurrent_base_works_with_the_default_rank(tmp_path):
+    """Its flow head is smaller than the default rank: the rank is capped there, not an error."""
+    out = tmp_path / "recurrent"
+    run(compose_train([*TINY_BASE, "model=recurrent", "model.channels=8"], out / "base"))
+    cfg = compose_train(
+        [*TINY_BASE, "model=recurrent", "model.channels=8", *TINY_HYPER, "hypernet.rank=4",
+         f"base_ckpt={out / 'base' / 'checkpoints' / 'last.ckpt'}"],
+        out / "hyper",
+    )  # fmt: skip
+    metrics = run(cfg)
+    assert "test/gain_y" in metrics
+    system = HyperLoRASystem.load_from_checkpoint(out / "hyper" / "checkpoints" / "last.ckpt", base_ckpt=None)
+    ranks = {t.rank for t in system.spec.targets}
+    assert max(ranks) == 4 and min(ranks) < 4

@@ -178,3 +178,54 @@ def test_a_real_sweep_is_collected_into_a_table(tmp_path):
     assert rows[1]["val/psnr_y std"] == pytest.approx(abs(jobs[2] - jobs[3]) / 2**0.5)
     assert (tmp_path / "out" / "plot.png").stat().st_size > 0
     assert "| optim.lr |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_resume_is_exact_with_patch_crops_and_a_schedule_across_the_resume(tmp_path, monkeypatch):
+    """A run stopped after its first epoch and resumed from that epoch's last.ckpt ends with the
+    same metrics as an uninterrupted run, and logs the same learning rate at the same steps: the
+    resumed epoch draws that epoch's videos, not the next one's. Warm-up (6 steps) and cosine
+    decay both cross the resume point (step 4)."""
+    import csv
+
+    import hypernet.systems.base_sr as base_sr
+
+    options = [o for o in TINY_BASE if o not in ("~callbacks.lr_monitor", "trainer.max_epochs=1")]
+    options += [
+        "data.patch_size=16",
+        "data.samples_per_epoch=16",
+        "optim.warmup_steps=6",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=12",
+        "trainer.log_every_n_steps=1",
+        "seed=7",
+    ]
+    whole = run(compose_train(options, tmp_path / "whole"))
+
+    class KilledError(Exception):
+        pass
+
+    def stop_in_second_epoch(self):
+        if self.current_epoch == 1:
+            raise KilledError
+
+    monkeypatch.setattr(base_sr.BaseSRSystem, "on_train_epoch_start", stop_in_second_epoch, raising=False)
+    with pytest.raises(KilledError):
+        run(compose_train(options, tmp_path / "cut"))
+    monkeypatch.undo()
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    resumed = run(compose_train([*options, f"ckpt_path={last}"], tmp_path / "cut"))
+    for key in ("val/psnr_y", "val/ssim_y", "train/loss", "test/psnr_y"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+
+    def learning_rates(run_dir):
+        rates = {}
+        for path in sorted((run_dir / "csv").glob("*/metrics.csv")):
+            with path.open() as f:
+                rates.update(
+                    {int(r["step"]): float(r["lr-AdamW"]) for r in csv.DictReader(f) if r.get("lr-AdamW")}
+                )
+        return rates
+
+    assert learning_rates(tmp_path / "cut") == pytest.approx(learning_rates(tmp_path / "whole"), rel=1e-9)
+    assert sorted(learning_rates(tmp_path / "cut")) == list(range(12))

@@ -8,19 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from hypernet.data.video_io import probe, read_video, write_mp4
+from hypernet.cli_checks import MIN_SIZE, InputError
+from hypernet.data.video_io import probe, read_video, to_tensor, to_uint8, write_mp4
 from hypernet.models.base import build_base
 from hypernet.models.lora import AdapterMismatchError, find_targets, init_adapters, save_adapters
-from hypernet.specialise import (
-    MIN_SIZE,
-    SpecialiseError,
-    main,
-    predict_adapters,
-    specialise,
-    to_tensor,
-    to_uint8,
-    upscale_frames,
-)
+from hypernet.specialise import main, predict_adapters, specialise, upscale_frames
 from hypernet.systems.hyper_lora import load_hypernet
 from tests.conftest import moving_texture
 
@@ -237,7 +229,7 @@ def test_bad_input_is_a_clear_error_and_leaves_no_output(
 
 def test_min_size_is_enforced_at_the_boundary(checkpoint, tmp_path):
     write_mp4(tmp_path / "narrow.mp4", moving_texture(3, MIN_SIZE, MIN_SIZE - 2))
-    with pytest.raises(SpecialiseError, match="narrow.mp4"):
+    with pytest.raises(InputError, match="narrow.mp4"):
         specialise(tmp_path / "narrow.mp4", tmp_path / "o.mp4", checkpoint=checkpoint, progress=False)
     write_mp4(tmp_path / "ok.mp4", moving_texture(3, MIN_SIZE, MIN_SIZE))
     figures = specialise(tmp_path / "ok.mp4", tmp_path / "o.mp4", checkpoint=checkpoint, progress=False)

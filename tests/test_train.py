@@ -62,6 +62,8 @@ def test_resume_continues_identically(tmp_path):
         (["model.scale=2"], r"model.scale=2 differs from data.scale=4"),
         (["data.patch_size=30"], r"data.patch_size=30 .* divisible by data.scale=4"),
         (["trainer.devices=3"], r"data.batch_size=4 .* \(3 = trainer.devices"),
+        (["data.batch_size=0"], r"data.batch_size=0 must be a positive int"),
+        (["data.batch_size=-2"], r"data.batch_size=-2 must be a positive int"),
         (["stage=meta"], r"stage='meta'"),
         (["stage=hyper"], r"base_ckpt"),
     ],
@@ -89,3 +91,44 @@ def test_wandb_offline_run_keeps_metrics_and_real_images(tmp_path, monkeypatch):
     assert pixels.std() > 5  # a picture, not a blank (float arrays were once logged as black)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["logger_run_ids"]["WandbLogger"] in runs[0].name
+
+
+def test_git_diff_holds_source_changes_only(tmp_path):
+    """Results under experiments/ and outputs/ are not code: a run's git.diff leaves them out."""
+    import subprocess
+
+    from hypernet.runs import SOURCE_PATHSPEC
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    for name in ("model.py", "experiments/study/metrics.json", "outputs/run/metrics.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    for name in ("model.py", "experiments/study/metrics.json", "outputs/run/metrics.json"):
+        (tmp_path / name).write_text("2\n")
+    changed = [
+        line
+        for line in git("diff", "HEAD", "--", *SOURCE_PATHSPEC).splitlines()
+        if line.startswith("diff --git")
+    ]
+    assert changed == ["diff --git a/model.py b/model.py"]
+    assert git("status", "--porcelain", "--", *SOURCE_PATHSPEC).split() == ["M", "model.py"]
+
+
+def test_a_finished_run_is_reachable_as_latest(tmp_path, capsys):
+    """outputs/<task>/latest points at the newest run of the task, so the next command can name it."""
+    log_dir = tmp_path / "logs"
+    first = log_dir / "train" / "runs" / "one"
+    cfg = compose_train([*TINY_BASE, f"paths.log_dir={log_dir}"], first)
+    run(cfg)
+    latest = log_dir / "train" / "latest"
+    assert latest.is_symlink() and (latest / "checkpoints" / "best.ckpt").is_file()
+    assert latest.resolve() == first.resolve()
+    assert "checkpoints: best.ckpt" in capsys.readouterr().out
+    second = log_dir / "train" / "runs" / "two"
+    run(compose_train([*TINY_BASE, f"paths.log_dir={log_dir}"], second))
+    assert latest.resolve() == second.resolve()

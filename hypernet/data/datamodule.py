@@ -47,7 +47,9 @@ TEST_GROUPS = ("single", "multishot", "large")
 
 
 def per_rank_batch_size(batch_size: int, world_size: int, *, option: str = "data.batch_size") -> int:
-    if batch_size < 1 or batch_size % world_size:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{option}={batch_size!r} must be a positive int (the global batch, in videos)")
+    if batch_size % world_size:
         raise ValueError(
             f"{option}={batch_size} is the global batch and must divide by the number of processes "
             f"({world_size}); choose a multiple of {world_size}"
@@ -158,6 +160,10 @@ class VSRDataModule(L.LightningDataModule):
     @property
     def scale(self) -> int:
         return self.degradation.scale
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
 
     @property
     def world(self) -> tuple[int, int]:
@@ -322,7 +328,12 @@ class VSRDataModule(L.LightningDataModule):
         return DataLoader(
             self.train_set,
             batch_size=per_rank_batch_size(self.batch_size, world_size),
-            sampler=FreshIndexSampler(num_samples=len(self.train_set), rank=rank, world_size=world_size),
+            sampler=FreshIndexSampler(
+                num_samples=len(self.train_set),
+                rank=rank,
+                world_size=world_size,
+                epoch_of=self._current_epoch,
+            ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=True,
@@ -350,3 +361,17 @@ class VSRDataModule(L.LightningDataModule):
     @property
     def test_groups(self) -> list[str]:
         return [name for name in TEST_GROUPS if name in self.test_sets]
+
+
+def build_datamodule(cfg: Any) -> VSRDataModule:
+    """The data module of cfg.data; a bad option raises the data layer's own error (naming the
+    option) rather than Hydra's wrapper around it."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise e.__cause__ from None
+        raise

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -75,8 +75,7 @@ class FileVideo:
         return self._size
 
     def hr_frames(self, indices: list[int]) -> torch.Tensor:
-        frames = video_io.read_frames(self.path, list(indices))  # (n, H, W, 3) uint8
-        return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+        return video_io.to_tensor(video_io.read_frames(self.path, list(indices)))[0]
 
 
 @dataclass(frozen=True)
@@ -414,10 +413,20 @@ class VideoListDataset(Dataset):
 class FreshIndexSampler(Sampler[int]):
     """Hands out new dataset indices every epoch (epoch * n + i), split across ranks.
 
-    Lightning calls `set_epoch` on samplers that have it, so epoch e draws videos no earlier epoch
-    saw; the dataset turns each index into a seeded video, so a resumed run draws the same ones."""
+    Epoch e draws videos no earlier epoch saw; the dataset turns each index into a seeded video,
+    so a resumed run draws the same ones, provided the epoch is right. `epoch_of` (the data
+    module passes the trainer's current epoch) is that epoch; without it, `set_epoch` (which
+    Lightning calls) is. Lightning 2.6 calls set_epoch one epoch ahead after resuming from a
+    checkpoint written at the end of an epoch, which fed a resumed run the next epoch's videos."""
 
-    def __init__(self, *, num_samples: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        *,
+        num_samples: int,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch_of: Callable[[], int] | None = None,
+    ):
         if num_samples % world_size:
             raise ValueError(
                 f"data.samples_per_epoch={num_samples} must divide by the world size {world_size}"
@@ -426,6 +435,7 @@ class FreshIndexSampler(Sampler[int]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.epoch_of = epoch_of
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -434,7 +444,8 @@ class FreshIndexSampler(Sampler[int]):
         return self.num_samples // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        first = self.epoch * self.num_samples
+        epoch = self.epoch_of() if self.epoch_of is not None else self.epoch
+        first = epoch * self.num_samples
         return iter(range(first + self.rank, first + self.num_samples, self.world_size))
 
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from hypernet.data.camera import StillsVideo, builtin_images
 from hypernet.data.datasets import DegradationConfig, spread_indices, stable_seed
-from hypernet.runs import atomic_write_bytes
+from hypernet.files import atomic_write_bytes
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:

@@ -209,13 +209,13 @@ class _Painter:
         u = self.rng.random(count)
         return (lo**-2 - u * (lo**-2 - hi**-2)) ** -0.5
 
-    def texture(self, height: int, width: int) -> np.ndarray:
-        """(height, width, 3) float colours in [0, 255] of one fill."""
+    def texture(self, height: int, width: int) -> Image.Image:
+        """An RGB image of height x width holding one fill."""
         rng = self.rng
         kind = FILLS[rng.choice(len(FILLS), p=(0.25, 0.25, 0.25, 0.25))]
         c0 = self.colour()
         if kind == "flat":
-            return np.broadcast_to(c0, (height, width, 3))
+            return Image.new("RGB", (width, height), tuple(int(v) for v in c0.astype(np.uint8)))
         c1 = self.colour()
         # computed on every second pixel and repeated: the canvas is box-filtered by 2 anyway, so
         # only the leaf's outline needs the supersampling, not its fill (4x less work)
@@ -235,8 +235,9 @@ class _Painter:
             iy = (ys * zoom + rng.integers(n)).astype(np.int64) % n
             ix = (xs * zoom + rng.integers(n)).astype(np.int64) % n
             w = self.noise[iy, ix]
-        w = np.repeat(np.repeat(w, 2, axis=0), 2, axis=1)[:height, :width]
-        return c0 + (c1 - c0) * w[..., None]
+        colours = (c0 + (c1 - c0) * w[..., None]).astype(np.uint8)
+        colours = np.repeat(np.repeat(colours, 2, axis=0), 2, axis=1)[:height, :width]
+        return Image.fromarray(np.ascontiguousarray(colours), "RGB")
 
     def outline(self, kind: str, r: float, cx: float, cy: float) -> list[tuple[float, float]]:
         """Corners of an ellipse (24-gon), rectangle or polygon of radius ~r around (cx, cy)."""
@@ -337,14 +338,12 @@ class _Painter:
             x = int(self.rng.integers(-w // 2, side - w // 2))
             y = int(self.rng.integers(-h // 2, side - h // 2))
             if textured:
-                fill = Image.fromarray(np.ascontiguousarray(self.texture(h, w)).astype(np.uint8), "RGB")
-                canvas.paste(fill, (x, y), mask)
+                canvas.paste(self.texture(h, w), (x, y), mask)
             else:
                 canvas.paste(tuple(int(v) for v in self.colour()), (x, y, x + w, y + h), mask)
 
     def background(self, side: int) -> Image.Image:
-        array = self.texture(side, side)
-        return Image.fromarray(np.ascontiguousarray(array).astype(np.uint8), "RGB")
+        return self.texture(side, side)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -14,6 +14,14 @@ Why it looks the way it does:
   more than it needs fast random access.
 - Every read problem is a :class:`VideoReadError` naming the path and what is wrong, never a
   stack trace from inside FFmpeg; every write problem is a :class:`VideoWriteError`.
+- A file cut short (a download or copy that stopped half-way) decodes without complaint into a
+  shorter video, so the frames found are compared with the frames the container announces:
+  fewer is a :class:`VideoReadError` naming both counts, or with ``allow_truncated=True`` a
+  :class:`TruncatedVideoWarning`. Containers that store a frame count (mp4, mov, avi) are
+  compared when a stream reaches its end (or up front with ``probe(verify=True)``), since the
+  header alone cannot tell; Matroska / WebM, which store a duration instead, are compared by
+  time in :func:`probe`, which counts their packets anyway, and at the end of a stream. Other
+  containers announce nothing reliable, and nothing is compared.
 - Writes are atomic: frames are encoded into a hidden temporary file in the destination folder
   that is renamed over the final name only when complete, so a crash or a bad frame never leaves
   a truncated video behind under the real name.
@@ -29,6 +37,7 @@ import itertools
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,7 +47,9 @@ import av
 import av.error
 import av.logging
 import numpy as np
+import torch
 from av.video.reformatter import Interpolation
+from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 
 # FFmpeg prints a line for every damaged packet and libx264 its statistics at the end of every
@@ -78,6 +89,11 @@ class VideoReadError(ValueError):
 
 class VideoWriteError(ValueError):
     """A video or frame folder could not be written; the message names the path and the reason."""
+
+
+class TruncatedVideoWarning(UserWarning):
+    """A video file holds fewer frames than its container announces, read anyway because the
+    caller passed ``allow_truncated=True``."""
 
 
 def _reason(error: Exception) -> str:
@@ -198,28 +214,41 @@ def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.strea
     try:
         container = av.open(str(path), "r")
     except (av.error.FFmpegError, OSError) as e:
-        raise VideoReadError(f"{path}: not a video FFmpeg can open, or the file is corrupt ({e})") from e
+        raise VideoReadError(
+            f"{path}: not a video FFmpeg can open, or the file is truncated or corrupt ({e})"
+        ) from e
     if not container.streams.video:
         container.close()
         raise VideoReadError(f"{path}: the file has no video stream")
     return container, container.streams.video[0]
 
 
-def _iter_video_frames(path: Path, *, stop: int | None = None) -> Iterator[tuple[int, av.VideoFrame]]:
-    """(index, frame) for each decoded frame, up to index ``stop`` (exclusive)."""
+def _iter_video_frames(
+    path: Path, *, stop: int | None = None, allow_truncated: bool = False
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(index, frame) for each decoded frame, up to index ``stop`` (exclusive). A stream that
+    reaches the end of the file is checked against what the container announces (see
+    :func:`_shortfall`); one stopped early is not."""
     container, stream = _open_video(path)
     with container:
         stream.thread_type = "AUTO"  # frame + slice threads; decode order is unchanged
+        tally = _PacketTally(stream)
         index = -1
         try:
-            for index, frame in enumerate(container.decode(stream)):
-                yield index, frame
-                if stop is not None and index + 1 >= stop:
-                    return  # before decoding the next frame
+            # what container.decode(stream) does, with the packets counted on the way
+            for packet in container.demux(stream):
+                tally.add(packet)
+                for frame in packet.decode():
+                    index += 1
+                    yield index, frame
+                    if stop is not None and index + 1 >= stop:
+                        return  # before decoding the next frame
         except av.error.FFmpegError as e:
             raise VideoReadError(f"{path}: cannot decode frame {index + 1} ({e}); the file is corrupt") from e
         if index < 0:
             raise VideoReadError(f"{path}: the video has no frames")
+        if (shortfall := _shortfall(container, stream, tally)) is not None:
+            _cut_short(path, index + 1, shortfall, allow_truncated=allow_truncated)
 
 
 def _to_rgb(frame: av.VideoFrame, path: Path | str) -> np.ndarray:
@@ -232,10 +261,107 @@ def _to_rgb(frame: av.VideoFrame, path: Path | str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
+# files cut short
+
+
+class _PacketTally:
+    """The packets of one stream seen so far: how many carry data, and the latest time (seconds)
+    any of them reaches (pts + duration), what a duration-only container is compared with."""
+
+    def __init__(self, stream: av.video.stream.VideoStream):
+        self.time_base = stream.time_base
+        self.count = 0
+        self.end: float | None = None
+
+    def add(self, packet: av.Packet) -> None:
+        if packet.size <= 0:  # the flush packets that end a demux carry no frame
+            return
+        self.count += 1
+        if packet.pts is not None and self.time_base is not None:
+            end = float((packet.pts + (packet.duration or 0)) * self.time_base)
+            self.end = end if self.end is None else max(self.end, end)
+
+
+def _parse_clock(text: str) -> float | None:
+    """Seconds from Matroska's ``DURATION`` tag, ``HH:MM:SS.nnnnnnnnn``; None if it is not that."""
+    match = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*", text or "")
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _announced_duration(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> float | None:
+    """Seconds of video a Matroska / WebM header announces, written by the muxer from the real
+    timestamps: the stream's own duration, its ``DURATION`` tag, or the segment's duration when
+    the video is the only stream (with audio, the file may be longer than its video). Other
+    containers without a frame count (MPEG-TS, Ogg, raw streams) get their duration estimated
+    by FFmpeg from the end of the file or the bit rate, which says nothing about truncation:
+    None, and nothing is compared."""
+    if "matroska" not in (container.format.name or "") and "webm" not in (container.format.name or ""):
+        return None
+    if stream.duration and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tags = {str(k).upper(): v for k, v in (stream.metadata or {}).items()}
+    if (seconds := _parse_clock(tags.get("DURATION", ""))) is not None:
+        return seconds
+    if container.duration and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return None
+
+
+def _cut_short(path: Path, found: int, shortfall: str, *, allow_truncated: bool) -> None:
+    """Raise the VideoReadError of a file cut short, or warn with the same text when allowed
+    (the same text each time, so that a filter on "once" shows it once however often it is read)."""
+    message = (
+        f"{path}: the file is cut short (truncated or damaged): {found} frames could be read but "
+        f"the container announces {shortfall}"
+    )
+    if not allow_truncated:
+        raise VideoReadError(
+            f"{message}; copy or download it again, or pass allow_truncated=True "
+            "(specialise: --allow-truncated) to use the frames there are"
+        )
+    warnings.warn(f"{message}; using the frames there are", TruncatedVideoWarning, stacklevel=2)
+
+
+def _shortfall(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, tally: _PacketTally
+) -> str | None:
+    """After a whole demux (or decode) of a file: None when its packets are all the container
+    announces, else what it announces, for the message. A stored frame count is compared with
+    the packets present (not with the frames decoded: an mp4 edit list may drop some frames of a
+    complete file on purpose); a stored duration with the time the packets reach, less two
+    frames and 0.1 s of slack for rounding (time, not a count from the average rate, so a
+    variable frame rate is no false alarm)."""
+    if stream.frames > 0:
+        return None if tally.count >= stream.frames else str(stream.frames)
+    duration = _announced_duration(container, stream)
+    if duration is None or tally.end is None:
+        return None  # nothing trustworthy to compare with
+    rate = float(stream.average_rate or stream.guessed_rate or 0)
+    if tally.end >= duration - 0.1 - (2 / rate if rate > 0 else 0.0):
+        return None
+    frames = f"about {round(duration * rate)} frames" if rate > 0 else "more"
+    return f"{frames} ({duration:.2f} s at {rate:g} fps; the frames there are end at {tally.end:.2f} s)"
+
+
+def _count_decodable(path: Path) -> int:
+    """Frames that actually decode, for a file already known (and allowed) to be cut short."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncatedVideoWarning)  # the caller says it once
+        return sum(1 for _ in _iter_video_frames(path, allow_truncated=True))
+
+
+# ----------------------------------------------------------------------------------------------
 # public reading API
 
 
-def probe(path: PathLike, *, fps: float | None = None) -> VideoInfo:
+def probe(
+    path: PathLike, *, fps: float | None = None, verify: bool = False, allow_truncated: bool = False
+) -> VideoInfo:
     """Frame count, frame rate and size of a video file or frame folder, cheaply.
 
     A video file is not decoded: the frame count comes from the container header
@@ -243,6 +369,12 @@ def probe(path: PathLike, *, fps: float | None = None) -> VideoInfo:
     packets of the video stream (demuxing only). A folder opens only the header of each frame,
     to check that all frames have one size. ``fps``: ``None`` takes the container's average rate
     for a file and ``DEFAULT_FOLDER_FPS`` (25.0) for a folder; a number overrides both.
+
+    A file cut short is a VideoReadError naming both frame counts: always where the packets are
+    counted anyway (mkv, webm: compared with the stored duration), and with ``verify=True`` also
+    where the header stores a count (mp4, mov, avi), at the cost of reading the file once
+    (demuxing, no decoding). With ``allow_truncated=True`` it is a TruncatedVideoWarning instead,
+    and ``num_frames`` is the frames that decode (found by decoding the file once).
     """
     path = Path(path)
     _check_exists(path)
@@ -258,13 +390,21 @@ def probe(path: PathLike, *, fps: float | None = None) -> VideoInfo:
     container, stream = _open_video(path)
     with container:
         num_frames = stream.frames
+        shortfall = None
         try:
-            if num_frames <= 0:
-                num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+            if num_frames <= 0 or verify:
+                tally = _PacketTally(stream)
+                for packet in container.demux(stream):
+                    tally.add(packet)
+                num_frames = num_frames if num_frames > 0 else tally.count
+                shortfall = _shortfall(container, stream, tally) if tally.count > 0 else None
         except av.error.FFmpegError as e:
             raise VideoReadError(f"{path}: cannot read the video packets ({e}); the file is corrupt") from e
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         height, width = stream.codec_context.height, stream.codec_context.width
+    if shortfall is not None:  # allowed: the count is what will really come out of the decoder
+        num_frames = _count_decodable(path) if allow_truncated else tally.count
+        _cut_short(path, num_frames, shortfall, allow_truncated=allow_truncated)
     if num_frames <= 0:
         raise VideoReadError(f"{path}: the video has no frames")
     if fps is not None:
@@ -284,7 +424,9 @@ def _check_range(start: int, count: int | None) -> None:
         raise ValueError(f"count must be >= 1 or None (all frames), got {count}")
 
 
-def _iter_frames(path: Path, *, start: int, count: int | None) -> Iterator[np.ndarray]:
+def _iter_frames(
+    path: Path, *, start: int, count: int | None, allow_truncated: bool = False
+) -> Iterator[np.ndarray]:
     """Frames ``start`` .. ``start + count`` (exclusive) of a video or folder, one by one."""
     _check_exists(path)
     stop = None if count is None else start + count
@@ -296,7 +438,7 @@ def _iter_frames(path: Path, *, start: int, count: int | None) -> Iterator[np.nd
         return
     shape = None
     index = -1
-    for index, frame in _iter_video_frames(path, stop=stop):
+    for index, frame in _iter_video_frames(path, stop=stop, allow_truncated=allow_truncated):
         if index < start:
             continue  # still decoded (frames depend on each other), but not converted to RGB
         rgb = _to_rgb(frame, path)
@@ -313,19 +455,26 @@ def _iter_frames(path: Path, *, start: int, count: int | None) -> Iterator[np.nd
 
 
 def iter_chunks(
-    path: PathLike, *, chunk_size: int = 32, start: int = 0, count: int | None = None
+    path: PathLike,
+    *,
+    chunk_size: int = 32,
+    start: int = 0,
+    count: int | None = None,
+    allow_truncated: bool = False,
 ) -> Iterator[np.ndarray]:
     """Stream frames ``[start, start + count)`` as (t, H, W, 3) uint8 chunks, t <= ``chunk_size``.
 
     Memory holds one chunk at a time, whatever the length of the video. Like a slice, ``count``
     past the end of the video yields the frames there are; a ``start`` past the end is an error.
-    The frames before ``start`` are decoded and thrown away.
+    The frames before ``start`` are decoded and thrown away. A file found cut short when the
+    stream reaches its end raises VideoReadError there (after the frames before it were
+    yielded: a consumer writing a file must not keep it), or only warns with ``allow_truncated``.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     _check_range(start, count)
     chunk: list[np.ndarray] = []
-    for frame in _iter_frames(Path(path), start=start, count=count):
+    for frame in _iter_frames(Path(path), start=start, count=count, allow_truncated=allow_truncated):
         chunk.append(frame)
         if len(chunk) == chunk_size:
             yield np.stack(chunk)  # (t, h, w, c)
@@ -334,16 +483,21 @@ def iter_chunks(
         yield np.stack(chunk)
 
 
-def read_video(path: PathLike, *, start: int = 0, count: int | None = None) -> np.ndarray:
+def read_video(
+    path: PathLike, *, start: int = 0, count: int | None = None, allow_truncated: bool = False
+) -> np.ndarray:
     """Frames ``[start, start + count)`` of a video or folder as one (T, H, W, 3) uint8 array."""
-    return np.concatenate(list(iter_chunks(path, chunk_size=64, start=start, count=count)))
+    chunks = iter_chunks(path, chunk_size=64, start=start, count=count, allow_truncated=allow_truncated)
+    return np.concatenate(list(chunks))
 
 
-def read_frames(path: PathLike, indices: Sequence[int]) -> np.ndarray:
+def read_frames(path: PathLike, indices: Sequence[int], *, allow_truncated: bool = False) -> np.ndarray:
     """Just the frames at ``indices`` (any order, repeats allowed), as (len(indices), H, W, 3).
 
     A video is decoded once, sequentially, up to the largest index, and only the requested
-    frames are converted and kept; for a folder only the requested files are opened.
+    frames are converted and kept; for a folder only the requested files are opened. A file cut
+    short is found by :func:`probe` (mkv, webm) or by a requested frame that is missing;
+    ``allow_truncated`` lets the first pass with a warning, never the second.
     """
     path = Path(path)
     indices = [int(i) for i in indices]
@@ -351,7 +505,11 @@ def read_frames(path: PathLike, indices: Sequence[int]) -> np.ndarray:
         raise ValueError(f"{path}: read_frames needs at least one frame index")
     wanted = sorted(set(indices))
     # cheap: a folder listing, a container header, or packets counted without decoding
-    num_frames = len(list_frame_files(path)) if path.is_dir() else probe(path).num_frames
+    num_frames = (
+        len(list_frame_files(path))
+        if path.is_dir()
+        else probe(path, allow_truncated=allow_truncated).num_frames
+    )
     if wanted[0] < 0 or wanted[-1] >= num_frames:
         bad = wanted[0] if wanted[0] < 0 else wanted[-1]
         raise VideoReadError(
@@ -364,7 +522,7 @@ def read_frames(path: PathLike, indices: Sequence[int]) -> np.ndarray:
     else:
         by_index = {}
         keep = set(wanted)
-        for index, frame in _iter_video_frames(path, stop=wanted[-1] + 1):
+        for index, frame in _iter_video_frames(path, stop=wanted[-1] + 1, allow_truncated=allow_truncated):
             if index in keep:
                 by_index[index] = _to_rgb(frame, path)
         if len(by_index) < len(wanted):  # the header promised more frames than the stream holds
@@ -598,3 +756,19 @@ def h264_roundtrip(frames: np.ndarray, *, crf: int, fps: float = 25.0, preset: s
     if len(decoded) != len(frames):  # would be an encoder bug, not a user error
         raise RuntimeError(f"h264_roundtrip: encoded {len(frames)} frames but decoded {len(decoded)}")
     return decoded[:, :height, :width]  # crop the even-size padding
+
+
+# ----------------------------------------------------------------------------------------------
+# frames <-> tensors
+
+
+def to_tensor(chunk: np.ndarray, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 frames (t, H, W, 3) -> one video of floats in [0, 1], (1, t, 3, H, W)."""
+    frames = torch.from_numpy(np.ascontiguousarray(chunk)).to(device).float().div_(255)
+    return rearrange(frames, "t h w c -> 1 t c h w")
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """One video of floats (1, t, 3, H, W), clamped to [0, 1] -> uint8 frames (t, H, W, 3)."""
+    frames = rearrange(video.clamp(0, 1).mul(255).round(), "1 t c h w -> t h w c")
+    return frames.to(torch.uint8).cpu().numpy()

@@ -415,6 +415,24 @@ class LatentBlock(nn.Module):
         return x + self.mlp(self.norm_mlp(x))
 
 
+def tile_frames(frames: Tensor, times: Tensor, tile: int | None) -> tuple[Tensor, Tensor]:
+    """Frames larger than `tile` cut into non-overlapping tile x tile pieces, each a frame of its
+    own with its frame's time: (V, n, C, h, w) -> (V, n * (h // tile) * (w // tile), C, tile, tile).
+
+    Pooled statistics of a frame (the base's activation mean and std, the LR statistics) depend on
+    how much a frame holds; an encoder trained on small frames reads large ones as the small frames
+    it knows. Frames no larger than the tile (training's) pass unchanged."""
+    h, w = frames.shape[-2:]
+    if tile is None or (h <= tile and w <= tile):
+        return frames, times
+    rows, cols = max(h // tile, 1), max(w // tile, 1)
+    th, tw = min(tile, h), min(tile, w)
+    top, left = (h - rows * th) // 2, (w - cols * tw) // 2  # centred: the border left out is even
+    crop = frames[..., top : top + rows * th, left : left + cols * tw]
+    tiles = rearrange(crop, "v n c (r th) (k tw) -> v (n r k) c th tw", r=rows, k=cols)
+    return tiles, times.repeat_interleave(rows * cols, dim=1)
+
+
 # ----------------------------------------------------------------------------------------------
 # The encoder
 
@@ -440,6 +458,7 @@ class VideoEncoder(nn.Module):
         base: nn.Module | None = None,
         layer_names: Sequence[str] = (),
         in_channels: int = 3,
+        context_tile: int | None = None,
     ):
         super().__init__()
         if source not in SOURCES:
@@ -453,8 +472,11 @@ class VideoEncoder(nn.Module):
                 "hypernet.source='base' reads the frozen base network's activations: pass "
                 "base=<the base nn.Module> and layer_names=<its layers>, or use source='conv'"
             )
+        if context_tile is not None and context_tile < 4:
+            raise EncoderInputError(f"hypernet.context_tile={context_tile} must be >= 4 pixels (or null)")
         self.source = source
         self.in_channels = in_channels
+        self.context_tile = context_tile
         if source == "stats" and not lr_stats:
             raise EncoderInputError(
                 "hypernet.source='stats' reads the LR statistics alone: it needs hypernet.lr_stats=true"
@@ -497,6 +519,7 @@ class VideoEncoder(nn.Module):
     def tokens(self, frames: Tensor, times: Tensor) -> Tensor:
         """frames (V, n, C, h, w), times (V, n) -> tokens (V, n * tokens_per_frame, dim)."""
         self._check(frames, times)
+        frames, times = tile_frames(frames, times, self.context_tile)
         parts = [] if self.tokenizer is None else [self.tokenizer(frames)]  # (V, n, L, dim)
         if self.lr_stats is not None:
             parts.append(self.lr_stats(frames))  # (V, n, 1, dim)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from hypernet.runs import atomic_write_bytes
+from hypernet.files import atomic_write_bytes
 
 FORMAT = "hypernet-lora/1"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -238,7 +238,9 @@ def find_targets(
     matches is an error (silently skipping it would leave a layer unadapted without anyone
     knowing); a pattern without wildcards must name a Conv2d or Linear. `overrides` maps a
     pattern to {"rank": r, "alpha": a}; the first matching pattern wins; alpha None means
-    alpha = rank (scaling 1).
+    alpha = rank (scaling 1). The global `rank` is capped per layer at the layer's largest
+    possible rank, min(in * kh * kw, out), keeping alpha / rank; a rank set by `overrides` larger
+    than that is an error.
     """
     if isinstance(include, str) or isinstance(exclude, str):
         raise ValueError(
@@ -289,7 +291,12 @@ def find_targets(
             raise ValueError(f"alpha for layer {name!r} must be finite, got {layer_alpha}")
         target = _make_target(module, name, layer_rank, layer_alpha)
         max_rank = min(target.in_features * math.prod(target.kernel_size), target.out_features)
-        if layer_rank > max_rank:
+        if layer_rank > max_rank and source == "rank":
+            # the global rank is a budget, not a promise: a layer too small for it (an RGB output
+            # conv, a flow head) gets its full rank, which is already a complete update of it
+            capped_alpha = float(max_rank if alpha is None else layer_alpha * max_rank / layer_rank)
+            target = _make_target(module, name, max_rank, capped_alpha)
+        elif layer_rank > max_rank:
             raise ValueError(
                 f"{source}={layer_rank} is too large for layer {name!r} ({target.kind}, in={target.in_features}, "
                 f"out={target.out_features}, kernel={target.kernel_size}): the maximum allowed is {max_rank}; "
@@ -551,6 +558,21 @@ def delta_weight(target: LoRATarget, a: Tensor, b: Tensor) -> Tensor:
     return (b @ a) * target.scaling
 
 
+def scale_adapters(adapters: Adapters, strength: float, *, option: str = "strength") -> Adapters:
+    """The adapters with their weight change scaled by `strength` (B * strength: the delta
+    scaling * B @ A is linear in B): 0 is the base exactly, 1 as trained, above 1 extrapolates."""
+    if (
+        isinstance(strength, bool)
+        or not isinstance(strength, int | float)
+        or not math.isfinite(strength)
+        or strength < 0
+    ):
+        raise ValueError(
+            f"{option}={strength!r}: the adapter strength must be a number >= 0 (0: the base, 1: as trained)"
+        )
+    return {name: (a, b * strength) for name, (a, b) in adapters.items()}
+
+
 def _merge(model: nn.Module, spec: LoRASpec, adapters: Adapters, video: int, sign: float) -> None:
     num_videos = _num_videos(spec, adapters)
     if not 0 <= video < num_videos:
@@ -701,6 +723,13 @@ def load_adapters(
             raise AdapterFileError(
                 f"adapter file {str(path)!r} lacks tensor {err} named in its spec"
             ) from None
+        for key, tensor in ((f"{t.name}.lora_A", a), (f"{t.name}.lora_B", b)):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise AdapterFileError(
+                    f"adapter file {str(path)!r}: tensor {key!r} holds {bad} NaN or inf values "
+                    f"(of {tensor.numel()}); it would turn the video black: fit or predict the adapters again"
+                )
         adapters[t.name] = (
             a.to(device) if device is not None else a,
             b.to(device) if device is not None else b,

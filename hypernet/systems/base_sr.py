@@ -13,6 +13,7 @@ from hypernet.models.base import build_base
 from hypernet.systems.common import (
     EMA,
     EvaluationTables,
+    align_logging_step,
     bicubic_upscale,
     charbonnier,
     check_loss,
@@ -55,6 +56,9 @@ class BaseSRSystem(L.LightningModule):
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         return self.eval_model()(lr)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        align_logging_step(checkpoint)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         sr = self.model(batch["lr"])

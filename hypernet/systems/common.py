@@ -195,3 +195,16 @@ def test_group(trainer, dataloader_idx: int) -> str:
     """Name of the test loader's group (the data module lists them in loader order)."""
     groups = getattr(getattr(trainer, "datamodule", None), "test_groups", None)
     return groups[dataloader_idx] if groups else "single"
+
+
+def align_logging_step(checkpoint: dict) -> None:
+    """Make a resumed run log at the same steps as an uninterrupted one (call in on_load_checkpoint).
+
+    Lightning 2.6 adds one to its logging step (`_batches_that_stepped`) whenever it restarts,
+    assuming the checkpoint was written before that counter moved; a checkpoint written at the end
+    of an epoch was written after, so every curve after the resume was shifted a step. With one
+    optimizer stepping every batch the counter equals the global step: store one less, which
+    Lightning's increment then brings to the global step whenever the checkpoint was written."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    if "_batches_that_stepped" in loop and "global_step" in checkpoint:
+        loop["_batches_that_stepped"] = max(int(checkpoint["global_step"]) - 1, 0)

@@ -33,6 +33,7 @@ from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
     EvaluationTables,
     adapted_sr,
+    align_logging_step,
     bicubic_upscale,
     charbonnier,
     check_loss,
@@ -49,24 +50,40 @@ from hypernet.systems.common import (
 MODES = ("direct", "refine")
 
 
-def feature_layer_names(spec: LoRASpec, patterns: list[str] | None) -> list[str]:
-    """The target layers whose activations the encoder reads: all targets (None), or those
-    matching hypernet.feature_layers (fnmatch patterns). Fewer, earlier layers make the frozen
-    base's pass over the context cheaper: it stops after the last layer read."""
+def feature_layer_names(base: nn.Module, spec: LoRASpec, patterns: list[str] | None) -> list[str]:
+    """The target layers whose activations the encoder reads: those matching
+    hypernet.feature_layers (fnmatch patterns), or by default every target that runs when the
+    base sees one frame alone (the encoder feeds it frames one by one; a recurrent base's flow
+    layers need two). Fewer, earlier layers make the frozen base's pass over the context cheaper:
+    it stops after the last layer read."""
     import fnmatch
 
     names = list(spec.names)
-    if patterns is None:
-        return names
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    if not chosen:
-        raise ValueError(f"hypernet.feature_layers={list(patterns)} matches none of the LoRA targets {names}")
-    return chosen
+    if patterns is not None:
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if not chosen:
+            raise ValueError(
+                f"hypernet.feature_layers={list(patterns)} matches none of the LoRA targets {names}"
+            )
+        return chosen
+    ran: set[str] = set()
+    modules = dict(base.named_modules())
+    handles = [modules[n].register_forward_hook(lambda *_, n=n: ran.add(n)) for n in names]
+    try:
+        with torch.no_grad():
+            param = next(base.parameters())
+            base(torch.zeros(1, 1, 3, 16, 16, dtype=param.dtype, device=param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [n for n in names if n in ran]
 
 
 def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The stage-1 base network (EMA weights when the run kept them) and its model config."""
     path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"base_ckpt={path} is a folder, not a checkpoint file; {_inside_hint(path)}")
     if not path.is_file():
         raise FileNotFoundError(
             f"base_ckpt={path} does not exist: train stage 1 first (experiment=base_quickstart)"
@@ -82,6 +99,8 @@ def load_hypernet(checkpoint: str | Path, *, map_location: str = "cpu") -> Hyper
     """A trained stage-2 system (eval mode) from its checkpoint alone: the frozen base's weights
     travel inside it, so the stage-1 checkpoint need not exist any more."""
     path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file; {_inside_hint(path)}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: train stage 2 first (make quickstart)")
     try:
@@ -90,7 +109,26 @@ def load_hypernet(checkpoint: str | Path, *, map_location: str = "cpu") -> Hyper
         raise ValueError(
             f"checkpoint {path} is not a readable stage-2 (HyperLoRASystem) checkpoint: {e}"
         ) from e
+    check_finite(system, path)
     return system.eval()
+
+
+def _inside_hint(folder: Path) -> str:
+    """Where the checkpoint of a run folder is, for an error that was given the folder."""
+    found = [p for p in (folder / "checkpoints" / "last.ckpt", folder / "last.ckpt") if p.is_file()]
+    return f"did you mean {found[0]}?" if found else "give the .ckpt file (a run keeps them in checkpoints/)"
+
+
+def check_finite(module: nn.Module, path: Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged run saved them): they would make every
+    frame black, silently. Names the file and the first bad tensor."""
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"checkpoint {path}: tensor {name!r} holds {bad} NaN or inf values (of {tensor.numel()}); "
+                "the run that saved it diverged: use an earlier checkpoint or retrain"
+            )
 
 
 class HyperLoRASystem(L.LightningModule):
@@ -103,8 +141,10 @@ class HyperLoRASystem(L.LightningModule):
         exclude: list[str] = (),
         rank: int = 4,
         alpha: float | None = None,
+        overrides: dict[str, dict[str, float]] | None = None,
         source: str = "base",
         feature_layers: list[str] | None = None,
+        context_tile: int | None = None,
         dim: int = 64,
         num_latents: int = 8,
         num_heads: int = 4,
@@ -143,7 +183,12 @@ class HyperLoRASystem(L.LightningModule):
             )
         self.base = base.requires_grad_(False).eval()
         self.spec: LoRASpec = find_targets(
-            self.base, include=list(targets), exclude=list(exclude), rank=rank, alpha=alpha
+            self.base,
+            include=list(targets),
+            exclude=list(exclude),
+            rank=rank,
+            alpha=alpha,
+            overrides={k: dict(v) for k, v in (overrides or {}).items()},
         )
         self.encoder: nn.Module
         if source == "degradation":  # the ceiling control: true degradation parameters, no frames
@@ -159,8 +204,11 @@ class HyperLoRASystem(L.LightningModule):
                 num_blocks=num_blocks,
                 conv_channels=conv_channels,
                 lr_stats=lr_stats,
+                context_tile=context_tile,
                 base=self.base,
-                layer_names=feature_layer_names(self.spec, feature_layers) if source == "base" else (),
+                layer_names=feature_layer_names(self.base, self.spec, feature_layers)
+                if source == "base"
+                else (),
             )
         self.generator = LoRAGenerator(spec=self.spec, dim=dim, num_heads=num_heads, static=static)
         # refine mode: one learned step size per layer, log-parametrised (positive)
@@ -269,6 +317,9 @@ class HyperLoRASystem(L.LightningModule):
         return current
 
     # -------------------------------------------------------------- steps
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        align_logging_step(checkpoint)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         adapters = self.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
         loss = charbonnier(self.sr(batch["lr"], adapters), batch["hr"])
