@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,11 @@ CONTENTS = ("photos", "augmented", "procedural", "mixed")  # in order of content
 CONTROLS = ("mixed_stats", "mixed_static", "mixed_degradation", "photos_on_photo_base")
 GROUPS = ("single", "multishot", "large")
 COPIED = ("metrics.json", "config.yaml", "val_videos.csv", "test_videos.csv")
+
+
+def is_seed_run(label: str, content: str) -> bool:
+    """mixed_s0, mixed_s1 are seeds of the content `mixed`; mixed_stats and mixed_static are controls."""
+    return re.fullmatch(rf"{re.escape(content)}_s\d+", label) is not None
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -123,7 +129,7 @@ def main() -> None:
             lines.append(f"| {label} {fmt(stats, metrics[label], prefix)} {val_gain:+.3f} |")
         pooled = []
         for content in CONTENTS:
-            seeds = [lab for lab in stage2 if lab.startswith(f"{content}_s")]
+            seeds = [lab for lab in stage2 if is_seed_run(lab, content)]
             if seeds:
                 per_seed = [group_stats(tests[lab], group)["gain"] for lab in seeds]
                 pooled.append(
@@ -132,7 +138,7 @@ def main() -> None:
         if pooled:
             lines += ["", "Mean over seeds: " + "; ".join(pooled) + "."]
     ceiling = [lab for lab in stage2 if lab == "mixed_degradation"]
-    blind = [lab for lab in stage2 if lab.startswith("mixed_s")]
+    blind = [lab for lab in stage2 if is_seed_run(lab, "mixed")]
     if ceiling and blind:
         c = group_stats(tests[ceiling[0]], "single")["gain"]
         b = sum(group_stats(tests[lab], "single")["gain"] for lab in blind) / len(blind)
@@ -143,10 +149,12 @@ def main() -> None:
             if c > 0
             else f"Blind {b:+.3f} dB; the degradation ceiling gained {c:+.3f} dB (not positive: no fraction).",
         ]
-    for evaluation in sorted(p.name for p in args.runs.iterdir() if p.name.startswith("eval_")):
+    for evaluation in sorted(
+        p.name for p in args.runs.iterdir() if p.is_dir() and p.name.startswith("eval_")
+    ):
         target = args.out / evaluation
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.json", "results.md", "results.csv", "gains.png", "crops.png"):
+        for name in ("metrics.json", "results.md", "results.csv", "gains.png"):
             if (args.runs / evaluation / name).is_file():
                 shutil.copyfile(args.runs / evaluation / name, target / name)
     oracle_path = args.runs / "eval_mixed_s0" / "metrics.json"
@@ -161,18 +169,31 @@ def main() -> None:
         if "mixed_degradation" in stage2:
             c = group_stats(tests["mixed_degradation"], "single")["gain"]
             lines.append(f"The degradation ceiling's {c:+.3f} dB is {c / oracle:.3f} of the oracle's gain.")
-    large_path = args.runs / "eval_large_mixed_s0" / "metrics.json"
-    if large_path.is_file():
-        ev = json.loads(large_path.read_text())
+    large = [
+        (name, args.runs / name / "metrics.json")
+        for name in ("eval_large_mixed_s0", "eval_large_tiled_mixed_s0")
+    ]
+    if any(path.is_file() for _, path in large):
         lines += ["", "## Real frame sizes (mixed_s0, `hypernet.eval data.test_large_hr=512`)", ""]
-        lines += ["| test group | LR frames | base PSNR-Y | hypernet gain +- s.e. | videos improved |"]
-        lines += ["|---|---|---|---|---|"]
-        for group, size, prefix in (("single", "24x24", "test/"), ("large", "128x128", "test/large/")):
-            if f"{prefix}hypernet_gain_y" in ev:
-                lines.append(
-                    f"| {group} | {size} | {ev[f'{prefix}base/psnr_y']:.3f} | {ev[f'{prefix}hypernet_gain_y']:+.3f} +- "
-                    f"{ev[f'{prefix}hypernet_gain_y_stderr']:.3f} | {int(ev[f'{prefix}hypernet_videos_improved'])} |"
-                )
+        lines += [
+            "| context read as | test group | LR frames | base PSNR-Y | hypernet gain +- s.e. | videos improved |"
+        ]
+        lines += ["|---|---|---|---|---|---|"]
+        for name, path in large:
+            if not path.is_file():
+                continue
+            ev = json.loads(path.read_text())
+            read = "24x24 tiles (context_tile=24)" if "tiled" in name else "whole frames"
+            for group, size, prefix, n in (
+                ("single", "24x24", "test/", 20),
+                ("large", "128x128", "test/large/", 8),
+            ):
+                if f"{prefix}hypernet_gain_y" in ev:
+                    lines.append(
+                        f"| {read} | {group} | {size} | {ev[f'{prefix}base/psnr_y']:.3f} | "
+                        f"{ev[f'{prefix}hypernet_gain_y']:+.3f} +- {ev[f'{prefix}hypernet_gain_y_stderr']:.3f} | "
+                        f"{int(ev[f'{prefix}hypernet_videos_improved'])}/{n} |"
+                    )
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
 
     with (args.out / "per_video.csv").open("w", newline="") as f:
@@ -199,7 +220,7 @@ def main() -> None:
     x = 0
     ticks, tick_labels = [], []
     for name in names:
-        runs = [lab for lab in stage2 if lab.startswith(f"{name}_s") or lab == name]
+        runs = [lab for lab in stage2 if is_seed_run(lab, name) or lab == name]
         if not runs:
             continue
         for j, lab in enumerate(runs):
