@@ -27,8 +27,8 @@ from hypernet.data.preview import write_preview
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 DEFAULT_OUT = Path("outputs/quickstart")
 # the study's recipes at the quickstart's budget (the study: 48 and 40 epochs)
-QUICKSTART_BASE = ["experiment=base_content", "trainer.max_epochs=12"]
-QUICKSTART_HYPER = ["experiment=hyper_content", "trainer.max_epochs=24"]
+QUICKSTART_BASE = ["experiment=base_content", "trainer.max_epochs=8"]
+QUICKSTART_HYPER = ["experiment=hyper_content", "trainer.max_epochs=16"]
 QUICKSTART_EVAL = ["data.context_frames=4", "data.test_shots=0"]  # as hyper_content trains; the 20 videos
 
 
