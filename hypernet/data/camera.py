@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from hypernet.data import video_io
 
 # Real photographs among skimage/data (synthetic test patterns, logos and tiny images left out).
 # The split is by photograph, so no held-out video shares content with a training video.
@@ -66,24 +65,20 @@ def builtin_images(split: str) -> list[Path]:
 
 
 def list_images(folder: str | Path) -> list[Path]:
+    """The image files of a folder in natural order (the frame-folder lister of `video_io`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return paths
+    try:
+        return video_io.list_frame_files(folder)
+    except video_io.VideoReadError as e:
+        raise ValueError(f"image folder {folder} holds no images ({e})") from None
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """An image file as (3, H, W) float in [0, 1]. Grayscale is repeated to RGB; alpha is dropped."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            array = np.asarray(im, dtype=np.uint8).copy()
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+    """An image file as (3, H, W) float in [0, 1], read as frame folders are (`video_io.read_image`:
+    grayscale repeated, 16-bit scaled to 8, alpha dropped)."""
+    return torch.from_numpy(video_io.read_image(Path(path)).copy()).permute(2, 0, 1).float() / 255.0
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ docs/design.md: content diversity is the largest lever; a small fixed pool memor
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,10 +451,6 @@ class FreshIndexSampler(Sampler[int]):
 # ---------------------------------------------------------------- folder layouts
 
 
-def _natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v")
 
 
@@ -465,7 +460,7 @@ def folder_videos(root: str | Path) -> list[FileVideo]:
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root} is not a folder")
     videos = []
-    for entry in sorted(root.iterdir(), key=lambda p: _natural_key(p.name)):
+    for entry in sorted(root.iterdir(), key=lambda p: video_io.natural_key(p.name)):
         if entry.is_dir() or entry.suffix.lower() in VIDEO_SUFFIXES:
             videos.append(FileVideo(entry))
     if not videos:

@@ -58,7 +58,8 @@ from PIL import Image, UnidentifiedImageError
 # ``av.logging.set_level(av.logging.VERBOSE)`` after importing this module.
 av.logging.set_level(None)
 
-FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# image files, for frame folders and for folders of still images alike
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FOLDER_FPS = 25.0  # a folder of frames has no frame rate; 25 is the PAL / REDS-era convention
 X264_PRESETS = (
     "ultrafast",
@@ -162,7 +163,8 @@ def image_to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """One image file as (H, W, 3) uint8 RGB (`image_to_rgb`); VideoReadError names the file."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -191,7 +193,7 @@ def _size_mismatch(path: Path, got: tuple[int, ...], want: tuple[int, ...], firs
 def _iter_folder_frames(files: Sequence[Path]) -> Iterator[np.ndarray]:
     first_shape: tuple[int, ...] | None = None
     for path in files:
-        frame = _read_image(path)
+        frame = read_image(path)
         if first_shape is None:
             first_shape, first_path = frame.shape, path
         elif frame.shape != first_shape:
