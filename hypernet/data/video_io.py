@@ -248,6 +248,11 @@ def _iter_video_frames(
                     if stop is not None and index + 1 >= stop:
                         return  # before decoding the next frame
         except av.error.FFmpegError as e:
+            # a file cut in the middle ends in a partial packet; whether that is what happened is
+            # told by what the container announces against the packets it held
+            if index >= 0 and (shortfall := _shortfall(container, stream, tally)) is not None:
+                _cut_short(path, index + 1, shortfall, allow_truncated=allow_truncated)
+                return
             raise VideoReadError(f"{path}: cannot decode frame {index + 1} ({e}); the file is corrupt") from e
         if index < 0:
             raise VideoReadError(f"{path}: the video has no frames")
