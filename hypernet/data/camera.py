@@ -78,7 +78,7 @@ def list_images(folder: str | Path) -> list[Path]:
 def load_image(path: str | Path) -> torch.Tensor:
     """An image file as (3, H, W) float in [0, 1], read as frame folders are (`video_io.read_image`:
     grayscale repeated, 16-bit scaled to 8, alpha dropped)."""
-    return torch.from_numpy(video_io.read_image(Path(path)).copy()).permute(2, 0, 1).float() / 255.0
+    return video_io.to_tensor(video_io.read_image(Path(path))[None])[0, 0]
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from hypernet.data import video_io
 from hypernet.data.camera import SceneVideo, SpriteLayer, image_pyramid, multishot_paths
 
 SHAPES = ("ellipse", "polygon", "rectangle", "text")
@@ -347,8 +348,8 @@ class _Painter:
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB(A) -> (C, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    """PIL RGB -> (3, H, W) float in [0, 1], by video_io's frame conversion."""
+    return video_io.to_tensor(np.array(image, dtype=np.uint8)[None])[0, 0]
 
 
 def dead_leaves(painter: _Painter, *, side: int, shapes: int) -> Image.Image:

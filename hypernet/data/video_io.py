@@ -160,7 +160,7 @@ def image_to_rgb(image: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode != "RGB":
         image = image.convert("RGB")  # L, P, RGBA, LA, CMYK, YCbCr, ...: drops alpha
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)  # a writable copy: torch takes it without a warning
 
 
 def read_image(path: Path) -> np.ndarray:
