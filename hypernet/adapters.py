@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from hypernet.models.lora import (
+    HYPERNET_PREFIX,
     AdapterFileError,
     Adapters,
     LoRASpec,
     base_fingerprint,
     delta_weight,
     load_adapters,
+    load_merge_columns,
 )
 
 
@@ -68,6 +70,15 @@ def info(path: str | Path, *, checkpoint: str | Path | None = None) -> str:
         f"base        {fingerprint.get('class')} with {int(fingerprint.get('num_params', 0)):,} parameters "
         f"(architecture {fingerprint.get('architecture', '?')[:12]}, weights {fingerprint.get('weights', '?')[:12]})",
     ]
+    columns = load_merge_columns(path)
+    if columns is not None:
+        own = [v for k, v in columns.items() if not k.startswith(HYPERNET_PREFIX)]
+        theirs = [v for k, v in columns.items() if k.startswith(HYPERNET_PREFIX)]
+        lines.append(
+            f"merge       learned with the hypernetwork's adapter on top (finetune --merge-steps): "
+            f"per-channel weights, this adapter's mean {torch.cat(own).mean():.3f}, "
+            f"the hypernetwork's mean {torch.cat(theirs).mean():.3f}"
+        )
     base = None
     if checkpoint is not None:
         base = load_base_of(checkpoint)

@@ -23,7 +23,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from hypernet.models.lora import Adapters, scale_adapters
+from hypernet.models.lora import Adapters, check_strength, scale_adapters
 from hypernet.runs import atomic_write_text, write_metrics, write_table_csv
 from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side, video_metrics
 from hypernet.systems.per_video import finetune_adapters
@@ -75,6 +75,7 @@ def evaluate_video(
                         ].item(),
                     }
                 )
+            adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         seconds = time.perf_counter() - started
         with torch.no_grad():
             if method == "bicubic":
@@ -250,7 +251,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         datamodule.setup("validate")
         groups = {"single": datamodule.val_set}
     for strength in cfg.get("strengths") or []:
-        scale_adapters({}, strength, option="strengths")  # a bad strength fails before any work
+        check_strength(strength, option="strengths")  # a bad strength fails before any work
+    check_strength(cfg.get("strength", 1.0), option="strength")
     rows, crops, strength_rows = [], [], []
     for group, videos in groups.items():
         for i in range(len(videos)):

@@ -1,19 +1,26 @@
-"""Per-video LoRA fine-tuning: the baselines the hypernetwork is measured against, and a tool
-of its own where ground truth exists (a game rendered offline at high resolution, the later,
-better-filmed seasons of a series).
+"""LoRA fine-tuning of the frozen base: for one video (the oracle, or a self-supervised fit), or
+for a whole domain where ground truth exists (a game rendered offline at high resolution, the
+later, better-filmed seasons of a series): one adapter for many videos.
 
     python -m hypernet.finetune --hr HR.mp4 -o adapter.safetensors            # supervised (oracle)
     python -m hypernet.finetune --lr LR.mp4 -o adapter.safetensors            # self-supervised (ZSSR-style)
-    python -m hypernet.finetune --lr LR.mp4 --hr HR.mp4 --init-from-hypernet ...
+    python -m hypernet.finetune --hr domain/ -o domain.safetensors            # a folder: one adapter for all
+    python -m hypernet.finetune --hr domain/hr --lr domain/lr --merge-steps 200 -o domain.safetensors
 
-The adapter file is applied with `python -m hypernet.specialise LR.mp4 -o out.mp4 --adapter FILE`.
-With --hr alone, the LR video is made from it by MATLAB bicubic (the BI protocol). The base is the
-one inside the stage-2 checkpoint (default: the one `make quickstart` trains), so the adapter's
-fingerprint matches what `specialise` loads.
+Apply it with `python -m hypernet.specialise LR.mp4 -o out.mp4 --adapter FILE[:STRENGTH]`: the
+hypernetwork's adapter for that video goes on top (`--no-hypernet` leaves it out).
 
-Every check a user can fail runs before a training step, with the checks `specialise` uses: the
-options and the output path first, then (once the checkpoint gives the scale) the videos' sizes
-and lengths.
+Several videos (files, frame folders, or folders of them): a fifth of them (`--val-videos`) is
+held out, the adapter is scored on them every `--val-every` steps, and the best one is saved (the
+base itself when nothing helps). Clips are read from disk a batch at a time, so memory does not
+grow with the number of videos. With --hr alone the LR frames are made by MATLAB bicubic (the BI
+protocol); --lr gives the real LR videos, paired with --hr in order. `--merge-steps` also learns,
+on the same training videos, how the adapter and the hypernetwork's per-video adapter add up
+(one weight per output channel, ZipLoRA-style); `specialise` uses it when the hypernetwork is on.
+
+The base is the one inside the stage-2 checkpoint, so the adapter's fingerprint matches what
+`specialise` loads. Every check a user can fail runs before a training step: the options and
+the output path first, then (once the checkpoint gives the scale) every video's size and length.
 """
 
 from __future__ import annotations
@@ -24,32 +31,37 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from hypernet.cli_checks import check_frame_size, check_not_an_input, check_output, sigterm_unwinds
 from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
-from hypernet.data.degrade import bicubic_downsample
-from hypernet.data.video_io import to_tensor
 from hypernet.models.lora import save_adapters
 from hypernet.runs import DEFAULT_CHECKPOINT
-from hypernet.systems.per_video import finetune_adapters
-
-
-def load_clips(path: Path, clips: list[list[int]]) -> torch.Tensor:
-    """Clips of frame indices of a video as (num_clips, clip_len, 3, H, W) float in [0, 1]."""
-    frames = to_tensor(video_io.read_frames(path, [i for clip in clips for i in clip]))[0]
-    return frames.view(len(clips), len(clips[0]), *frames.shape[1:])
+from hypernet.systems.per_video import (
+    VideoPair,
+    fit_adapters,
+    fit_merge,
+    psnr_on,
+    random_clips,
+    stack_under_hypernet,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        prog="python -m hypernet.finetune",
         description=__doc__.splitlines()[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--lr", type=Path, help="the LR video (self-supervised when --hr is not given)")
-    parser.add_argument("--hr", type=Path, help="the HR video: supervised fine-tuning")
+    parser.add_argument(
+        "--hr",
+        type=Path,
+        nargs="+",
+        help="HR videos, frame folders or folders of them: supervised fine-tuning",
+    )
+    parser.add_argument(
+        "--lr", type=Path, nargs="+", help="the LR videos (paired with --hr in order; alone: self-supervised)"
+    )
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="adapter file to write (.safetensors)"
     )
@@ -61,12 +73,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--clips", type=int, default=4, help="clips spread over the video to fit on")
+    parser.add_argument("--clips", type=int, default=4, help="clips per step (one video: spread over it)")
     parser.add_argument("--clip-len", type=int, default=5, help="consecutive frames per clip")
     parser.add_argument(
-        "--init-from-hypernet", action="store_true", help="start from the hypernetwork's prediction"
+        "--val-videos",
+        type=int,
+        help="videos held out to score the adapter and keep its best (default: a fifth of 2 or more, else 0)",
+    )
+    parser.add_argument(
+        "--val-every", type=int, default=25, help="steps between scores on the held-out videos"
+    )
+    parser.add_argument("--val-clips", type=int, default=2, help="clips of each held-out video scored")
+    parser.add_argument(
+        "--merge-steps",
+        type=int,
+        default=0,
+        help="then learn the merge with the hypernetwork's adapter on top, for this many steps (needs --hr)",
+    )
+    parser.add_argument(
+        "--init-from-hypernet",
+        action="store_true",
+        help="one video: start from the hypernetwork's prediction",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         with sigterm_unwinds():  # a kill while saving leaves no temporary file behind
@@ -83,28 +113,47 @@ def check_args(args: argparse.Namespace) -> None:
     any video is read: a bad one fails now, not after the training steps."""
     if args.lr is None and args.hr is None:
         raise ValueError("give --hr HR_VIDEO (supervised), --lr LR_VIDEO (self-supervised), or both")
-    for option, value in (("--steps", args.steps), ("--clips", args.clips), ("--clip-len", args.clip_len)):
+    for option, value in (
+        ("--steps", args.steps),
+        ("--clips", args.clips),
+        ("--clip-len", args.clip_len),
+        ("--val-every", args.val_every),
+        ("--val-clips", args.val_clips),
+    ):
         if value < 1:
             raise ValueError(f"{option} {value}: must be >= 1")
+    if args.val_videos is not None and args.val_videos < 0:
+        raise ValueError(f"--val-videos {args.val_videos}: must be >= 0")
+    if args.merge_steps < 0:
+        raise ValueError(f"--merge-steps {args.merge_steps}: must be >= 0 (0: no learned merge)")
+    if args.merge_steps and args.hr is None:
+        raise ValueError("--merge-steps learns from HR frames: give --hr")
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         raise ValueError(f"--learning-rate {args.learning_rate:g}: must be a number > 0")
-    inputs = {"--lr": args.lr, "--hr": args.hr, "--checkpoint": args.checkpoint}
+    inputs = {"--checkpoint": args.checkpoint}
+    for option in ("--lr", "--hr"):
+        inputs |= {f"{option} {p}": p for p in getattr(args, option[2:]) or []}
     check_not_an_input(args.output, "-o/--output", inputs)
     check_output(args.output, option="-o/--output", suffix=".safetensors")
 
 
-def check_videos(lr: Path | None, hr: Path | None, *, scale: int) -> video_io.VideoInfo:
-    """The videos are readable and whole, their LR frames large enough for the model (the
-    `specialise` minimum), and an LR / HR pair is one video: same length, HR `scale` x the LR
-    size. Returns the probe of the video the clips are cut from (HR when given)."""
+def check_pair(lr: Path | None, hr: Path | None, *, scale: int) -> int:
+    """One video of the set is readable and whole, its LR frames large enough for the model (the
+    `specialise` minimum), an LR / HR pair one video (same length, HR `scale` x the LR size),
+    and HR alone divisible by the scale. Returns its number of frames."""
     hr_info = None if hr is None else video_io.probe(hr, verify=True)
     lr_info = None if lr is None else video_io.probe(lr, verify=True)
     if lr_info is not None:
         check_frame_size(lr, lr_info.height, lr_info.width)
     else:
         check_frame_size(hr, hr_info.height, hr_info.width, scale=scale)
+        if hr_info.height % scale or hr_info.width % scale:
+            raise ValueError(
+                f"--hr {hr} is {hr_info.width}x{hr_info.height} (WxH): both sides must be divisible by "
+                f"the scale {scale} to make its LR frames; crop it, or give its LR video with --lr"
+            )
     if hr_info is None or lr_info is None:
-        return hr_info or lr_info
+        return (hr_info or lr_info).num_frames
     if hr_info.num_frames != lr_info.num_frames:
         raise ValueError(
             f"--hr {hr} has {hr_info.num_frames} frames but --lr {lr} has {lr_info.num_frames}: "
@@ -116,7 +165,43 @@ def check_videos(lr: Path | None, hr: Path | None, *, scale: int) -> video_io.Vi
             f"{lr_info.width}x{lr_info.height}: the HR frames must be x{scale} the LR size "
             f"({lr_info.width * scale}x{lr_info.height * scale})"
         )
-    return hr_info
+    return hr_info.num_frames
+
+
+def video_set(args: argparse.Namespace, *, scale: int) -> list[VideoPair]:
+    """The videos named by --hr / --lr (folders expanded), paired and checked."""
+    hr = None if args.hr is None else video_io.expand_videos(args.hr, option="--hr")
+    lr = None if args.lr is None else video_io.expand_videos(args.lr, option="--lr")
+    if hr is not None and lr is not None and len(hr) != len(lr):
+        raise ValueError(
+            f"--hr names {len(hr)} videos but --lr {len(lr)}: they pair up in order, one LR video for each HR one"
+        )
+    count = len(hr if hr is not None else lr)
+    pairs = []
+    for i in range(count):
+        h, low = (None if hr is None else hr[i]), (None if lr is None else lr[i])
+        pairs.append(VideoPair(hr=h, lr=low, num_frames=check_pair(low, h, scale=scale)))
+    return pairs
+
+
+def split_videos(videos: list[VideoPair], val_videos: int | None) -> tuple[list[VideoPair], list[VideoPair]]:
+    """(training, held-out): the held-out videos spread evenly over the list."""
+    n = len(videos)
+    count = (n // 5 if n >= 5 else int(n >= 2)) if val_videos is None else val_videos
+    if count >= n:
+        raise ValueError(f"--val-videos {count}: leaves no training video of the {n} given; hold out fewer")
+    held = set(spread_indices(n, count, None)) if count else set()
+    return [v for i, v in enumerate(videos) if i not in held], [v for i, v in enumerate(videos) if i in held]
+
+
+def progress_bar(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(
+        *columns, TextColumn("{task.fields[status]}"), console=Console(stderr=True), disable=not enabled
+    )
 
 
 def run_finetune(args: argparse.Namespace) -> dict:
@@ -125,48 +210,112 @@ def run_finetune(args: argparse.Namespace) -> dict:
     check_args(args)
     system = load_hypernet(args.checkpoint)
     base, spec, scale = system.base, system.spec, system.scale
-    source = args.hr if args.hr is not None else args.lr
-    info = check_videos(args.lr, args.hr, scale=scale)
-    clip_len = min(args.clip_len, info.num_frames)
-    starts = spread_indices(
-        info.num_frames - clip_len + 1, min(args.clips, info.num_frames - clip_len + 1), None
-    )
-    clips = [list(range(s, s + clip_len)) for s in starts]
-    hr = load_clips(args.hr, clips) if args.hr is not None else None
-    if args.lr is not None:
-        lr = load_clips(args.lr, clips)  # same length and x`scale` sizes: check_videos
-    else:
-        height, width = (hr.shape[-2] // scale) * scale, (hr.shape[-1] // scale) * scale
-        hr = hr[..., :height, :width]
-        lr = (bicubic_downsample(hr, scale).clamp(0, 1) * 255).round() / 255
+    videos = video_set(args, scale=scale)
+    train, held_out = split_videos(videos, args.val_videos)
+    if args.init_from_hypernet and len(videos) > 1:
+        raise ValueError("--init-from-hypernet starts from one video's prediction: give one video")
+    supervised = train[0].hr is not None
+    sizes = {"clips": args.val_clips, "clip_len": args.clip_len, "scale": scale}
+
+    def score(adapters) -> float:
+        return psnr_on(base, spec, held_out, lambda _: adapters, **sizes)
+
     init = None
     if args.init_from_hypernet:
-        video = lr.flatten(0, 1)[None]  # the fitted frames as one stream
-        init = system.adapters_from_stream([video], num_frames=info.num_frames, refine_context=video)
+        init = system.adapters_from_stream(train[0].lr_chunks(scale=scale), num_frames=train[0].num_frames)
+    batches = random_clips(train, clips=args.clips, clip_len=args.clip_len, scale=scale, seed=args.seed)
     started = time.perf_counter()
-    adapters = finetune_adapters(
-        base, spec, lr, hr=hr, steps=args.steps, learning_rate=args.learning_rate, init=init, seed=args.seed
-    )
-    seconds = time.perf_counter() - started
+    summary: dict = {"adapter": str(args.output), "videos": len(train), "held_out": len(held_out)}
+    with progress_bar(not args.no_progress) as bar:
+        task = bar.add_task("fitting the adapter", total=args.steps, status="")
+        adapters, history = fit_adapters(
+            base,
+            spec,
+            (clips for _, clips in batches),
+            steps=args.steps,
+            learning_rate=args.learning_rate,
+            init=init,
+            seed=args.seed,
+            validate=score if held_out else None,
+            validate_every=args.val_every,
+            on_step=lambda step, loss: bar.update(task, completed=step, status=f"loss {loss:.4f}"),
+        )
+        seconds = time.perf_counter() - started
+        if history:
+            best = max(history, key=lambda h: h["score"])
+            summary |= {
+                "val_psnr_base": round(history[0]["score"], 3),
+                "val_psnr": round(best["score"], 3),
+                "best_step": int(best["step"]),
+            }
+        columns = None
+        if args.merge_steps:
+            columns, merge_summary = learn_merge(system, adapters, train, held_out, args, bar=bar)
+            summary |= merge_summary
+    metadata = {
+        "method": "supervised" if supervised else "self-supervised",
+        "steps": str(args.steps),
+        "videos": str(len(train)),
+        "source": str(videos[0].name) if len(videos) == 1 else ", ".join(str(p) for p in args.hr or args.lr),
+    }
     save_adapters(
-        args.output,
+        args.output, spec, adapters, base=base, video=0, extra_metadata=metadata, merge_columns=columns
+    )
+    frames = args.clips * min(args.clip_len, train[0].num_frames) if len(train) == 1 else None
+    return (
+        summary
+        | {"steps": args.steps, "seconds": round(seconds, 2), "mode": metadata["method"]}
+        | ({"frames": frames} if frames else {})
+    )
+
+
+def learn_merge(system, adapters, train, held_out, args, *, bar) -> tuple[dict, dict]:
+    """The per-column merge of the fitted adapter with the hypernetwork's, learned on the
+    training videos (the hypernet's adapter predicted for each from its LR video) and kept at
+    its best on the held-out ones, the naive sum among the candidates."""
+    base, spec, scale = system.base, system.spec, system.scale
+    task = bar.add_task("reading the videos (hypernet)", total=len(train) + len(held_out), status="")
+
+    def predict(video: VideoPair):
+        predicted = system.adapters_from_stream(video.lr_chunks(scale=scale), num_frames=video.num_frames)
+        bar.advance(task)
+        return predicted
+
+    train_predicted = [predict(v) for v in train]
+    held_predicted = [predict(v) for v in held_out]
+    sizes = {"clips": args.val_clips, "clip_len": args.clip_len, "scale": scale}
+
+    def score(columns) -> float:
+        def merged(i):
+            return stack_under_hypernet(spec, adapters, system.spec, held_predicted[i], columns=columns)[1]
+
+        merged_spec = stack_under_hypernet(spec, adapters, system.spec, held_predicted[0], columns=columns)[0]
+        return psnr_on(base, merged_spec, held_out, merged, **sizes)
+
+    merge_task = bar.add_task("learning the merge", total=args.merge_steps, status="")
+    columns, history = fit_merge(
+        base,
         spec,
         adapters,
-        base=base,
-        video=0,
-        extra_metadata={
-            "method": "supervised" if hr is not None else "self-supervised",
-            "steps": str(args.steps),
-            "source": str(source),
-        },
+        system.spec,
+        train_predicted,
+        train,
+        steps=args.merge_steps,
+        clips=args.clips,
+        clip_len=args.clip_len,
+        scale=scale,
+        seed=args.seed,
+        validate=score if held_out else None,
+        validate_every=args.val_every,
+        on_step=lambda step, loss: bar.update(merge_task, completed=step, status=f"loss {loss:.4f}"),
     )
-    return {
-        "adapter": str(args.output),
-        "frames": len(clips) * clip_len,
-        "steps": args.steps,
-        "seconds": round(seconds, 2),
-        "mode": "supervised" if hr is not None else "self-supervised",
-    }
+    summary = {}
+    if history:
+        summary = {
+            "val_psnr_naive_merge": round(history[0]["score"], 3),
+            "val_psnr_learned_merge": round(max(h["score"] for h in history), 3),
+        }
+    return columns, summary
 
 
 if __name__ == "__main__":

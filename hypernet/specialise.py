@@ -66,10 +66,22 @@ from hypernet.data.video_io import (
     to_uint8,
     write_mp4,
 )
-from hypernet.models.lora import Adapters, LoRASpec, load_adapters, merge_adapters, save_adapters
+from hypernet.models.lora import (
+    HYPERNET_PREFIX,
+    Adapters,
+    LoRASpec,
+    check_strength,
+    load_adapters,
+    load_merge_columns,
+    merge_adapters,
+    save_adapters,
+    stack_adapters,
+)
 from hypernet.runs import DEFAULT_CHECKPOINT, peak_rss_mib
+from hypernet.systems.per_video import merge_weight
 
-MODES = ("hypernet", "adapter", "base-only")
+MODES = ("hypernet", "adapter", "adapter+hypernet", "base-only")
+MERGES = ("learned", "naive")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,9 +145,31 @@ def check_input(
     return info
 
 
+def parse_adapter(text: str | os.PathLike | tuple) -> tuple[Path, float]:
+    """An --adapter value: FILE or FILE:STRENGTH (a name ending in .safetensors is a file
+    whole, so a ':' inside it is not read as a strength). A (path, strength) pair passes."""
+    if isinstance(text, tuple):
+        path, strength = text
+        return Path(path), check_strength(strength, option=f"--adapter {path}")
+    text = str(text)
+    if text.lower().endswith(".safetensors") or ":" not in text:
+        return Path(text), 1.0
+    path, _, value = text.rpartition(":")
+    try:
+        strength = float(value)
+    except ValueError:
+        raise InputError(
+            f"--adapter {text}: the strength after ':' must be a number >= 0 (e.g. {path}:0.5), got {value!r}"
+        ) from None
+    return Path(path), check_strength(strength, option=f"--adapter {text}")
+
+
 def _check_options(
     *,
-    adapter: Path | None,
+    adapters: list[tuple[Path, float]],
+    hypernet: bool,
+    strength: float,
+    merge: str,
     save_adapter: Path | None,
     base_only: bool,
     chunk_size: int,
@@ -144,10 +178,19 @@ def _check_options(
     fps: float | None = None,
     device: str = "cpu",
 ) -> None:
-    if base_only and adapter is not None:
+    if base_only and adapters:
         raise InputError("--base-only and --adapter exclude each other: choose one")
     if base_only and save_adapter is not None:
         raise InputError("--base-only makes no adapters, so there is nothing to --save-adapter")
+    check_strength(strength, option="--strength")
+    if base_only and strength != 1:
+        raise InputError("--base-only applies no adapter, so there is nothing to give a --strength")
+    if not hypernet and not adapters:
+        raise InputError("--no-hypernet leaves no adapter: give --adapter FILE, or use --base-only")
+    if not hypernet and save_adapter is not None:
+        raise InputError("--save-adapter saves the hypernetwork's adapter, which --no-hypernet leaves out")
+    if merge not in MERGES:
+        raise InputError(f"--merge {merge}: choose one of {', '.join(MERGES)}")
     if chunk_size < 1:
         raise InputError(f"--chunk-size must be >= 1 frame, got {chunk_size}")
     if overlap < 0:
@@ -158,8 +201,11 @@ def _check_options(
         raise InputError(f"--fps {fps:g}: the frame rate must be > 0 frames per second")
     if save_adapter is not None and save_adapter.suffix.lower() != ".safetensors":
         raise InputError(f"--save-adapter {save_adapter}: adapter files end in .safetensors")
-    if adapter is not None and not adapter.is_file():
-        raise InputError(f"--adapter {adapter}: no such file (make one with --save-adapter)")
+    for path, _ in adapters:
+        if not path.is_file():
+            raise InputError(
+                f"--adapter {path}: no such file (make one with --save-adapter or hypernet.finetune)"
+            )
     check_device(device)
 
 
@@ -196,6 +242,57 @@ def predict_adapters(
     )
 
 
+class AdapterFile:
+    """An --adapter file as loaded: checked against the base, with its strength and the
+    learned merge it may hold."""
+
+    def __init__(self, path: Path, strength: float, *, base: nn.Module, device: str):
+        self.path, self.strength = path, strength
+        self.spec, self.adapters, _ = load_adapters(path, base=base, device=device)
+        self.columns = load_merge_columns(path)
+
+
+def stack_files(
+    files: list[AdapterFile],
+    hypernet: tuple[LoRASpec, Adapters] | None,
+    *,
+    strength: float = 1.0,
+    merge: str = "learned",
+) -> tuple[LoRASpec, Adapters]:
+    """The adapter files in order and the hypernetwork's adapter on top, as one adapter whose
+    delta is their sum, each at its strength, all at `strength`. With the hypernetwork on and
+    merge="learned", a file holding a learned merge (`finetune --merge-steps`) weights its own
+    channels and the hypernetwork's by it; otherwise the deltas add as they are (naive)."""
+    learned = [f for f in files if f.columns is not None] if merge == "learned" and hypernet else []
+    if len(learned) > 1:
+        raise InputError(
+            f"--adapter {learned[0].path} and {learned[1].path} both hold a learned merge with the "
+            "hypernetwork's adapter; only one can weight it: pass --merge naive"
+        )
+    columns = learned[0].columns if learned else None
+    if columns is not None:
+        wanted = {HYPERNET_PREFIX + name for name in hypernet[0].names}
+        if {k for k in columns if k.startswith(HYPERNET_PREFIX)} != wanted:
+            raise InputError(
+                f"--adapter {learned[0].path}: its learned merge was fitted for a hypernetwork that adapts "
+                "other layers than this checkpoint's: pass --merge naive, or fit it again with this checkpoint"
+            )
+    parts = [(f.spec, f.adapters) for f in files]
+    weights = [
+        merge_weight(f.spec, f.strength * strength, f.columns if learned and f is learned[0] else None)
+        for f in files
+    ]
+    names = [f"--adapter {f.path}" for f in files]
+    if hypernet is not None:
+        parts.append(hypernet)
+        weights.append(merge_weight(hypernet[0], strength, columns, prefix=HYPERNET_PREFIX))
+        names.append("the hypernetwork's adapter")
+    try:
+        return stack_adapters(parts, weights=weights, names=names)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
 # ----------------------------------------------------------------------------------------------
 # the whole job
 
@@ -205,7 +302,10 @@ def specialise(
     output_path: str | os.PathLike,
     *,
     checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT,
-    adapter: str | os.PathLike | None = None,
+    adapters: Iterable[str | os.PathLike | tuple] = (),
+    hypernet: bool = True,
+    strength: float = 1.0,
+    merge: str = "learned",
     save_adapter: str | os.PathLike | None = None,
     base_only: bool = False,
     chunk_size: int = 32,
@@ -218,18 +318,25 @@ def specialise(
     allow_truncated: bool = False,
 ) -> dict[str, Any]:
     """Upscale `input_path` into `output_path` (an mp4) with the stage-2 `checkpoint`'s base,
-    specialised by adapters predicted for this video (default), read from `adapter`, or none
-    (`base_only`). Returns the figures of the run as a flat dict. `allow_truncated` upscales
-    the frames there are of a file cut short, with a TruncatedVideoWarning, instead of refusing it."""
+    specialised by the adapter files `adapters` (FILE or FILE:STRENGTH, merged in order) with
+    the adapter the hypernetwork predicts for this video on top (`hypernet`), everything at
+    `strength` (0: the base exactly); or by none (`base_only`). `merge` says how a domain
+    adapter holding a learned merge adds to the hypernetwork's. Returns the figures of the run
+    as a flat dict. `allow_truncated` upscales the frames there are of a file cut short, with a
+    TruncatedVideoWarning, instead of refusing it."""
     started = time.perf_counter()
-    adapter = None if adapter is None else Path(adapter)
+    adapters = [parse_adapter(a) for a in adapters]
     save_adapter = None if save_adapter is None else Path(save_adapter)
-    inputs = {"the input video": input_path, "--checkpoint": checkpoint, "--adapter": adapter}
+    inputs = {"the input video": input_path, "--checkpoint": checkpoint}
+    inputs |= {f"--adapter {path}": path for path, _ in adapters}
     check_not_an_input(output_path, "-o/--output", inputs)
     check_not_an_input(save_adapter, "--save-adapter", inputs)
     check_outputs_differ({"-o/--output": output_path, "--save-adapter": save_adapter})
     _check_options(
-        adapter=adapter,
+        adapters=adapters,
+        hypernet=hypernet,
+        strength=strength,
+        merge=merge,
         save_adapter=save_adapter,
         base_only=base_only,
         chunk_size=chunk_size,
@@ -255,15 +362,13 @@ def specialise(
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        spec: LoRASpec | None = None
-        adapters: Adapters | None = None
-        if adapter is not None:
-            mode = "adapter"
-            spec, adapters, _ = load_adapters(adapter, base=base, device=device)
-        elif not base_only:
-            mode = "hypernet"
+        files = [] if base_only else [AdapterFile(p, s, base=base, device=device) for p, s in adapters]
+        if files:  # two files that cannot be summed fail now, before the video is read
+            stack_files(files, None)
+        predicted: tuple[LoRASpec, Adapters] | None = None
+        if hypernet and not base_only:
             task = bar.add_task("reading the video (adapters)", total=info.num_frames)
-            spec, adapters = (
+            predicted = (
                 system.spec,
                 predict_adapters(
                     system,
@@ -276,12 +381,15 @@ def specialise(
                     allow_truncated=allow_truncated,
                 ),
             )
-        else:
-            mode = "base-only"
-        if adapters is not None:
             if save_adapter is not None:  # fingerprints the base: before merging into it
-                save_adapters(save_adapter, spec, adapters, base=base, video=0)
-            merge_adapters(base, spec, adapters, video=0)
+                save_adapters(save_adapter, *predicted, base=base, video=0)
+        mode = (
+            "base-only"
+            if base_only
+            else "+".join((["adapter"] if files else []) + (["hypernet"] if predicted else []))
+        )
+        if not base_only:
+            merge_adapters(base, *stack_files(files, predicted, strength=strength, merge=merge), video=0)
 
         task = bar.add_task("upscaling", total=info.num_frames)
         chunks = iter_chunks(input_path, chunk_size=chunk_size, allow_truncated=allow_truncated)
@@ -329,11 +437,37 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"stage-2 (hypernet) checkpoint; default {DEFAULT_CHECKPOINT}, what `make quickstart` "
         "trains (relative to the current folder)",
     )
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument(
-        "--adapter", type=Path, help="apply this adapter file (.safetensors) instead of predicting one"
+    parser.add_argument(
+        "--adapter",
+        dest="adapters",
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="apply this adapter file (.safetensors, e.g. a domain adapter from hypernet.finetune) at "
+        "STRENGTH (default 1); repeat to stack several, merged in order. The hypernetwork's adapter "
+        "for the video goes on top unless --no-hypernet",
     )
-    which.add_argument(
+    parser.add_argument(
+        "--no-hypernet",
+        dest="hypernet",
+        action="store_false",
+        help="leave out the hypernetwork's adapter: apply the --adapter files alone",
+    )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="scale every adapter's weight change: 0 is the base exactly, 1 as trained (default), "
+        "above 1 extrapolates",
+    )
+    parser.add_argument(
+        "--merge",
+        choices=MERGES,
+        default="learned",
+        help="how an adapter file holding a learned merge (finetune --merge-steps) adds to the "
+        "hypernetwork's adapter: its learned per-channel weights (default) or the plain sum",
+    )
+    parser.add_argument(
         "--base-only", action="store_true", help="upscale with the base alone, no adapters (for comparison)"
     )
     parser.add_argument("--save-adapter", type=Path, help="also save the adapters to this .safetensors file")
@@ -383,7 +517,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.input,
                 args.output,
                 checkpoint=args.checkpoint,
-                adapter=args.adapter,
+                adapters=args.adapters,
+                hypernet=args.hypernet,
+                strength=args.strength,
+                merge=args.merge,
                 save_adapter=args.save_adapter,
                 base_only=args.base_only,
                 chunk_size=args.chunk_size,

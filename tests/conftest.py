@@ -86,3 +86,25 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     base_ckpt = out / "base" / "checkpoints" / "last.ckpt"
     run(compose_train([*TINY_BASE, *TINY_HYPER, f"base_ckpt={base_ckpt}"], out / "hyper"))
     return {"base": base_ckpt, "hyper": out / "hyper" / "checkpoints" / "last.ckpt"}
+
+
+@pytest.fixture(scope="session")
+def gated_checkpoint(tiny_checkpoints, tmp_path_factory) -> Path:
+    """The tiny stage-2 checkpoint with the generator's gates opened: adapters clearly non-zero
+    (one short training run leaves them near the identity)."""
+    state = torch.load(tiny_checkpoints["hyper"], map_location="cpu", weights_only=False)
+    state["state_dict"]["generator.gates"].fill_(0.5)
+    path = tmp_path_factory.mktemp("gated") / "gated.ckpt"
+    torch.save(state, path)
+    return path
+
+
+def one_line_error(capsys, *names: str) -> str:
+    """stderr of a refused command: one line `error: ...` holding every one of `names`."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]

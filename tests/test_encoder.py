@@ -128,13 +128,14 @@ def test_times_change_the_latents_and_default_to_even_spacing():
 
 def reference_pool(pooler: LatentPooler, tokens: torch.Tensor) -> torch.Tensor:
     """Plain multi-head cross-attention with one full softmax over all tokens (V, L, dim)."""
-    heads = pooler.num_heads
+    attention = pooler.attention
+    heads = attention.num_heads
     dim = tokens.shape[-1]
     head_dim = dim // heads
     queries = F.layer_norm(pooler.queries, (dim,), pooler.norm_queries.weight, pooler.norm_queries.bias)
-    q = queries @ pooler.to_q.weight.T + pooler.to_q.bias  # (M, dim)
+    q = queries @ attention.to_q.weight.T + attention.to_q.bias  # (M, dim)
     normed = F.layer_norm(tokens, (dim,), pooler.norm_tokens.weight, pooler.norm_tokens.bias)
-    kv = normed @ pooler.to_kv.weight.T + pooler.to_kv.bias  # (V, L, 2 dim)
+    kv = normed @ attention.to_kv.weight.T + attention.to_kv.bias  # (V, L, 2 dim)
     k, v = kv[..., :dim], kv[..., dim:]
     outs = []
     for h in range(heads):
@@ -142,8 +143,9 @@ def reference_pool(pooler: LatentPooler, tokens: torch.Tensor) -> torch.Tensor:
         scores = q[:, sl] @ k[..., sl].transpose(1, 2) / math.sqrt(head_dim)  # (V, M, L)
         outs.append(torch.softmax(scores, dim=-1) @ v[..., sl])  # (V, M, head_dim)
     pooled = torch.cat(outs, dim=-1)
-    latents = pooler.queries + pooled @ pooler.out.weight.T + pooler.out.bias
-    return latents + pooler.mlp(pooler.norm_mlp(latents))
+    latents = pooler.queries + pooled @ attention.to_out.weight.T + attention.to_out.bias
+    ff = pooler.feed_forward
+    return latents + ff.net(F.layer_norm(latents, (dim,), ff.norm.weight, ff.norm.bias))
 
 
 @pytest.mark.parametrize(
@@ -153,7 +155,7 @@ def test_online_softmax_pooling_equals_full_softmax(score_scale):
     torch.manual_seed(5)
     pooler = LatentPooler(dim=16, num_latents=3, num_heads=4).double()
     with torch.no_grad():
-        pooler.to_q.weight.mul_(score_scale)
+        pooler.attention.to_q.weight.mul_(score_scale)
     tokens = torch.randn(2, 29, 16, dtype=torch.float64)
     state = pooler.init_state(2)
     for start in range(0, 29, 6):

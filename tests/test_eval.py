@@ -144,3 +144,15 @@ def test_eval_sweeps_adapter_strength(tiny_checkpoints, tmp_path):
     )
     with pytest.raises(ValueError, match=r"strengths=-1"):
         evaluation.run(bad)
+    half = compose_eval(
+        [
+            *TINY_DATA,
+            "methods=[base,hypernet]",
+            "strengths=[0.5]",
+            "strength=0.5",
+            f"checkpoint={tiny_checkpoints['hyper']}",
+            f"paths.output_dir={tmp_path / 'half'}",
+        ]
+    )
+    summary = evaluation.run(half)  # strength=S scores the hypernet at S, as the sweep does
+    assert summary["test/hypernet_gain_y"] == pytest.approx(summary["test/hypernet_gain_y@0.5"], abs=1e-9)

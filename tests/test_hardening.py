@@ -33,7 +33,7 @@ from hypernet.runs import atomic_write_bytes, default_file_mode
 from hypernet.specialise import main as specialise_main
 from hypernet.systems.hyper_lora import load_hypernet
 from hypernet.train import run
-from tests.conftest import TINY_BASE, compose_train, moving_texture
+from tests.conftest import TINY_BASE, compose_train, moving_texture, one_line_error
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES, HEIGHT, WIDTH, FPS = 12, 16, 20, 12.0
@@ -49,17 +49,6 @@ def video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("video") / "lr.mp4"
     write_mp4(path, moving_texture(FRAMES, HEIGHT, WIDTH), fps=FPS, crf=10)
     return path
-
-
-def one_line_error(capsys, *names: str) -> str:
-    """stderr of a refused command: one line `error: ...` holding every one of `names`."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def specialise_exit(argv: list[str]) -> int:
@@ -375,7 +364,7 @@ def test_finetune_creates_the_output_folder_and_a_failed_save_is_one_line(
 ):
     out = tmp_path / "new" / "sub" / "a.safetensors"
     argv = ["--lr", str(video), "-o", str(out), "--checkpoint", str(checkpoint)]
-    argv += ["--steps", "1", "--clips", "1", "--clip-len", "2"]
+    argv += ["--steps", "1", "--clips", "1", "--clip-len", "2", "--no-progress"]
     assert finetune_main(argv) == 0 and out.is_file()
     capsys.readouterr()
 

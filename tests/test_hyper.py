@@ -213,3 +213,48 @@ def test_stage2_on_the_recurrent_base_works_with_the_default_rank(tmp_path):
     system = HyperLoRASystem.load_from_checkpoint(out / "hyper" / "checkpoints" / "last.ckpt", base_ckpt=None)
     ranks = {t.rank for t in system.spec.targets}
     assert max(ranks) == 4 and min(ranks) < 4
+
+
+def test_checkpoint_of_the_earlier_parameter_names_loads_to_the_same_adapters(gated_checkpoint, tmp_path):
+    """Checkpoints written before the encoder and generator shared one attention block and one
+    feed-forward (fused q/k/v, nn.MultiheadAttention, `mlp` / `proj` names) still load, and
+    predict the same adapters."""
+    from hypernet.systems.hyper_lora import load_hypernet
+
+    state = torch.load(gated_checkpoint, map_location="cpu", weights_only=False)
+    old = {}
+    for key, tensor in state["state_dict"].items():  # today's names written the old way, by hand
+        if key.endswith(("attention.to_kv.weight", "attention.to_kv.bias")):
+            continue
+        if ".attention.to_q." in key:
+            kind = key.rsplit(".", 1)[1]
+            fused = torch.cat([tensor, state["state_dict"][key.replace("to_q", "to_kv")]])
+            if key.startswith("generator."):
+                old[f"generator.query.attention.in_proj_{kind}"] = fused
+            elif key.startswith("encoder.blocks."):
+                old[key.replace("attention.to_q", "qkv")] = fused
+            else:
+                old[key.replace("attention.to_q", "to_q")] = tensor
+                old[key.replace("attention.to_q", "to_kv")] = state["state_dict"][
+                    key.replace("to_q", "to_kv")
+                ]
+            continue
+        key = key.replace("generator.query.attention.to_out", "generator.query.attention.out_proj")
+        key = key.replace("generator.query.feed_forward.norm", "generator.query.mlp.0")
+        key = key.replace("generator.query.feed_forward.net.0", "generator.query.mlp.1")
+        key = key.replace("generator.query.feed_forward.net.2", "generator.query.mlp.3")
+        key = key.replace("pooler.attention.to_out", "pooler.out").replace("attention.to_out", "proj")
+        key = key.replace("feed_forward.norm", "norm_mlp").replace("feed_forward.net", "mlp")
+        old[key] = tensor
+    assert old.keys() != state["state_dict"].keys() and "encoder.blocks.0.qkv.weight" in old
+    state["state_dict"] = old
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(state, legacy)
+    video = torch.rand(1, 6, 3, 16, 16)
+    with torch.no_grad():
+        now = load_hypernet(gated_checkpoint).adapters_from_stream([video], num_frames=6)
+        before = load_hypernet(legacy).adapters_from_stream([video], num_frames=6)
+    assert any(b.abs().max() > 0 for _, b in now.values())  # the gates are open: B is not zero
+    for name in now:
+        torch.testing.assert_close(before[name][0], now[name][0], rtol=0, atol=0)
+        torch.testing.assert_close(before[name][1], now[name][1], rtol=0, atol=0)

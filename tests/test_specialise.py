@@ -26,17 +26,6 @@ def checkpoint(tiny_checkpoints) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gated_checkpoint(checkpoint, tmp_path_factory) -> Path:
-    """The same checkpoint with the generator's gates opened: adapters clearly non-zero (one short
-    training run leaves them near the identity)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    state["state_dict"]["generator.gates"].fill_(0.5)
-    path = tmp_path_factory.mktemp("gated") / "gated.ckpt"
-    torch.save(state, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("video") / "lr.mp4"
     write_mp4(path, moving_texture(FRAMES, HEIGHT, WIDTH), fps=FPS, crf=10)
@@ -141,7 +130,12 @@ def test_saved_adapter_applied_again_gives_the_same_video(gated_checkpoint, vide
     specialise(video, tmp_path / "a.mp4", checkpoint=gated_checkpoint, save_adapter=adapter, progress=False)
     assert adapter.is_file()
     again = specialise(
-        video, tmp_path / "b.mp4", checkpoint=gated_checkpoint, adapter=adapter, progress=False
+        video,
+        tmp_path / "b.mp4",
+        checkpoint=gated_checkpoint,
+        adapters=[adapter],
+        hypernet=False,
+        progress=False,
     )
     assert again["mode"] == "adapter"
     assert np.abs(decode(tmp_path / "a.mp4") - decode(tmp_path / "b.mp4")).max() <= 2
@@ -188,7 +182,7 @@ def bad_input(kind: str, folder: Path, video: Path, adapter: Path) -> tuple[dict
         write_mp4(folder / "tiny.mp4", moving_texture(3, 4, 4))
         return {"input_path": folder / "tiny.mp4", "output_path": out}, "tiny.mp4: frames are 4x4"
     if kind == "other_base_adapter":
-        return {"input_path": video, "output_path": out, "adapter": adapter}, "other_base.safetensors"
+        return {"input_path": video, "output_path": out, "adapters": [adapter]}, "other_base.safetensors"
     if kind == "output_under_a_file":
         (folder / "a_file").write_text("x")
         return {"input_path": video, "output_path": folder / "a_file" / "out.mp4"}, "a_file"
@@ -294,7 +288,7 @@ def test_finetune_then_specialise_with_that_adapter(checkpoint, tmp_path):
     lr = tmp_path / "lr.mp4"
     write_mp4(lr, moving_texture(10, HEIGHT, WIDTH, seed=3), fps=FPS, crf=5)
     out = tmp_path / "out.mp4"
-    figures = specialise(lr, out, checkpoint=checkpoint, adapter=adapter, progress=False)
+    figures = specialise(lr, out, checkpoint=checkpoint, adapters=[adapter], hypernet=False, progress=False)
     assert figures["mode"] == "adapter" and figures["frames"] == 10
     info = probe(out)
     assert (info.num_frames, info.height, info.width) == (10, 4 * HEIGHT, 4 * WIDTH)

@@ -451,21 +451,15 @@ class FreshIndexSampler(Sampler[int]):
 # ---------------------------------------------------------------- folder layouts
 
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v")
-
-
 def folder_videos(root: str | Path) -> list[FileVideo]:
-    """Every video file and every folder of frames directly under `root` (sorted by name)."""
+    """Every video file and every folder of frames directly under `root` (natural order)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root} is not a folder")
-    videos = []
-    for entry in sorted(root.iterdir(), key=lambda p: video_io.natural_key(p.name)):
-        if entry.is_dir() or entry.suffix.lower() in VIDEO_SUFFIXES:
-            videos.append(FileVideo(entry))
+    videos = [FileVideo(path) for path in video_io.list_videos(root)]
     if not videos:
         raise ValueError(
-            f"data.root={root} holds no video files ({', '.join(VIDEO_SUFFIXES)}) or frame folders"
+            f"data.root={root} holds no video files ({', '.join(video_io.VIDEO_SUFFIXES)}) or frame folders"
         )
     return videos
 

@@ -58,6 +58,7 @@ from PIL import Image, UnidentifiedImageError
 # ``av.logging.set_level(av.logging.VERBOSE)`` after importing this module.
 av.logging.set_level(None)
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v")
 # image files, for frame folders and for folders of still images alike
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FOLDER_FPS = 25.0  # a folder of frames has no frame rate; 25 is the PAL / REDS-era convention
@@ -143,6 +144,50 @@ def list_frame_files(folder: PathLike) -> list[Path]:
             f"{folder}: folder holds no frames (no {'/'.join(x[1:] for x in FRAME_EXTENSIONS)} files)"
         )
     return [folder / name for name in sorted(names, key=natural_key)]
+
+
+def _holds_frames(folder: Path) -> bool:
+    try:
+        return any(
+            e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(FRAME_EXTENSIONS)
+            for e in os.scandir(folder)
+        )
+    except OSError:
+        return False
+
+
+def list_videos(folder: PathLike) -> list[Path]:
+    """The videos directly under ``folder`` in natural order: video files (VIDEO_SUFFIXES) and
+    subfolders (frame folders: one without frames fails when read, naming it). Empty when it
+    holds none; hidden entries are skipped."""
+    folder = Path(folder)
+    try:
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    except OSError as e:
+        raise VideoReadError(f"{folder}: cannot list the folder ({_reason(e)})") from e
+    videos = [e for e in entries if (e.is_file() and e.suffix.lower() in VIDEO_SUFFIXES) or e.is_dir()]
+    return sorted(videos, key=lambda p: natural_key(p.name))
+
+
+def expand_videos(paths: Sequence[PathLike], *, option: str) -> list[Path]:
+    """Videos named on a command line: a file is one video; a folder of frames is one video; any
+    other folder stands for the videos in it (`list_videos`). VideoReadError names the option
+    and the folder that holds none."""
+    videos: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise VideoReadError(f"{option} {path}: no such file or folder")
+        if path.is_file() or _holds_frames(path):
+            videos.append(path)
+            continue
+        found = list_videos(path)
+        if not found:
+            raise VideoReadError(
+                f"{option} {path}: the folder holds no video ({', '.join(VIDEO_SUFFIXES)} files, or "
+                "folders of frames) and no frames of its own"
+            )
+        videos.extend(found)
+    return videos
 
 
 def image_to_rgb(image: Image.Image) -> np.ndarray:

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from hypernet.models.blocks import Attention, FeedForward
+
 SOURCES = ("conv", "base", "stats")  # stats: the LR statistics tokens alone, no content features
 
 
@@ -104,10 +106,6 @@ class RunningNorm(nn.Module):
                 self.var.lerp_(flat.var(dim=0, unbiased=False), rate)
                 self.num_updates += 1
         return (x - self.mean) * torch.rsqrt(self.var + self.eps)
-
-
-def mlp(*, dim: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,19 +344,14 @@ class LatentPooler(nn.Module):
 
     def __init__(self, *, dim: int, num_latents: int, num_heads: int, mlp_ratio: int = 2):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
         self.queries = nn.Parameter(0.02 * torch.randn(num_latents, dim))
         self.norm_queries = nn.LayerNorm(dim)
         self.norm_tokens = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, dim)
-        self.to_kv = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
-        self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = mlp(dim=dim, hidden=mlp_ratio * dim)
+        self.attention = Attention(dim=dim, num_heads=num_heads)
+        self.feed_forward = FeedForward(dim=dim, hidden=mlp_ratio * dim)
 
     def init_state(self, num_videos: int, *, device: torch.device | None = None) -> PoolState:
-        m, h, d = self.queries.shape[0], self.num_heads, self.head_dim
+        m, h, d = self.queries.shape[0], self.attention.num_heads, self.attention.head_dim
         device = self.queries.device if device is None else device
         dtype = self.queries.dtype
         return PoolState(
@@ -371,11 +364,9 @@ class LatentPooler(nn.Module):
         """Fold tokens (V, L, dim) of one chunk into the state."""
         if tokens.shape[1] == 0:
             return state
-        q = rearrange(self.to_q(self.norm_queries(self.queries)), "m (h d) -> h m d", h=self.num_heads)
-        k, v = rearrange(
-            self.to_kv(self.norm_tokens(tokens)), "b l (two h d) -> two b h l d", two=2, h=self.num_heads
-        )
-        scores = torch.einsum("hmd,bhld->bhml", q, k) / math.sqrt(self.head_dim)  # (V, H, M, L)
+        q = self.attention.heads_q(self.norm_queries(self.queries))  # (H, M, d)
+        k, v = self.attention.heads_kv(self.norm_tokens(tokens))  # (V, H, L, d)
+        scores = torch.einsum("hmd,bhld->bhml", q, k) / math.sqrt(self.attention.head_dim)  # (V, H, M, L)
         new_max = torch.maximum(state.max, scores.detach().amax(dim=-1))  # (V, H, M)
         weights = torch.exp(scores - new_max[..., None])
         correction = torch.exp(state.max - new_max)  # 0 on the first chunk (m = -inf)
@@ -390,8 +381,8 @@ class LatentPooler(nn.Module):
         if bool(torch.isneginf(state.max).any()):  # still the initial -inf: nothing was folded in
             raise EncoderInputError("the encoder was given no frames: finalize() needs at least one update()")
         pooled = rearrange(state.acc / state.sum[..., None], "b h m d -> b m (h d)")
-        latents = self.queries + self.out(pooled)
-        return latents + self.mlp(self.norm_mlp(latents))
+        latents = self.queries + self.attention.to_out(pooled)
+        return latents + self.feed_forward(latents)
 
 
 class LatentBlock(nn.Module):
@@ -399,20 +390,15 @@ class LatentBlock(nn.Module):
 
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: int = 2):
         super().__init__()
-        self.num_heads = num_heads
         self.norm_attn = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = mlp(dim=dim, hidden=mlp_ratio * dim)
+        self.attention = Attention(dim=dim, num_heads=num_heads)
+        self.feed_forward = FeedForward(dim=dim, hidden=mlp_ratio * dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (V, M, dim) -> (V, M, dim)."""
-        q, k, v = rearrange(
-            self.qkv(self.norm_attn(x)), "b m (three h d) -> three b h m d", three=3, h=self.num_heads
-        )
-        x = x + self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h m d -> b m (h d)"))
-        return x + self.mlp(self.norm_mlp(x))
+        normed = self.norm_attn(x)
+        x = x + self.attention(normed, normed)
+        return x + self.feed_forward(x)
 
 
 def tile_frames(frames: Tensor, times: Tensor, tile: int | None) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from hypernet.models.blocks import Attention, FeedForward
 from hypernet.models.lora import Adapters, LoRASpec, delta_weight
 
 
@@ -25,16 +26,13 @@ class LayerQuery(nn.Module):
         super().__init__()
         self.embedding = nn.Parameter(torch.randn(num_layers, dim) * 0.02)
         self.norm_latents = nn.LayerNorm(dim)
-        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.LeakyReLU(0.1), nn.Linear(2 * dim, dim)
-        )
+        self.attention = Attention(dim=dim, num_heads=num_heads)
+        self.feed_forward = FeedForward(dim=dim, hidden=2 * dim, activation="leaky_relu")
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         queries = self.embedding.expand(latents.shape[0], -1, -1)
-        context = self.norm_latents(latents)
-        hidden = queries + self.attention(queries, context, context, need_weights=False)[0]
-        return hidden + self.mlp(hidden)
+        hidden = queries + self.attention(queries, self.norm_latents(latents))
+        return hidden + self.feed_forward(hidden)
 
 
 class LoRAGenerator(nn.Module):

@@ -45,6 +45,8 @@ from torch import Tensor, nn
 from hypernet.files import atomic_write_bytes
 
 FORMAT = "hypernet-lora/1"
+MERGE_PREFIX = "merge."  # tensors of a learned merge stored in an adapter file
+HYPERNET_PREFIX = "hypernet:"  # merge weights of the hypernetwork's adapter, beside the file's own
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 
@@ -558,9 +560,9 @@ def delta_weight(target: LoRATarget, a: Tensor, b: Tensor) -> Tensor:
     return (b @ a) * target.scaling
 
 
-def scale_adapters(adapters: Adapters, strength: float, *, option: str = "strength") -> Adapters:
-    """The adapters with their weight change scaled by `strength` (B * strength: the delta
-    scaling * B @ A is linear in B): 0 is the base exactly, 1 as trained, above 1 extrapolates."""
+def check_strength(strength: Any, *, option: str = "strength") -> float:
+    """An adapter strength: a number >= 0 (0: the base, 1: as trained, above 1 extrapolates);
+    ValueError naming `option` otherwise."""
     if (
         isinstance(strength, bool)
         or not isinstance(strength, int | float)
@@ -570,7 +572,77 @@ def scale_adapters(adapters: Adapters, strength: float, *, option: str = "streng
         raise ValueError(
             f"{option}={strength!r}: the adapter strength must be a number >= 0 (0: the base, 1: as trained)"
         )
+    return float(strength)
+
+
+def scale_adapters(adapters: Adapters, strength: float, *, option: str = "strength") -> Adapters:
+    """The adapters with their weight change scaled by `strength` (B * strength: the delta
+    scaling * B @ A is linear in B): 0 is the base exactly, 1 as trained, above 1 extrapolates."""
+    check_strength(strength, option=option)
     return {name: (a, b * strength) for name, (a, b) in adapters.items()}
+
+
+def _same_layer(a: LoRATarget, b: LoRATarget) -> bool:
+    """Two targets adapt the same layer the same way (everything but rank and alpha agrees)."""
+    skip = {"rank", "alpha"}
+    return all(
+        getattr(a, f.name) == getattr(b, f.name) for f in dataclasses.fields(LoRATarget) if f.name not in skip
+    )
+
+
+def stack_adapters(
+    parts: Sequence[tuple[LoRASpec, Adapters]],
+    *,
+    weights: Sequence[float | Mapping[str, Tensor]] | None = None,
+    names: Sequence[str] | None = None,
+) -> tuple[LoRASpec, Adapters]:
+    """Several adapters as one whose delta is their weighted sum, exactly: A and B are joined
+    along the rank (B_1 A_1 + B_2 A_2 = [B_1 B_2] [A_1; A_2]), each B carrying its own scaling
+    alpha / r and weight, so the result has alpha = rank (scaling 1). A weight is a strength
+    (float) or, per layer, one factor per output channel (the columns of ZipLoRA's merge);
+    a layer a part does not adapt is zero for it. The union keeps the first part's layer order.
+
+    Adapters with one video broadcast against those with V. Two parts that adapt the same layer
+    with different geometry (kind, sizes, kernel, stride, padding) cannot be summed: ValueError
+    naming both (`names` labels the parts in messages, e.g. their files)."""
+    if not parts:
+        raise ValueError("stack_adapters: nothing to stack")
+    weights = [1.0] * len(parts) if weights is None else list(weights)
+    if len(parts) == 1 and isinstance(weights[0], int | float):  # one adapter at a strength: as it is
+        spec, adapters = parts[0]
+        return spec, adapters if weights[0] == 1 else scale_adapters(adapters, weights[0])
+    names = [f"adapters #{i + 1}" for i in range(len(parts))] if names is None else list(names)
+    if len(weights) != len(parts) or len(names) != len(parts):
+        raise ValueError(f"stack_adapters: {len(parts)} parts but {len(weights)} weights, {len(names)} names")
+    counts = [_num_videos(spec, adapters) for spec, adapters in parts]
+    num_videos = max(counts)
+    if any(c not in (1, num_videos) for c in counts):
+        raise ValueError(f"stack_adapters: the parts hold {counts} videos; each must hold 1 or {num_videos}")
+    layers: dict[str, list[tuple[int, LoRATarget]]] = {}
+    for i, (spec, _) in enumerate(parts):
+        for t in spec.targets:
+            first = layers.setdefault(t.name, [])
+            if first and not _same_layer(first[0][1], t):
+                j, other = first[0]
+                raise ValueError(
+                    f"{names[i]} and {names[j]} cannot be stacked: both adapt layer {t.name!r} but as "
+                    f"{_describe_target(t)} and {_describe_target(other)}; they were made for different bases"
+                )
+            first.append((i, t))
+    targets, stacked = [], {}
+    for name, owners in layers.items():
+        a_parts, b_parts = [], []
+        for i, t in owners:
+            a, b = parts[i][1][name]
+            weight = weights[i]
+            factor = weight if isinstance(weight, int | float) else weight[name].to(b)[:, None]
+            a_parts.append(a.expand(num_videos, *a.shape[1:]))
+            b_parts.append((b * (t.scaling * factor)).expand(num_videos, *b.shape[1:]))
+        rank = sum(t.rank for _, t in owners)
+        targets.append(dataclasses.replace(owners[0][1], rank=rank, alpha=float(rank)))
+        stacked[name] = (torch.cat(a_parts, dim=1), torch.cat(b_parts, dim=2))
+    spec = LoRASpec(targets=tuple(targets), base_num_params=parts[0][0].base_num_params)
+    return spec, stacked
 
 
 def _merge(model: nn.Module, spec: LoRASpec, adapters: Adapters, video: int, sign: float) -> None:
@@ -627,9 +699,12 @@ def save_adapters(
     base: nn.Module,
     video: int | None = None,
     extra_metadata: Mapping[str, str] | None = None,
+    merge_columns: Mapping[str, Tensor] | None = None,
 ) -> None:
     """Write adapters as safetensors (keys "<layer>.lora_A" / "<layer>.lora_B", leading video dim
-    kept) with the spec and the base's fingerprint as metadata, atomically. video=None saves all."""
+    kept) with the spec and the base's fingerprint as metadata, atomically. video=None saves all.
+    `merge_columns` (a domain adapter's learned merge with the hypernetwork's adapter, from
+    `per_video.fit_merge`) are stored beside them as "merge.<key>"."""
     path = Path(path)
     num_videos = _num_videos(spec, adapters)
     if video is not None and not 0 <= video < num_videos:
@@ -658,6 +733,8 @@ def save_adapters(
             a, b = a[video : video + 1], b[video : video + 1]
         tensors[f"{t.name}.lora_A"] = a.detach().cpu().clone().contiguous()
         tensors[f"{t.name}.lora_B"] = b.detach().cpu().clone().contiguous()
+    for key, column in (merge_columns or {}).items():
+        tensors[f"{MERGE_PREFIX}{key}"] = column.detach().cpu().float().clone().contiguous()
     if not path.parent.exists():
         raise ValueError(f"save_adapters: folder {str(path.parent)!r} does not exist (writing {str(path)!r})")
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
@@ -734,6 +811,11 @@ def load_adapters(
             a.to(device) if device is not None else a,
             b.to(device) if device is not None else b,
         )
+    for key, tensor in tensors.items():
+        if key.startswith(MERGE_PREFIX) and not torch.isfinite(tensor).all():
+            raise AdapterFileError(
+                f"adapter file {str(path)!r}: merge weights {key!r} hold NaN or inf values"
+            )
     try:
         _num_videos(spec, adapters)
     except ValueError as err:
@@ -741,6 +823,15 @@ def load_adapters(
     if base is not None:
         _check_fingerprint(path, spec, fingerprint, base)
     return spec, adapters, metadata
+
+
+def load_merge_columns(path: str | os.PathLike) -> dict[str, Tensor] | None:
+    """The learned merge stored in an adapter file (see `save_adapters`), or None when it holds
+    none. Read after `load_adapters`, which has checked the file."""
+    with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = [k for k in f.keys() if k.startswith(MERGE_PREFIX)]  # noqa: SIM118
+        columns = {k[len(MERGE_PREFIX) :]: f.get_tensor(k) for k in keys}
+    return columns or None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,46 @@ def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except (KeyError, RuntimeError, TypeError, pickle.UnpicklingError, EOFError) as e:
         raise ValueError(f"base_ckpt={path} is not a stage-1 (BaseSRSystem) checkpoint: {e}") from e
     return stage1.eval_model(), dict(stage1.hparams["model"])
+
+
+# Parameter names of checkpoints written before the encoder and the generator shared one
+# attention block and one feed-forward (models/blocks.py): old pattern -> new name. Fused q/k/v
+# projections are split into to_q and to_kv (LEGACY_FUSED).
+LEGACY_RENAMES = (
+    (r"^encoder\.pooler\.(to_q|to_kv)\.", r"encoder.pooler.attention.\1."),
+    (r"^encoder\.pooler\.out\.", "encoder.pooler.attention.to_out."),
+    (r"^encoder\.blocks\.(\d+)\.proj\.", r"encoder.blocks.\1.attention.to_out."),
+    (r"^(encoder\.pooler|encoder\.blocks\.\d+)\.norm_mlp\.", r"\1.feed_forward.norm."),
+    (r"^(encoder\.pooler|encoder\.blocks\.\d+)\.mlp\.(0|2)\.", r"\1.feed_forward.net.\2."),
+    (r"^generator\.query\.attention\.out_proj\.", "generator.query.attention.to_out."),
+    (r"^generator\.query\.mlp\.0\.", "generator.query.feed_forward.norm."),
+    (r"^generator\.query\.mlp\.1\.", "generator.query.feed_forward.net.0."),
+    (r"^generator\.query\.mlp\.3\.", "generator.query.feed_forward.net.2."),
+)
+LEGACY_FUSED = (
+    (r"^(encoder\.blocks\.\d+)\.qkv\.(weight|bias)$", r"\1.attention"),
+    (r"^(generator\.query\.attention)\.in_proj_(weight|bias)$", r"\1"),
+)
+
+
+def renamed_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A stage-2 state dict in today's parameter names (a current one passes unchanged): the
+    same weights, the same outputs, so checkpoints of earlier studies still load."""
+    renamed = {}
+    for key, tensor in state.items():
+        for pattern, attention in LEGACY_FUSED:
+            match = re.match(pattern, key)
+            if match:  # rows: q, then k and v
+                prefix, kind = match.expand(attention), match.group(2)
+                dim = tensor.shape[0] // 3
+                renamed[f"{prefix}.to_q.{kind}"] = tensor[:dim]
+                renamed[f"{prefix}.to_kv.{kind}"] = tensor[dim:]
+                break
+        else:
+            for pattern, new in LEGACY_RENAMES:
+                key = re.sub(pattern, new, key)
+            renamed[key] = tensor
+    return renamed
 
 
 def load_hypernet(checkpoint: str | Path, *, map_location: str = "cpu") -> HyperLoRASystem:
@@ -269,16 +310,14 @@ class HyperLoRASystem(L.LightningModule):
                 "this checkpoint is the degradation-ceiling control (hypernet.source=degradation): it reads a "
                 "video's true degradation parameters, which a real video does not come with; use a blind one"
             )
-        state, start = None, 0
-        for chunk in chunks:
-            times = frame_times(num_frames, start=start, count=chunk.shape[1]).to(chunk)[None]
-            state = self.encoder.update(
-                state or self.encoder.init_state(1, device=chunk.device), chunk, times
-            )
-            start += chunk.shape[1]
-        if state is None:
-            raise ValueError("the video has no frames to encode")
-        adapters = self.generator(self.encoder.finalize(state))
+
+        def timed(chunks: Iterable[torch.Tensor]):  # each chunk with its frames' times in the video
+            start = 0
+            for chunk in chunks:
+                yield chunk, frame_times(num_frames, start=start, count=chunk.shape[1]).to(chunk)[None]
+                start += chunk.shape[1]
+
+        adapters = self.generator(self.encoder.encode_stream(timed(chunks)))
         if self.hparams.mode == "refine":
             if refine_context is None:
                 raise ValueError("hypernet.mode=refine needs refine_context: a few LR frames of the video")
@@ -319,6 +358,7 @@ class HyperLoRASystem(L.LightningModule):
     # -------------------------------------------------------------- steps
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         align_logging_step(checkpoint)
+        checkpoint["state_dict"] = renamed_legacy_keys(checkpoint["state_dict"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         adapters = self.adapters_for(batch["context"], batch["context_times"], batch["degradation"])

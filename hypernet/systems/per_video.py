@@ -1,14 +1,106 @@
-"""Per-video LoRA fitted by gradient descent: the oracle (on the video's own HR frames), the
-self-supervised baseline (on its LR frames alone), and the engine of `python -m hypernet.finetune`.
-The base stays frozen; only the adapters move."""
+"""LoRA fitted by gradient descent, with the base frozen and only the adapters moving: the
+oracle (on a video's own HR frames), the self-supervised baseline (on its LR frames alone), a
+domain adapter (one LoRA for many videos of one kind, read from disk clip by clip), and the
+learned merge that puts the hypernetwork's per-video adapter on top of a domain adapter. The
+engine of `python -m hypernet.finetune` and of the oracle in `python -m hypernet.eval`."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
-from hypernet.models.lora import Adapters, LoRASpec, init_adapters
+from hypernet.data import video_io
+from hypernet.data.datasets import spread_indices
+from hypernet.data.degrade import bicubic_downsample
+from hypernet.metrics import psnr
+from hypernet.models.lora import HYPERNET_PREFIX, Adapters, LoRASpec, init_adapters, stack_adapters
 from hypernet.systems.common import adapted_sr, charbonnier, self_supervised_loss
+
+Clips = tuple[torch.Tensor, torch.Tensor | None]  # LR (B, T, C, h, w), HR (B, T, C, sh, sw) or None
+
+
+class KeepBest:
+    """The best-scoring state seen so far (higher is better) and the score history; without a
+    scorer it keeps the last state given."""
+
+    def __init__(self, score: Callable | None):
+        self.score = score
+        self.history: list[dict[str, float]] = []
+        self.best, self.best_score = None, -float("inf")
+
+    def offer(self, step: int, state: dict) -> None:
+        if self.score is None:
+            self.best = state
+            return
+        value = self.score(state)
+        self.history.append({"step": step, "score": value})
+        if value > self.best_score:
+            self.best, self.best_score = state, value
+
+
+def fit_adapters(
+    base: nn.Module,
+    spec: LoRASpec,
+    batches: Iterable[Clips],
+    *,
+    steps: int,
+    learning_rate: float = 1e-3,
+    init: Adapters | None = None,
+    seed: int = 0,
+    validate: Callable[[Adapters], float] | None = None,
+    validate_every: int = 25,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[Adapters, list[dict[str, float]]]:
+    """One set of adapters (V = 1) fitted with Adam on `batches`: with HR, the SR loss (the
+    oracle, a domain adapter); without, the self-supervised loss on the LR frames alone.
+
+    `validate` scores adapters on held-out data (higher is better, e.g. PSNR) before the first
+    step and every `validate_every` steps; the best-scoring adapters are returned, so a fit that
+    only hurts returns its start. Returns (adapters, history of {"step", "score"})."""
+    if steps < 1:
+        raise ValueError(f"steps={steps}: fitting takes at least 1 step")
+    generator = torch.Generator().manual_seed(seed)
+    batches = iter(batches)
+    first = next(batches)
+    start = (
+        init
+        if init is not None
+        else init_adapters(spec, num_videos=1, generator=generator, dtype=first[0].dtype)
+    )
+    leaves = {
+        k: (a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True))
+        for k, (a, b) in start.items()
+    }
+    optimizer = torch.optim.Adam([t for pair in leaves.values() for t in pair], lr=learning_rate)
+    keep = KeepBest(validate)
+
+    def snapshot() -> Adapters:
+        return {k: (a.detach().clone(), b.detach().clone()) for k, (a, b) in leaves.items()}
+
+    if validate is not None:
+        keep.offer(0, snapshot())
+    for step, (lr, hr) in enumerate(itertools.chain([first], batches), start=1):
+        with torch.enable_grad():
+            if hr is not None:
+                loss = charbonnier(adapted_sr(base, spec, leaves, lr), hr)
+            else:
+                loss = self_supervised_loss(base, spec, leaves, lr)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step(step, loss.item())
+        if step % validate_every == 0 or step == steps:
+            keep.offer(step, snapshot())
+        if step == steps:
+            break
+    return keep.best, keep.history
 
 
 def finetune_adapters(
@@ -22,29 +114,198 @@ def finetune_adapters(
     init: Adapters | None = None,
     seed: int = 0,
 ) -> Adapters:
-    """Adapters for ONE video fitted with Adam: lr (B, T, C, h, w) holds B clips of that video,
-    hr (B, T, C, sh, sw) or None.
-
-    With hr: the SR loss on those frames (the oracle: it sees the answer). Without: the
-    self-supervised loss on the LR frames alone. The base stays frozen; only A and B move."""
+    """Adapters for ONE video held in memory: lr (B, T, C, h, w) holds B clips of it, hr
+    (B, T, C, sh, sw) or None; every step sees them all. The oracle with hr (it sees the
+    answer), the self-supervised baseline without."""
     if lr.ndim != 5:
         raise ValueError(f"finetune_adapters takes clips (B, T, C, h, w), got {tuple(lr.shape)}")
-    generator = torch.Generator().manual_seed(seed)
-    start = (
-        init if init is not None else init_adapters(spec, num_videos=1, generator=generator, dtype=lr.dtype)
+    adapters, _ = fit_adapters(
+        base, spec, itertools.repeat((lr, hr)), steps=steps, learning_rate=learning_rate, init=init, seed=seed
     )
-    leaves = {
-        k: (a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True))
-        for k, (a, b) in start.items()
-    }
-    optimizer = torch.optim.Adam([t for pair in leaves.values() for t in pair], lr=learning_rate)
-    for _ in range(steps):
+    return adapters
+
+
+# ----------------------------------------------------------------------------------------------
+# videos on disk, read a clip at a time
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Values of an 8-bit frame, as a video file would store them."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+@dataclass(frozen=True)
+class VideoPair:
+    """One video of a fine-tuning set: its HR file (or None, self-supervised) and its LR file
+    (or None: made from HR by MATLAB bicubic, the BI protocol)."""
+
+    hr: Path | None
+    lr: Path | None
+    num_frames: int
+
+    @property
+    def name(self) -> str:
+        return str(self.hr if self.hr is not None else self.lr)
+
+    def clips(self, clips: Sequence[Sequence[int]], *, scale: int) -> Clips:
+        """Clips of frame indices, read from disk now: LR (B, T, C, h, w), HR or None."""
+        indices = [i for clip in clips for i in clip]
+
+        def read(path: Path) -> torch.Tensor:
+            frames = video_io.to_tensor(video_io.read_frames(path, indices))[0]
+            return frames.view(len(clips), len(clips[0]), *frames.shape[1:])
+
+        hr = None if self.hr is None else read(self.hr)
+        lr = read(self.lr) if self.lr is not None else quantise(bicubic_downsample(hr, scale))
+        return lr, hr
+
+    def lr_chunks(self, *, scale: int, chunk_size: int = 32) -> Iterator[torch.Tensor]:
+        """The whole LR video as chunks (1, n, C, h, w), for the hypernetwork's encoder."""
+        source = self.lr if self.lr is not None else self.hr
+        for chunk in video_io.iter_chunks(source, chunk_size=chunk_size):
+            frames = video_io.to_tensor(chunk)
+            yield frames if self.lr is not None else quantise(bicubic_downsample(frames, scale))
+
+
+def clip_starts(num_frames: int, clip_len: int, count: int) -> list[list[int]]:
+    """`count` clips of `clip_len` consecutive frames spread evenly over a video."""
+    clip_len = min(clip_len, num_frames)
+    starts = spread_indices(num_frames - clip_len + 1, min(count, num_frames - clip_len + 1), None)
+    return [list(range(s, s + clip_len)) for s in starts]
+
+
+def random_clips(
+    videos: Sequence[VideoPair], *, clips: int, clip_len: int, scale: int, seed: int
+) -> Iterator[tuple[int, Clips]]:
+    """Endless training batches streamed from disk, as (video index, clips): each holds `clips`
+    clips at random places of one video, the videos taken in a new shuffled order every round.
+    Memory is one batch, whatever the number of videos; a single video keeps its evenly spread
+    clips (every step sees the same frames, as the oracle does)."""
+    if len(videos) == 1:
+        fixed = videos[0].clips(clip_starts(videos[0].num_frames, clip_len, clips), scale=scale)
+        yield from itertools.repeat((0, fixed))
+        return
+    rng = np.random.default_rng(seed)
+    while True:
+        for v in rng.permutation(len(videos)):
+            video = videos[v]
+            length = min(clip_len, video.num_frames)
+            starts = rng.integers(0, video.num_frames - length + 1, size=clips)
+            yield int(v), video.clips([list(range(s, s + length)) for s in starts], scale=scale)
+
+
+def psnr_on(
+    base: nn.Module,
+    spec: LoRASpec,
+    videos: Sequence[VideoPair],
+    adapters_of: Callable[[int], Adapters | None],
+    *,
+    clips: int,
+    clip_len: int,
+    scale: int,
+) -> float:
+    """Mean PSNR-Y over `videos` (evenly spread clips of each, read from disk now) with the
+    adapters `adapters_of(video index)` (None: the base alone)."""
+    scores = []
+    with torch.no_grad():
+        for i, video in enumerate(videos):
+            lr, hr = video.clips(clip_starts(video.num_frames, clip_len, clips), scale=scale)
+            sr = adapted_sr(base, spec, adapters_of(i), lr).clamp(0, 1)
+            scores.append(psnr(sr.flatten(0, 1), hr.flatten(0, 1), y_channel=True).mean().item())
+    return float(np.mean(scores))
+
+
+# ----------------------------------------------------------------------------------------------
+# a domain adapter under the hypernetwork's
+
+
+def merge_columns(spec: LoRASpec, *, hypernet_spec: LoRASpec) -> dict[str, torch.Tensor]:
+    """Per-column merge weights of the naive sum: one factor per output channel of every layer,
+    for the domain adapter ("<layer>") and the hypernetwork's ("hypernet:<layer>"), all 1."""
+    columns = {t.name: torch.ones(t.out_features) for t in spec.targets}
+    columns |= {f"{HYPERNET_PREFIX}{t.name}": torch.ones(t.out_features) for t in hypernet_spec.targets}
+    return columns
+
+
+def merge_weight(
+    spec: LoRASpec, strength: float, columns: Mapping[str, torch.Tensor] | None = None, *, prefix: str = ""
+) -> float | dict[str, torch.Tensor]:
+    """The weight of one adapter in a stack (`lora.stack_adapters`): its strength, times its
+    learned per-column factors ("<prefix><layer>" in `columns`) when it has them."""
+    if columns is None:
+        return strength
+    return {t.name: columns[prefix + t.name] * strength for t in spec.targets}
+
+
+def stack_under_hypernet(
+    spec: LoRASpec,
+    under: Adapters,
+    hypernet_spec: LoRASpec,
+    hypernet: Adapters,
+    *,
+    columns: Mapping[str, torch.Tensor] | None = None,
+    strength: float = 1.0,
+    hypernet_strength: float = 1.0,
+) -> tuple[LoRASpec, Adapters]:
+    """A domain adapter with the hypernetwork's on top: the naive sum of their deltas, or with
+    `columns` (from `fit_merge`) each output channel of each weighted by its learned factor."""
+    weights = [
+        merge_weight(spec, strength, columns),
+        merge_weight(hypernet_spec, hypernet_strength, columns, prefix=HYPERNET_PREFIX),
+    ]
+    return stack_adapters(
+        [(spec, under), (hypernet_spec, hypernet)],
+        weights=weights,
+        names=["the domain adapter", "the hypernet's"],
+    )
+
+
+def fit_merge(
+    base: nn.Module,
+    spec: LoRASpec,
+    under: Adapters,
+    hypernet_spec: LoRASpec,
+    predicted: Sequence[Adapters],
+    videos: Sequence[VideoPair],
+    *,
+    steps: int,
+    clips: int,
+    clip_len: int,
+    scale: int,
+    learning_rate: float = 1e-2,
+    seed: int = 0,
+    validate: Callable[[dict[str, torch.Tensor]], float] | None = None,
+    validate_every: int = 25,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """Per-column weights for the sum of a domain adapter and the hypernetwork's adapter, in the
+    spirit of ZipLoRA: two adapters fitted apart both move the same weights, and their plain sum
+    can overshoot. One factor per output channel of each adapter's layers, starting at 1 (the
+    naive sum), fitted with Adam on the domain's own HR (`videos`, the hypernet's adapters
+    `predicted` for each); both adapters stay fixed. `validate` (held-out videos, higher is
+    better) keeps the best, starting from the naive sum itself."""
+    start = merge_columns(spec, hypernet_spec=hypernet_spec)
+    columns = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    optimizer = torch.optim.Adam(list(columns.values()), lr=learning_rate)
+    keep = KeepBest(validate)
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in columns.items()}
+
+    if validate is not None:
+        keep.offer(0, snapshot())
+    batches = random_clips(videos, clips=clips, clip_len=clip_len, scale=scale, seed=seed)
+    for step, (v, (lr, hr)) in enumerate(itertools.islice(batches, steps), start=1):
         with torch.enable_grad():
-            if hr is not None:
-                loss = charbonnier(adapted_sr(base, spec, leaves, lr), hr)
-            else:
-                loss = self_supervised_loss(base, spec, leaves, lr)
+            merged_spec, merged = stack_under_hypernet(
+                spec, under, hypernet_spec, predicted[v], columns=columns
+            )
+            loss = charbonnier(adapted_sr(base, merged_spec, merged, lr), hr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         optimizer.step()
-    return {k: (a.detach(), b.detach()) for k, (a, b) in leaves.items()}
+        if on_step is not None:
+            on_step(step, loss.item())
+        if step % validate_every == 0 or step == steps:
+            keep.offer(step, snapshot())
+    return keep.best, keep.history
