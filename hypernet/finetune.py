@@ -11,8 +11,9 @@ Apply it with `python -m hypernet.specialise LR.mp4 -o out.mp4 --adapter FILE[:S
 hypernetwork's adapter for that video goes on top (`--no-hypernet` leaves it out).
 
 Several videos (files, frame folders, or folders of them): a fifth of them (`--val-videos`) is
-held out, the adapter is scored on them every `--val-every` steps, and the best one is saved (the
-base itself when nothing helps). Clips are read from disk a batch at a time, so memory does not
+held out, or the videos given by --val-hr / --val-lr (better when the videos overlap in content:
+hold out other episodes, other levels); the adapter is scored on them every `--val-every` steps,
+and the best one is saved (the base itself when nothing helps). Clips are read from disk a batch at a time, so memory does not
 grow with the number of videos. With --hr alone the LR frames are made by MATLAB bicubic (the BI
 protocol); --lr gives the real LR videos, paired with --hr in order. `--merge-steps` also learns,
 on the same training videos, how the adapter and the hypernetwork's per-video adapter add up
@@ -81,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         help="videos held out to score the adapter and keep its best (default: a fifth of 2 or more, else 0)",
     )
     parser.add_argument(
+        "--val-hr", type=Path, nargs="+", help="held-out HR videos given explicitly (instead of --val-videos)"
+    )
+    parser.add_argument(
+        "--val-lr", type=Path, nargs="+", help="their LR videos (paired with --val-hr in order)"
+    )
+    parser.add_argument(
         "--val-every", type=int, default=25, help="steps between scores on the held-out videos"
     )
     parser.add_argument("--val-clips", type=int, default=2, help="clips of each held-out video scored")
@@ -124,6 +131,15 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{option} {value}: must be >= 1")
     if args.val_videos is not None and args.val_videos < 0:
         raise ValueError(f"--val-videos {args.val_videos}: must be >= 0")
+    if (args.val_hr or args.val_lr) and args.val_videos is not None:
+        raise ValueError(
+            "--val-videos holds videos out of --hr; --val-hr / --val-lr name them: give one or the other"
+        )
+    explicit = bool(args.val_hr or args.val_lr)
+    if explicit and (bool(args.val_hr) != bool(args.hr) or bool(args.val_lr) != bool(args.lr)):
+        raise ValueError(
+            "the held-out videos come as the training ones do: --val-hr with --hr, --val-lr with --lr"
+        )
     if args.merge_steps < 0:
         raise ValueError(f"--merge-steps {args.merge_steps}: must be >= 0 (0: no learned merge)")
     if args.merge_steps and args.hr is None:
@@ -131,8 +147,8 @@ def check_args(args: argparse.Namespace) -> None:
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         raise ValueError(f"--learning-rate {args.learning_rate:g}: must be a number > 0")
     inputs = {"--checkpoint": args.checkpoint}
-    for option in ("--lr", "--hr"):
-        inputs |= {f"{option} {p}": p for p in getattr(args, option[2:]) or []}
+    for option in ("--lr", "--hr", "--val-lr", "--val-hr"):
+        inputs |= {f"{option} {p}": p for p in getattr(args, option[2:].replace("-", "_")) or []}
     check_not_an_input(args.output, "-o/--output", inputs)
     check_output(args.output, option="-o/--output", suffix=".safetensors")
 
@@ -168,13 +184,17 @@ def check_pair(lr: Path | None, hr: Path | None, *, scale: int) -> int:
     return hr_info.num_frames
 
 
-def video_set(args: argparse.Namespace, *, scale: int) -> list[VideoPair]:
-    """The videos named by --hr / --lr (folders expanded), paired and checked."""
-    hr = None if args.hr is None else video_io.expand_videos(args.hr, option="--hr")
-    lr = None if args.lr is None else video_io.expand_videos(args.lr, option="--lr")
+def video_set(
+    hr_paths: list[Path] | None, lr_paths: list[Path] | None, *, scale: int, prefix: str = ""
+) -> list[VideoPair]:
+    """The videos named by --hr / --lr (or --val-hr / --val-lr: `prefix` "val-"), folders
+    expanded, paired and checked."""
+    hr = None if hr_paths is None else video_io.expand_videos(hr_paths, option=f"--{prefix}hr")
+    lr = None if lr_paths is None else video_io.expand_videos(lr_paths, option=f"--{prefix}lr")
     if hr is not None and lr is not None and len(hr) != len(lr):
         raise ValueError(
-            f"--hr names {len(hr)} videos but --lr {len(lr)}: they pair up in order, one LR video for each HR one"
+            f"--{prefix}hr names {len(hr)} videos but --{prefix}lr {len(lr)}: they pair up in order, "
+            "one LR video for each HR one"
         )
     count = len(hr if hr is not None else lr)
     pairs = []
@@ -210,8 +230,11 @@ def run_finetune(args: argparse.Namespace) -> dict:
     check_args(args)
     system = load_hypernet(args.checkpoint)
     base, spec, scale = system.base, system.spec, system.scale
-    videos = video_set(args, scale=scale)
-    train, held_out = split_videos(videos, args.val_videos)
+    videos = video_set(args.hr, args.lr, scale=scale)
+    if args.val_hr or args.val_lr:
+        train, held_out = videos, video_set(args.val_hr, args.val_lr, scale=scale, prefix="val-")
+    else:
+        train, held_out = split_videos(videos, args.val_videos)
     if args.init_from_hypernet and len(videos) > 1:
         raise ValueError("--init-from-hypernet starts from one video's prediction: give one video")
     supervised = train[0].hr is not None

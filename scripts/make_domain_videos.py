@@ -1,8 +1,11 @@
-"""Write a domain's videos to disk: camera paths over one photograph, its left half for the
-videos a domain adapter is fitted on and its right half for the videos it is tested on (no
-pixel in common), all with one fixed degradation (the domain's camera), as PNG frame folders:
+"""Write a domain's videos to disk: camera paths over three parts of one photograph with no
+pixel in common (the top of its left half for the videos a domain adapter is fitted on, the
+bottom of its left half for the videos held out to choose its best step and merge, its right
+half for the videos it is tested on), all with one fixed degradation (the domain's camera), as
+PNG frame folders:
 
-    OUT/train/hr/<id>/00000000.png ...   OUT/train/lr/<id>/...   (fitting, with held-out part)
+    OUT/train/hr/<id>/00000000.png ...   OUT/train/lr/<id>/...   (fitting)
+    OUT/val/hr/<id>/...                  OUT/val/lr/<id>/...     (held out by the fit)
     OUT/test/hr/<id>/...                 OUT/test/lr/<id>/...    (the study's test videos)
 
     .venv/bin/python scripts/make_domain_videos.py --photo ihc -o outputs/domain_adapter/videos
@@ -46,7 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photo", default="ihc", help="a held-out built-in photograph (camera.BUILTIN_VAL)")
     parser.add_argument("-o", "--output", type=Path, required=True)
-    parser.add_argument("--train", type=int, default=16, help="videos from the left half")
+    parser.add_argument("--train", type=int, default=16, help="videos from the top of the left half")
+    parser.add_argument("--val", type=int, default=4, help="videos from the bottom of the left half")
     parser.add_argument("--test", type=int, default=12, help="videos from the right half")
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--hr-size", type=int, default=96)
@@ -61,10 +65,18 @@ def main() -> None:
     if path is None:
         raise SystemExit(f"error: --photo {args.photo}: not a held-out built-in photograph")
     image = load_image(path)
-    half = image.shape[-1] // 2
-    write_split(args.output, image[..., :half], split="train", count=args.train, args=args, photo=args.photo)
-    write_split(args.output, image[..., half:], split="test", count=args.test, args=args, photo=args.photo)
-    print(f"{args.output}: {args.train} training and {args.test} test videos of {path.name}")
+    half, rows = image.shape[-1] // 2, image.shape[-2]
+    top = rows - max(args.hr_size * 2, rows * 3 // 8)  # the held-out strip: at least two frames tall
+    parts = {
+        "train": (image[..., :top, :half], args.train),
+        "val": (image[..., top:, :half], args.val),
+        "test": (image[..., half:], args.test),
+    }
+    for split, (part, count) in parts.items():
+        write_split(args.output, part, split=split, count=count, args=args, photo=args.photo)
+    print(
+        f"{args.output}: {args.train} fitting, {args.val} held-out and {args.test} test videos of {path.name}"
+    )
 
 
 if __name__ == "__main__":

@@ -227,6 +227,26 @@ def test_finetune_on_a_folder_holds_out_videos_and_learns_the_merge(
     assert set(columns) == set(spec.names) | {HYPERNET_PREFIX + n for n in system.spec.names}
 
 
+def test_finetune_held_out_videos_given_explicitly(checkpoint_hyper, domain, tmp_path, capsys):
+    out = tmp_path / "domain.safetensors"
+    argv = ["--hr", str(domain / "hr"), "--lr", str(domain / "lr"), "-o", str(out)]
+    argv += ["--val-hr", str(domain / "hr" / "clip4"), "--val-lr", str(domain / "lr" / "clip4")]
+    argv += [
+        "--checkpoint",
+        str(checkpoint_hyper),
+        "--steps",
+        "2",
+        "--clips",
+        "1",
+        "--clip-len",
+        "2",
+        "--no-progress",
+    ]
+    assert finetune_main(argv) == 0
+    summary = dict(item.split("=", 1) for item in capsys.readouterr().out.split())
+    assert (summary["videos"], summary["held_out"]) == ("5", "1") and "val_psnr" in summary
+
+
 def test_finetune_streams_a_folder_of_mp4_hr_videos(checkpoint_hyper, tmp_path, capsys):
     for i in range(3):
         write_mp4(
@@ -256,6 +276,11 @@ def test_finetune_domain_errors_name_the_file_and_write_nothing(checkpoint_hyper
         (["--hr", str(domain / "hr"), "--val-videos", "5"], ["--val-videos 5", "no training video"]),
         (["--hr", str(domain / "hr"), "--init-from-hypernet"], ["--init-from-hypernet", "one video"]),
         (["--lr", str(domain / "lr"), "--merge-steps", "3"], ["--merge-steps", "--hr"]),
+        (
+            ["--hr", str(domain / "hr"), "--val-hr", str(odd), "--val-videos", "1"],
+            ["--val-videos", "--val-hr"],
+        ),
+        (["--hr", str(domain / "hr"), "--val-lr", str(domain / "lr")], ["--val-lr with --lr"]),
     ]
     for argv, names in cases:
         assert finetune_main(argv + common) == 2, argv

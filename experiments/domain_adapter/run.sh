@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# A domain adapter under the per-video one. For each domain (one held-out photograph: the left
-# half gives the videos the domain adapter is fitted on, the right half the test videos), fit one
-# LoRA on 12 of the 16 fitting videos with 4 held out to keep its best step and its learned merge
-# with the hypernetwork's adapter, then score base | domain | hypernet | domain + hypernet (naive
+# A domain adapter under the per-video one. For each domain (one held-out photograph: the top of
+# its left half gives the 16 videos the domain adapter is fitted on, the bottom of the left half 4
+# held-out videos that keep its best step and its learned merge with the hypernetwork's adapter,
+# the right half the 12 test videos; no pixel is shared), fit one LoRA, then score base | domain | hypernet | domain + hypernet (naive
 # and learned merge) | oracle on the 12 test videos, and the gain against the domain adapter's
 # strength. The hypernetwork is experiments/content_scaling's mixed_s0 (run that study first);
 # neither photograph was seen in stage 1 or stage 2. Videos, adapters and logs go to
@@ -17,10 +17,10 @@ here=experiments/domain_adapter
 export OMP_NUM_THREADS=2  # pinned: the thread count changes float rounding
 for photo in ihc gravel; do
   videos=$out/$photo/videos
-  [ -d $videos/test/lr ] || $py scripts/make_domain_videos.py --photo $photo -o $videos --train 16 --test 12 \
-    --blur 1.5 --noise 3 --seed 0
+  [ -d $videos/test/lr ] || $py scripts/make_domain_videos.py --photo $photo -o $videos --train 16 --val 4 \
+    --test 12 --blur 1.5 --noise 3 --seed 0
   [ -f $out/$photo/domain.safetensors ] || $py -m hypernet.finetune --checkpoint $ckpt \
-    --hr $videos/train/hr --lr $videos/train/lr --val-videos 4 --val-every 50 \
+    --hr $videos/train/hr --lr $videos/train/lr --val-hr $videos/val/hr --val-lr $videos/val/lr --val-every 50 \
     --steps 1000 --learning-rate 1e-3 --clips 4 --clip-len 5 --merge-steps 300 --seed 0 --no-progress \
     -o $out/$photo/domain.safetensors | tee $out/$photo/finetune.txt
   mkdir -p $here/$photo
