@@ -20,21 +20,14 @@ import json
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
+from hypernet.config import compose_config
 from hypernet.data.preview import write_preview
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 DEFAULT_OUT = Path("outputs/quickstart")
 # the study's recipes at the quickstart's budget (the study: 48 and 40 epochs)
 QUICKSTART_BASE = ["experiment=base_content", "trainer.max_epochs=8"]
 QUICKSTART_HYPER = ["experiment=hyper_content", "trainer.max_epochs=16"]
 QUICKSTART_EVAL = ["data.context_frames=4", "data.test_shots=0"]  # as hyper_content trains; the 20 videos
-
-
-def compose_config(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -13,14 +13,12 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hypernet.checkpointing import AtomicCheckpointIO
 from hypernet.data.datamodule import build_datamodule
-from hypernet.models.base import BASE_MODELS
 from hypernet.runs import mark_run, write_metrics, write_run_metadata, write_table_csv
 
-STAGES = ("base", "hyper")
 # ckpt_path values Lightning resolves itself (not file paths)
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
@@ -44,12 +42,15 @@ def world_size(trainer_cfg: DictConfig) -> int:
 
 def check_config(cfg: DictConfig) -> None:
     """Errors a user can fix, raised before any data is read or any step is taken."""
-    if cfg.stage not in STAGES:
-        raise ValueError(f"stage={cfg.stage!r} is not known; choose one of {list(STAGES)}")
-    if cfg.model.name not in BASE_MODELS:
+    try:
+        from hydra.utils import get_class
+
+        get_class(cfg.model._target_)
+    except Exception:
         raise ValueError(
-            f"model.name={cfg.model.name!r} is not a known base network; choose one of {sorted(BASE_MODELS)}"
-        )
+            f"model._target_={cfg.model._target_} is not a class that can be imported: name a base network, "
+            "e.g. hypernet.models.base.WindowVSR or hypernet.models.base.RecurrentVSR (configs/model/)"
+        ) from None
     if cfg.model.scale != cfg.data.scale:
         raise ValueError(
             f"model.scale={cfg.model.scale} differs from data.scale={cfg.data.scale}: the network must upscale "
@@ -75,7 +76,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     if not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be an int, got {cfg.seed!r}")
-    if cfg.stage == "hyper" and not cfg.get("base_ckpt"):
+    if "base_ckpt" in cfg.stage and not cfg.get("base_ckpt"):
         raise ValueError("stage=hyper needs base_ckpt=PATH: the stage-1 checkpoint of the base to specialise")
     frames = cfg.data.get("num_frames")
     if cfg.data.source == "stills" and frames is not None and cfg.data.context_frames > frames:
@@ -108,16 +109,16 @@ def check_launch(cfg: DictConfig) -> None:
 
 
 def build_system(cfg: DictConfig) -> L.LightningModule:
-    if cfg.stage == "base":
-        from hypernet.systems.base_sr import BaseSRSystem
+    """The LightningModule of cfg.stage (configs/stage/), made from its _target_ as every other
+    part is; a bad option raises the system's own error rather than Hydra's wrapper around it."""
+    from hydra.errors import InstantiationException
 
-        return BaseSRSystem(
-            model=OmegaConf.to_container(cfg.model, resolve=True),
-            **OmegaConf.to_container(cfg.optim, resolve=True),
-        )
-    from hypernet.systems.hyper_lora import HyperLoRASystem
-
-    return HyperLoRASystem.from_config(cfg)
+    try:
+        return instantiate(cfg.stage)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError | TypeError | FileNotFoundError):
+            raise e.__cause__ from None
+        raise
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -169,7 +170,7 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def check_resume_checkpoint(path: str | Path, system: L.LightningModule, stage: str) -> None:
+def check_resume_checkpoint(path: str | Path, system: L.LightningModule) -> None:
     """ckpt_path resumes THIS run's training: it must be a file that loads as a Lightning
     checkpoint of the same system (same state_dict keys and shapes). Checked before anything is
     written, so a wrong file is one error naming it rather than Lightning's or torch's traceback."""
@@ -196,6 +197,10 @@ def check_resume_checkpoint(path: str | Path, system: L.LightningModule, stage: 
             f"ckpt_path={path} holds no Lightning state_dict: it is not a checkpoint this project's "
             "training wrote; give the last.ckpt of the run to resume"
         )
+    from hypernet.systems.hyper_lora import HyperLoRASystem, renamed_legacy_keys
+
+    stage = "hyper" if isinstance(system, HyperLoRASystem) else "base"
+    state = renamed_legacy_keys(state)  # checkpoints of earlier parameter names resume too
     expected = system.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -248,7 +253,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     system = build_system(cfg)
     if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in LIGHTNING_CKPT_NAMES:
-        check_resume_checkpoint(cfg.ckpt_path, system, cfg.stage)
+        check_resume_checkpoint(cfg.ckpt_path, system)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     trainer: L.Trainer = instantiate(

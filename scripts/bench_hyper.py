@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hypernet.models.base import build_base
+from hypernet.config import compose_config
+from hypernet.models.base import WindowVSR
 from hypernet.models.encoder import VideoEncoder, frame_times
 from hypernet.runs import peak_rss_mib
 
@@ -43,7 +44,7 @@ SCRIPTS = Path(__file__).resolve().parent
 def build_encoder(source: str, *, seed: int = 0) -> VideoEncoder:
     """The encoder of the default stage-2 config on the quickstart-sized window base."""
     torch.manual_seed(seed)
-    base = build_base("window").eval()
+    base = WindowVSR().eval()
     layer_names = [n for n, m in base.named_modules() if n.startswith("body.") and isinstance(m, nn.Conv2d)]
     return VideoEncoder(source=source, base=base, layer_names=layer_names).eval()
 
@@ -193,13 +194,12 @@ def stage_step_times(
     (encoder + generator + the frozen base with per-video adapters, gradient into the hypernet only)
     at the same batch: hyper_quickstart's shapes by default."""
     import lightning as L
+    from hydra.utils import instantiate
 
-    from hypernet.systems.base_sr import BaseSRSystem
     from hypernet.systems.common import charbonnier
-    from hypernet.systems.hyper_lora import HyperLoRASystem
 
     torch.manual_seed(0)
-    stage1 = BaseSRSystem(model={"name": "window", "scale": 4, "upsampler": "direct"})
+    stage1 = instantiate(compose_config("train", ["model.upsampler=direct"]).stage)
     lr = torch.rand(batch, frames, 3, patch, patch)
     hr = torch.rand(batch, frames, 3, 4 * patch, 4 * patch)
     ctx = torch.rand(batch, context, 3, size, size)
@@ -214,7 +214,19 @@ def stage_step_times(
             },
             ckpt,
         )
-        stage2 = HyperLoRASystem(base_ckpt=str(ckpt), mode=mode, **(hypernet or {})).train()
+        options = [f"hypernet.{k}={v}" for k, v in (hypernet or {}).items()]
+        cfg = compose_config(
+            "train",
+            [
+                "stage=hyper",
+                "optim=hyper",
+                "model.upsampler=direct",
+                f"base_ckpt={ckpt}",
+                f"hypernet.mode={mode}",
+                *options,
+            ],
+        )
+        stage2 = instantiate(cfg.stage).train()
     opt1 = torch.optim.AdamW(stage1.model.parameters())
     opt2 = torch.optim.Adam([p for p in stage2.parameters() if p.requires_grad])
 

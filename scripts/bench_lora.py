@@ -24,13 +24,13 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
+from omegaconf import OmegaConf
 from torch import nn
 
+from hypernet.config import compose_config
 from hypernet.models.base import build_base
 from hypernet.models.lora import (
     Adapters,
@@ -41,18 +41,10 @@ from hypernet.models.lora import (
     merge_adapters,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
-
 
 def quickstart_base(name: str) -> nn.Module:
-    """The base as the CPU-sized config builds it (configs/model/<name>.yaml), else the defaults."""
-    path = CONFIG_DIR / f"{name}.yaml"
-    kwargs = {}
-    if path.is_file():
-        raw = yaml.safe_load(path.read_text()) or {}
-        # drop the registry name and interpolations such as scale: ${data.scale}
-        kwargs = {k: v for k, v in raw.items() if k != "name" and not (isinstance(v, str) and "${" in v)}
-    return build_base(name, **kwargs)
+    """The base as the CPU-sized config builds it (configs/model/<name>.yaml)."""
+    return build_base(OmegaConf.to_container(compose_config("train", [f"model={name}"]).model, resolve=True))
 
 
 def rank_spec(model: nn.Module, rank: int) -> LoRASpec:

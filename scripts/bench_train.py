@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from hypernet.config import compose_config
 from hypernet.models.base import BASE_MODELS, build_base
 from hypernet.systems.common import charbonnier
 
@@ -52,9 +53,9 @@ def conv_microbench(*, channels: int = 64, size: int = 64, batch: int = 16) -> f
     return count_flops(step) / timed(step)
 
 
-def model_bench(name: str, model_cfg: dict, *, batch: int, frames: int, lr_size: int) -> dict[str, float]:
+def model_bench(model_cfg: dict, *, batch: int, frames: int, lr_size: int) -> dict[str, float]:
     torch.manual_seed(0)
-    model = build_base(name, **model_cfg)
+    model = build_base(model_cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     lr = torch.rand(batch, frames, 3, lr_size, lr_size)
     hr = torch.rand(batch, frames, 3, lr_size * model.scale, lr_size * model.scale)
@@ -85,10 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"{'base':<10} {'LR frames/s':>12} {'step ms':>9} {'GFLOP/s':>9} {'of conv2d':>10}")
     best_name, best_fps = None, 0.0
     for name in sorted(BASE_MODELS):
-        cfg = OmegaConf.to_container(OmegaConf.load(f"configs/model/{name}.yaml"))
-        cfg.pop("name")
-        cfg["scale"] = 4
-        r = model_bench(name, cfg, batch=args.batch, frames=args.frames, lr_size=args.lr_size)
+        cfg = OmegaConf.to_container(compose_config("train", [f"model={name}"]).model, resolve=True)
+        r = model_bench(cfg, batch=args.batch, frames=args.frames, lr_size=args.lr_size)
         ratio = r["flop_per_s"] / conv_flops
         print(
             f"{name:<10} {r['frames_per_s']:>12.1f} {r['step_s'] * 1e3:>9.1f} {r['flop_per_s'] / 1e9:>9.2f} {ratio:>10.2f}"

@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(2)
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+from hypernet.config import compose_config  # noqa: E402 (after the environment is set)
 
 # A stage-1 run that takes seconds: tiny frames, few samples, one epoch.
 TINY_BASE = [
@@ -65,10 +65,7 @@ def moving_texture(num_frames: int, height: int, width: int, *, seed: int = 0) -
 
 
 def compose_train(overrides: list[str], output_dir: Path):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    return compose_config("train", [*overrides, f"paths.output_dir={output_dir}"])
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hypernet.models.base import BASE_MODELS, build_base, count_parameters
+from hypernet.models.base import BASE_MODELS, WindowVSR, build_base, count_parameters, model_config
 from hypernet.systems.common import charbonnier
 
 SMALL = {
@@ -14,7 +14,7 @@ SMALL = {
 @pytest.mark.parametrize("t", [1, 7])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_output_shapes_odd_sizes(name, t, scale):
-    model = build_base(name, scale=scale, **SMALL[name])
+    model = BASE_MODELS[name](scale=scale, **SMALL[name])
     lr = torch.rand(2, t, 3, 7, 9)
     sr = model(lr)
     assert sr.shape == (2, t, 3, 7 * scale, 9 * scale)
@@ -25,12 +25,12 @@ def test_output_shapes_odd_sizes(name, t, scale):
 def test_cpu_configs_are_small_and_gpu_configs_large(name):
     from omegaconf import OmegaConf
 
-    from tests.conftest import CONFIG_DIR
+    from hypernet.config import CONFIG_DIR
 
     def params(config: str) -> int:
         cfg = OmegaConf.load(f"{CONFIG_DIR}/model/{config}.yaml")
         cfg.scale = 4
-        return count_parameters(build_base(**OmegaConf.to_container(cfg)))
+        return count_parameters(build_base(OmegaConf.to_container(cfg)))
 
     assert params(name) < 300_000
     assert params(f"{name}_gpu") > 1_000_000
@@ -38,7 +38,7 @@ def test_cpu_configs_are_small_and_gpu_configs_large(name):
 
 @pytest.mark.parametrize("name", sorted(BASE_MODELS))
 def test_no_normalisation_layers(name):
-    model = build_base(name)
+    model = BASE_MODELS[name]()
     norms = (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
     assert not [m for m in model.modules() if isinstance(m, norms)]
 
@@ -47,7 +47,7 @@ def test_no_normalisation_layers(name):
 def test_frames_see_their_neighbours(name):
     """Changing one frame changes the SR of the next one: the network is temporal, not per-image."""
     torch.manual_seed(0)
-    model = build_base(name, **SMALL[name])
+    model = BASE_MODELS[name](**SMALL[name])
     with torch.no_grad():  # an untrained network is plain bicubic (zero residual): give it weights
         for p in model.parameters():
             p.normal_(std=0.1)
@@ -61,7 +61,7 @@ def test_frames_see_their_neighbours(name):
 @pytest.mark.parametrize("name", sorted(BASE_MODELS))
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(name):
     torch.manual_seed(0)
-    model = build_base(name, **SMALL[name])
+    model = BASE_MODELS[name](**SMALL[name])
     lr = torch.rand(2, 3, 3, 8, 8)
     # a target the network can learn: nearest-neighbour upscaling (its skip is bilinear)
     hr = lr.repeat_interleave(4, dim=-1).repeat_interleave(4, dim=-2)
@@ -76,8 +76,14 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(name):
     assert losses[-1] < 0.88 * losses[0]
 
 
-def test_unknown_model_names_the_option_and_choices():
-    with pytest.raises(ValueError, match=r"model.name='edvr'.*\['recurrent', 'window'\]"):
-        build_base("edvr")
+def test_model_configs_name_a_class_and_old_checkpoints_a_name():
+    config = {"_target_": "hypernet.models.base.WindowVSR", "channels": 8, "num_blocks": 1}
+    assert isinstance(build_base(config), WindowVSR)
+    legacy = build_base({"name": "window", "channels": 8, "num_blocks": 1})  # a checkpoint before _target_
+    assert isinstance(legacy, WindowVSR) and model_config({"name": "window"}) == {
+        "_target_": config["_target_"]
+    }
+    with pytest.raises(ValueError, match=r"names no base network.*\['recurrent', 'window'\]"):
+        build_base({"name": "edvr"})
     with pytest.raises(ValueError, match="model.scale must be 2, 3 or 4"):
-        build_base("window", scale=5)
+        WindowVSR(scale=5)

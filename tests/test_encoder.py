@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from hypernet.models.base import build_base
+from hypernet.models.base import WindowVSR
 from hypernet.models.encoder import (
     BaseActivationTokenizer,
     LatentPooler,
@@ -25,7 +25,7 @@ SOURCES = ["conv", "base"]
 
 def small_base() -> nn.Module:
     torch.manual_seed(123)
-    return build_base("window", channels=8, num_blocks=1)
+    return WindowVSR(channels=8, num_blocks=1)
 
 
 def body_convs(base: nn.Module) -> list[str]:

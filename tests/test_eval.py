@@ -4,15 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from hypernet import eval as evaluation
+from hypernet.config import compose_config
 from hypernet.metrics import psnr
 from hypernet.models.lora import init_adapters
 from hypernet.systems.common import adapted_sr
 from hypernet.systems.hyper_lora import load_hypernet
 from hypernet.systems.per_video import finetune_adapters
-from tests.conftest import CONFIG_DIR
 
 TINY_DATA = [
     "data.hr_size=32",
@@ -27,8 +26,7 @@ TINY_DATA = [
 
 
 def compose_eval(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="eval", overrides=overrides)
+    return compose_config("eval", overrides)
 
 
 def test_eval_table_has_every_method_and_column(tiny_checkpoints, tmp_path):

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from hypernet.config import CONFIG_DIR
 from hypernet.models.lora import apply_adapters
 from hypernet.systems.hyper_lora import HyperLoRASystem
 from hypernet.train import run
@@ -19,8 +21,11 @@ def base_ckpt(tiny_checkpoints) -> Path:
 
 
 def tiny_system(base_ckpt: Path, **options) -> HyperLoRASystem:
-    defaults = dict(dim=16, num_latents=4, num_heads=2, num_blocks=1, conv_channels=8, rank=2)
-    return HyperLoRASystem(base_ckpt=str(base_ckpt), **{**defaults, **options})
+    """The stage-2 system with the config's hypernet and optim options, made small."""
+    hypernet = OmegaConf.to_container(OmegaConf.load(f"{CONFIG_DIR}/hypernet/default.yaml"))
+    optim = OmegaConf.to_container(OmegaConf.load(f"{CONFIG_DIR}/optim/hyper.yaml"))
+    small = dict(dim=16, num_latents=4, num_heads=2, num_blocks=1, conv_channels=8, rank=2)
+    return HyperLoRASystem(base_ckpt=str(base_ckpt), hypernet={**hypernet, **small, **options}, optim=optim)
 
 
 def tiny_batch(v: int = 2, seed: int = 0) -> dict:
@@ -101,7 +106,7 @@ def test_refine_second_order_gradient_matches_finite_differences(base_ckpt):
         numeric = (plus - minus) / (2 * eps)
         assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-9)
     # first order drops the second-order terms: a different (approximate) gradient
-    system.hparams.first_order = True
+    system.first_order = True
     system.zero_grad()
     outer_loss().backward()
     assert system.log_inner_lr.grad[0].item() != pytest.approx(analytic, rel=1e-6)
@@ -217,8 +222,8 @@ def test_stage2_on_the_recurrent_base_works_with_the_default_rank(tmp_path):
 
 def test_checkpoint_of_the_earlier_parameter_names_loads_to_the_same_adapters(gated_checkpoint, tmp_path):
     """Checkpoints written before the encoder and generator shared one attention block and one
-    feed-forward (fused q/k/v, nn.MultiheadAttention, `mlp` / `proj` names) still load, and
-    predict the same adapters."""
+    feed-forward (fused q/k/v, nn.MultiheadAttention, `mlp` / `proj` names), and before the
+    system took its options grouped, still load, and predict the same adapters."""
     from hypernet.systems.hyper_lora import load_hypernet
 
     state = torch.load(gated_checkpoint, map_location="cpu", weights_only=False)
@@ -248,6 +253,12 @@ def test_checkpoint_of_the_earlier_parameter_names_loads_to_the_same_adapters(ga
         old[key] = tensor
     assert old.keys() != state["state_dict"].keys() and "encoder.blocks.0.qkv.weight" in old
     state["state_dict"] = old
+    # and the options as they were kept then: flat, the base by its name, without the later ones
+    h = state["hyper_parameters"]
+    hypernet = {k: v for k, v in h["hypernet"].items() if k not in ("overrides", "context_tile")}
+    model = {k: v for k, v in h["model"].items() if k != "_target_"} | {"name": "window"}
+    flat = {"base_ckpt": h["base_ckpt"], "model": model, **hypernet, **h["optim"]}
+    state["hyper_parameters"] = flat | {k: h[k] for k in ("crop_border", "log_images", "nonfinite_loss")}
     legacy = tmp_path / "legacy.ckpt"
     torch.save(state, legacy)
     video = torch.rand(1, 6, 3, 16, 16)

@@ -119,7 +119,7 @@ def test_nan_loss_stops_the_run_naming_step_and_batch(tmp_path, monkeypatch):
 
     calls["n"] = 0
     with pytest.warns(UserWarning, match="skipping a batch"):
-        metrics = run(compose_train([*TINY_BASE, "optim.nonfinite_loss=skip"], tmp_path / "skip"))
+        metrics = run(compose_train([*TINY_BASE, "stage.nonfinite_loss=skip"], tmp_path / "skip"))
     assert metrics["val/psnr_y"] == metrics["val/psnr_y"]  # finite: the bad batch was skipped
 
 
@@ -141,7 +141,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
 def test_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
 
-    from tests.conftest import CONFIG_DIR
+    from hypernet.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(

@@ -10,7 +10,7 @@ import torch
 
 from hypernet.cli_checks import MIN_SIZE, InputError
 from hypernet.data.video_io import probe, read_video, to_tensor, to_uint8, write_mp4
-from hypernet.models.base import build_base
+from hypernet.models.base import WindowVSR
 from hypernet.models.lora import AdapterMismatchError, find_targets, init_adapters, save_adapters
 from hypernet.specialise import main, predict_adapters, specialise, upscale_frames
 from hypernet.systems.hyper_lora import load_hypernet
@@ -74,7 +74,7 @@ def window_base_with_detail() -> torch.nn.Module:
     """A window base whose residual is far from zero (a trained one's is small), so every output
     frame depends visibly on its neighbours."""
     torch.manual_seed(0)
-    base = build_base("window", channels=8, num_blocks=1, upsampler="direct").eval()
+    base = WindowVSR(channels=8, num_blocks=1, upsampler="direct").eval()
     torch.nn.init.normal_(base.upsampler.body[0].weight, std=0.1)
     return base
 
@@ -144,7 +144,7 @@ def test_saved_adapter_applied_again_gives_the_same_video(gated_checkpoint, vide
 def test_refine_mode_steps_on_frames_spread_over_the_video(gated_checkpoint, video):
     system = load_hypernet(gated_checkpoint)
     direct = predict_adapters(system, video, num_frames=FRAMES, chunk_size=5)
-    system.hparams.mode = "refine"
+    system.mode = "refine"
     refined = predict_adapters(system, video, num_frames=FRAMES, chunk_size=5, context_frames=4)
     assert refined.keys() == direct.keys()
     assert any(not torch.allclose(refined[k][0], direct[k][0]) for k in direct)
@@ -158,7 +158,7 @@ def test_refine_mode_steps_on_frames_spread_over_the_video(gated_checkpoint, vid
 def other_base_adapter(tmp_path_factory) -> Path:
     """Adapters made for a base with other channels than the checkpoint's."""
     torch.manual_seed(0)
-    base = build_base("window", channels=6, num_blocks=1, upsampler="direct")
+    base = WindowVSR(channels=6, num_blocks=1, upsampler="direct")
     spec = find_targets(base, rank=2)
     adapters = init_adapters(spec)
     path = tmp_path_factory.mktemp("other") / "other_base.safetensors"

@@ -12,7 +12,7 @@ import torch
 
 from hypernet.data.video_io import read_video, to_tensor, write_mp4, write_png_folder
 from hypernet.finetune import main as finetune_main
-from hypernet.models.base import build_base
+from hypernet.models.base import WindowVSR
 from hypernet.models.lora import (
     HYPERNET_PREFIX,
     delta_weight,
@@ -65,7 +65,7 @@ def frames_of(path: Path) -> np.ndarray:
 
 def test_stack_is_the_weighted_sum_of_the_deltas():
     torch.manual_seed(0)
-    base = build_base("window", channels=8, num_blocks=2, upsampler="direct")
+    base = WindowVSR(channels=8, num_blocks=2, upsampler="direct")
     spec = find_targets(base, rank=2)
     first = type(spec)(targets=spec.targets[:3], base_num_params=spec.base_num_params)
     wide = find_targets(base, rank=4)
@@ -91,8 +91,8 @@ def test_stack_is_the_weighted_sum_of_the_deltas():
 
 
 def test_stack_refuses_two_geometries_of_one_layer_naming_both():
-    base = build_base("window", channels=8, num_blocks=1, upsampler="direct")
-    other = build_base("window", channels=6, num_blocks=1, upsampler="direct")
+    base = WindowVSR(channels=8, num_blocks=1, upsampler="direct")
+    other = WindowVSR(channels=6, num_blocks=1, upsampler="direct")
     spec, spec_other = find_targets(base, rank=2), find_targets(other, rank=2)
     with pytest.raises(ValueError, match=r"domain\.safetensors and style\.safetensors cannot be stacked"):
         stack_adapters(
@@ -177,7 +177,7 @@ def test_bad_stacking_options_are_one_line_and_write_nothing(
     options, names, gated_checkpoint, video, tmp_path, capsys
 ):
     first = random_adapter(gated_checkpoint, tmp_path / "domain.safetensors", layers=slice(None), seed=1)
-    other_base = build_base("window", channels=6, num_blocks=1, upsampler="direct")
+    other_base = WindowVSR(channels=6, num_blocks=1, upsampler="direct")
     other_spec = find_targets(other_base, rank=2)
     other = tmp_path / "other_base.safetensors"
     save_adapters(other, other_spec, init_adapters(other_spec), base=other_base, video=0)

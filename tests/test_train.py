@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hypernet.config import CONFIG_DIR
 from hypernet.train import run
-from tests.conftest import CONFIG_DIR, TINY_BASE, compose_train
+from tests.conftest import TINY_BASE, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
@@ -55,16 +56,22 @@ def test_resume_continues_identically(tmp_path):
     assert steps[0] == steps[1] == 4  # last.ckpt follows every epoch
 
 
+def test_unknown_stage_names_the_choices(tmp_path):
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException, match=r"(?s)stage/meta.*options in .stage.:\s+base\s+hyper"):
+        compose_train([*TINY_BASE, "stage=meta"], tmp_path / "bad")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.name=edvr"], r"model.name='edvr'.*\['recurrent', 'window'\]"),
+        (["model._target_=hypernet.models.base.EDVR"], r"model._target_=hypernet.models.base.EDVR"),
         (["model.scale=2"], r"model.scale=2 differs from data.scale=4"),
         (["data.patch_size=30"], r"data.patch_size=30 .* divisible by data.scale=4"),
         (["trainer.devices=3"], r"data.batch_size=4 .* \(3 = trainer.devices"),
         (["data.batch_size=0"], r"data.batch_size=0 must be a positive int"),
         (["data.batch_size=-2"], r"data.batch_size=-2 must be a positive int"),
-        (["stage=meta"], r"stage='meta'"),
         (["stage=hyper"], r"base_ckpt"),
     ],
 )

@@ -3,13 +3,14 @@ warm-up and cosine decay, gradient clipping, optional EMA), validated per video.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
-from hypernet.models.base import build_base
+from hypernet.models.base import build_base, model_config
 from hypernet.systems.common import (
     EMA,
     EvaluationTables,
@@ -17,7 +18,10 @@ from hypernet.systems.common import (
     bicubic_upscale,
     charbonnier,
     check_loss,
+    legacy_group,
     log_image_row,
+    plain,
+    reject_unknown,
     side_by_side,
     split_key,
     test_group,
@@ -25,26 +29,40 @@ from hypernet.systems.common import (
     warmup_cosine,
 )
 
+OPTIM_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio", "ema_decay")
+
 
 class BaseSRSystem(L.LightningModule):
+    """Built from configs/stage/base.yaml: `model` (configs/model/, the base network's class
+    and arguments) and `optim` (configs/optim/base.yaml) as plain dicts, kept in the checkpoint
+    so that it rebuilds the network alone."""
+
     def __init__(
         self,
         *,
-        model: dict[str, Any],
-        lr: float = 2e-3,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.99),
-        warmup_steps: int = 20,
-        min_lr_ratio: float = 0.01,
-        ema_decay: float = 0.0,
+        model: Mapping[str, Any],
+        optim: Mapping[str, Any] | None = None,
         crop_border: int = 0,
         log_images: bool = True,
         nonfinite_loss: str = "raise",
+        **legacy: Any,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = build_base(**model)
-        self.ema = EMA(self.model, decay=ema_decay) if ema_decay > 0 else None
+        optim = plain(optim) if optim is not None else legacy_group(legacy, OPTIM_KEYS)
+        reject_unknown(legacy, type(self).__name__)
+        model = model_config(plain(model))
+        self.save_hyperparameters(
+            {
+                "model": model,
+                "optim": optim,
+                "crop_border": crop_border,
+                "log_images": log_images,
+                "nonfinite_loss": nonfinite_loss,
+            }
+        )
+        self.optim = optim
+        self.model = build_base(model)
+        self.ema = EMA(self.model, decay=optim["ema_decay"]) if optim["ema_decay"] > 0 else None
         self.tables = EvaluationTables()
 
     @property
@@ -123,16 +141,17 @@ class BaseSRSystem(L.LightningModule):
                 self.log(split_key(split, group, key), value, prog_bar=split == "val" and key == "psnr_y")
 
     def configure_optimizers(self):
+        optim = self.optim
         optimizer = torch.optim.AdamW(
             self.model.parameters(),
-            lr=self.hparams.lr,
-            weight_decay=self.hparams.weight_decay,
-            betas=tuple(self.hparams.betas),
+            lr=optim["lr"],
+            weight_decay=optim["weight_decay"],
+            betas=tuple(optim["betas"]),
         )
         schedule = warmup_cosine(
-            warmup_steps=self.hparams.warmup_steps,
+            warmup_steps=optim["warmup_steps"],
             total_steps=int(self.trainer.estimated_stepping_batches),
-            min_ratio=self.hparams.min_lr_ratio,
+            min_ratio=optim["min_lr_ratio"],
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

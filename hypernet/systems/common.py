@@ -6,13 +6,35 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hypernet.data.degrade import imresize
 from hypernet.metrics import psnr, ssim
 from hypernet.models.lora import Adapters, LoRASpec, apply_adapters
+
+
+def plain(config: Any) -> dict[str, Any]:
+    """A config node (OmegaConf, resolved) or mapping as a plain dict, as checkpoints keep it."""
+    if isinstance(config, DictConfig):
+        return OmegaConf.to_container(config, resolve=True)
+    return dict(config)
+
+
+def legacy_group(legacy: dict[str, Any], keys: tuple[str, ...] | None) -> dict[str, Any]:
+    """An option group taken out of a checkpoint written before the systems took their options
+    grouped (`optim`, `hypernet`), where they were flat among the others: `keys` (None: all that
+    are left) are removed from `legacy` and returned as the group."""
+    keys = tuple(legacy) if keys is None else keys
+    return {k: legacy.pop(k) for k in keys if k in legacy}
+
+
+def reject_unknown(legacy: dict[str, Any], owner: str) -> None:
+    if legacy:
+        raise TypeError(f"{owner} got options it does not know: {sorted(legacy)}")
 
 
 def charbonnier(sr: torch.Tensor, hr: torch.Tensor, *, eps: float = 1e-3) -> torch.Tensor:
@@ -80,10 +102,10 @@ def check_loss(
         warnings.warn(f"skipping a batch whose loss is {loss.item()} at {where}", stacklevel=2)
         return None
     if policy != "raise":
-        raise ValueError(f"optim.nonfinite_loss={policy!r}: choose 'raise' or 'skip'")
+        raise ValueError(f"stage.nonfinite_loss={policy!r}: choose 'raise' or 'skip'")
     raise NonFiniteLossError(
         f"the training loss is {loss.item()} at {where}; lower optim.lr, check the data, or set "
-        "optim.nonfinite_loss=skip to skip such batches"
+        "stage.nonfinite_loss=skip to skip such batches"
     )
 
 

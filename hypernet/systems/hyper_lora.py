@@ -17,16 +17,15 @@ from __future__ import annotations
 import math
 import pickle
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hypernet.models.base import build_base
+from hypernet.models.base import build_base, model_config
 from hypernet.models.encoder import DegradationEncoder, VideoEncoder, frame_times
 from hypernet.models.generator import LoRAGenerator, adapter_spread
 from hypernet.models.lora import Adapters, LoRASpec, find_targets
@@ -39,7 +38,10 @@ from hypernet.systems.common import (
     charbonnier,
     check_loss,
     gain_summary,
+    legacy_group,
     log_image_row,
+    plain,
+    reject_unknown,
     self_supervised_loss,
     side_by_side,
     split_key,
@@ -172,96 +174,99 @@ def check_finite(module: nn.Module, path: Path) -> None:
             )
 
 
+OPTIM_KEYS = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")
+# hypernet options that checkpoints written before the systems took their options grouped may
+# lack, because the option came later: the value that reproduces how such a checkpoint ran
+LEGACY_HYPERNET_DEFAULTS = {"overrides": None, "feature_layers": None, "context_tile": None}
+
+
 class HyperLoRASystem(L.LightningModule):
+    """Built from configs/stage/hyper.yaml: the frozen base (`base_ckpt`, checked against
+    `model`), `hypernet` (configs/hypernet/default.yaml: which layers get LoRA, the encoder, the
+    generator, the refine mode) and `optim` (configs/optim/hyper.yaml), as plain dicts kept in
+    the checkpoint so that it rebuilds the system alone."""
+
     def __init__(
         self,
         *,
         base_ckpt: str | None,
-        model: dict[str, Any] | None = None,
-        targets: list[str] = ("*",),
-        exclude: list[str] = (),
-        rank: int = 4,
-        alpha: float | None = None,
-        overrides: dict[str, dict[str, float]] | None = None,
-        source: str = "base",
-        feature_layers: list[str] | None = None,
-        context_tile: int | None = None,
-        dim: int = 64,
-        num_latents: int = 8,
-        num_heads: int = 4,
-        num_blocks: int = 2,
-        conv_channels: int = 32,
-        lr_stats: bool = True,
-        static: bool = False,
-        mode: str = "direct",
-        inner_steps: int = 1,
-        inner_lr: float = 1e-2,
-        first_order: bool = False,
-        lr: float = 2e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 20,
-        min_lr_ratio: float = 0.1,
+        model: Mapping[str, Any] | None = None,
+        hypernet: Mapping[str, Any] | None = None,
+        optim: Mapping[str, Any] | None = None,
         crop_border: int = 0,
         log_images: bool = True,
         nonfinite_loss: str = "raise",
+        **legacy: Any,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        if mode not in MODES:
-            raise ValueError(f"hypernet.mode={mode!r} is not known; choose one of {list(MODES)}")
+        optim = plain(optim) if optim is not None else legacy_group(legacy, OPTIM_KEYS)
+        if hypernet is None:
+            options = LEGACY_HYPERNET_DEFAULTS | legacy_group(legacy, None)
+        else:
+            options = plain(hypernet)
+        reject_unknown(legacy, type(self).__name__)
+        model = None if model is None else model_config(plain(model))
+        self.save_hyperparameters(
+            {
+                "base_ckpt": base_ckpt,
+                "model": model,
+                "hypernet": options,
+                "optim": optim,
+                "crop_border": crop_border,
+                "log_images": log_images,
+                "nonfinite_loss": nonfinite_loss,
+            }
+        )
+        self.optim = optim
+        options = dict(options)
+        self.mode, self.source = options.pop("mode"), options["source"]
+        self.inner_steps, self.first_order = options.pop("inner_steps"), options.pop("first_order")
+        inner_lr, static = options.pop("inner_lr"), options.pop("static")
+        if self.mode not in MODES:
+            raise ValueError(f"hypernet.mode={self.mode!r} is not known; choose one of {list(MODES)}")
         if base_ckpt is None:  # restoring a stage-2 checkpoint: the base's weights come with its state_dict
             if model is None:
                 raise ValueError(
-                    "HyperLoRASystem needs base_ckpt (a stage-1 checkpoint) or the base's model config"
+                    "stage=hyper needs base_ckpt=PATH, the stage-1 checkpoint of the base to specialise "
+                    "(or, restoring a stage-2 checkpoint, the base's model config)"
                 )
-            base, base_model_cfg = build_base(**model), dict(model)
+            base, base_model_cfg = build_base(model), model
         else:
             base, base_model_cfg = load_base(base_ckpt)
-        if model is not None and dict(model) != base_model_cfg:
+        if model is not None and model != base_model_cfg:
             raise ValueError(
                 f"base_ckpt={base_ckpt} holds a base built with {base_model_cfg}, but the config's model is "
-                f"{dict(model)}: use the model config of the stage-1 run (or drop the model override)"
+                f"{model}: use the model config of the stage-1 run (or drop the model override)"
             )
         self.base = base.requires_grad_(False).eval()
+        targets = {k: options.pop(k) for k in ("targets", "exclude", "rank", "alpha", "overrides")}
         self.spec: LoRASpec = find_targets(
             self.base,
-            include=list(targets),
-            exclude=list(exclude),
-            rank=rank,
-            alpha=alpha,
-            overrides={k: dict(v) for k, v in (overrides or {}).items()},
+            include=list(targets["targets"]),
+            exclude=list(targets["exclude"]),
+            rank=targets["rank"],
+            alpha=targets["alpha"],
+            overrides={k: dict(v) for k, v in (targets["overrides"] or {}).items()},
         )
+        # what is left are the encoder's options (models/encoder.py)
         self.encoder: nn.Module
-        if source == "degradation":  # the ceiling control: true degradation parameters, no frames
+        feature_layers = options.pop("feature_layers")
+        if self.source == "degradation":  # the ceiling control: true degradation parameters, no frames
             self.encoder = DegradationEncoder(
-                dim=dim, num_latents=num_latents, num_heads=num_heads, num_blocks=num_blocks
+                **{k: options[k] for k in ("dim", "num_latents", "num_heads", "num_blocks")}
             )
         else:
-            self.encoder = VideoEncoder(
-                source=source,
-                dim=dim,
-                num_latents=num_latents,
-                num_heads=num_heads,
-                num_blocks=num_blocks,
-                conv_channels=conv_channels,
-                lr_stats=lr_stats,
-                context_tile=context_tile,
-                base=self.base,
-                layer_names=feature_layer_names(self.base, self.spec, feature_layers)
-                if source == "base"
-                else (),
+            layer_names = (
+                feature_layer_names(self.base, self.spec, feature_layers) if self.source == "base" else ()
             )
-        self.generator = LoRAGenerator(spec=self.spec, dim=dim, num_heads=num_heads, static=static)
+            self.encoder = VideoEncoder(**options, base=self.base, layer_names=layer_names)
+        self.generator = LoRAGenerator(
+            spec=self.spec, dim=options["dim"], num_heads=options["num_heads"], static=static
+        )
         # refine mode: one learned step size per layer, log-parametrised (positive)
         self.log_inner_lr = nn.Parameter(torch.full((len(self.spec.targets),), math.log(inner_lr)))
         self.tables = EvaluationTables()
         self._spreads: dict[str, list[torch.Tensor]] = {}
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> HyperLoRASystem:
-        options = OmegaConf.to_container(cfg.hypernet, resolve=True)
-        options.update(OmegaConf.to_container(cfg.optim, resolve=True))
-        return cls(base_ckpt=cfg.base_ckpt, model=OmegaConf.to_container(cfg.model, resolve=True), **options)
 
     # -------------------------------------------------------------- frozen base
     def train(self, mode: bool = True) -> HyperLoRASystem:
@@ -287,14 +292,14 @@ class HyperLoRASystem(L.LightningModule):
     ) -> Adapters:
         """Adapters for V videos from their context frames (V, K, C, h, w) and times (V, K);
         the degradation-ceiling control reads `degradation` (V, P) instead."""
-        if self.hparams.source == "degradation":
+        if self.source == "degradation":
             if degradation is None:
                 raise ValueError("hypernet.source=degradation needs each video's true degradation parameters")
             latents = self.encoder(degradation)
         else:
             latents = self.encoder(context, times)
         adapters = self.generator(latents)
-        if self.hparams.mode == "refine":
+        if self.mode == "refine":
             adapters = self.refine(adapters, context)
         return adapters
 
@@ -305,7 +310,7 @@ class HyperLoRASystem(L.LightningModule):
         """Adapters for one whole video given as LR chunks (1, n, C, h, w) in order: the encoder
         folds chunk after chunk (memory independent of the length). Refine mode takes its inner
         steps on `refine_context` (1, K, C, h, w), a few frames spread over the video."""
-        if self.hparams.source == "degradation":
+        if self.source == "degradation":
             raise ValueError(
                 "this checkpoint is the degradation-ceiling control (hypernet.source=degradation): it reads a "
                 "video's true degradation parameters, which a real video does not come with; use a blind one"
@@ -318,7 +323,7 @@ class HyperLoRASystem(L.LightningModule):
                 start += chunk.shape[1]
 
         adapters = self.generator(self.encoder.encode_stream(timed(chunks)))
-        if self.hparams.mode == "refine":
+        if self.mode == "refine":
             if refine_context is None:
                 raise ValueError("hypernet.mode=refine needs refine_context: a few LR frames of the video")
             adapters = self.refine(adapters, refine_context)
@@ -329,9 +334,9 @@ class HyperLoRASystem(L.LightningModule):
         Training differentiates through the steps (second order) unless first_order is set."""
         names = list(self.spec.names)
         step_sizes = self.log_inner_lr.exp()
-        second_order = self.training and not self.hparams.first_order
+        second_order = self.training and not self.first_order
         current = adapters
-        for _ in range(self.hparams.inner_steps):
+        for _ in range(self.inner_steps):
             with torch.enable_grad():
                 # tensors outside any graph (validation) become leaves the inner loss can differentiate
                 current = {
@@ -449,13 +454,13 @@ class HyperLoRASystem(L.LightningModule):
 
     def configure_optimizers(self):
         trainable = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("base.")]
-        if self.hparams.mode == "direct":
+        if self.mode == "direct":
             trainable = [p for p in trainable if p is not self.log_inner_lr]
-        optimizer = torch.optim.Adam(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.Adam(trainable, lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
         schedule = warmup_cosine(
-            warmup_steps=self.hparams.warmup_steps,
+            warmup_steps=self.optim["warmup_steps"],
             total_steps=int(self.trainer.estimated_stepping_batches),
-            min_ratio=self.hparams.min_lr_ratio,
+            min_ratio=self.optim["min_lr_ratio"],
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,70 @@
+"""The study and benchmark scripts run end to end on the tiny checkpoint (slow: `make test-all`).
+They are what experiments/ and the issue's figures are produced by, so a change that breaks one
+shows here rather than months later in a rerun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_script(*args: str, cwd: Path = ROOT) -> str:
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_domain_study_pipeline_end_to_end(tiny_checkpoints, tmp_path):
+    """make_domain_videos -> finetune (held-out strip, learned merge) -> domain_study: every
+    method's row for every test video, the strength sweep, the plot."""
+    videos = tmp_path / "videos"
+    run_script(
+        "scripts/make_domain_videos.py", "--photo", "ihc", "-o", str(videos), "--train", "3", "--val", "1",
+        "--test", "2", "--frames", "6", "--hr-size", "32",
+    )  # fmt: skip
+    assert {p.name for p in videos.iterdir()} == {"train", "val", "test"}
+    adapter = tmp_path / "domain.safetensors"
+    out = run_script(
+        "-m", "hypernet.finetune", "--checkpoint", str(tiny_checkpoints["hyper"]),
+        "--hr", str(videos / "train" / "hr"), "--lr", str(videos / "train" / "lr"),
+        "--val-hr", str(videos / "val" / "hr"), "--val-lr", str(videos / "val" / "lr"),
+        "--steps", "4", "--val-every", "2", "--merge-steps", "2", "--clips", "2", "--clip-len", "3",
+        "--no-progress", "-o", str(adapter),
+    )  # fmt: skip
+    assert "videos=3 held_out=1" in out and "val_psnr_learned_merge" in out
+    study = tmp_path / "study"
+    run_script(
+        "scripts/domain_study.py", "--checkpoint", str(tiny_checkpoints["hyper"]), "--adapter", str(adapter),
+        "--videos", str(videos / "test"), "--oracle-steps", "2", "--strengths", "0", "1", "-o", str(study),
+    )  # fmt: skip
+    with (study / "per_video.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and "domain+hypernet merge" in rows[0]
+    metrics = json.loads((study / "metrics.json").read_text())
+    assert metrics["base"]["gain_y"] == 0.0 and set(metrics) >= {"domain", "hypernet", "oracle"}
+    with (study / "strength.csv").open() as f:
+        strengths = list(csv.DictReader(f))
+    zero = [r for r in strengths if float(r["strength"]) == 0 and r["method"] == "domain"]
+    assert all(abs(float(r["gain_y"])) < 1e-9 for r in zero)  # strength 0 is the base
+    assert (study / "plot.png").stat().st_size > 0 and "| oracle |" in (study / "results.md").read_text()
+
+
+def test_bench_finetune_writes_its_figures(tiny_checkpoints, tmp_path):
+    out = tmp_path / "bench.json"
+    printed = run_script(
+        "scripts/bench_finetune.py", "--checkpoint", str(tiny_checkpoints["hyper"]), "--frames", "6",
+        "--size", "32", "--steps", "2", "--json", str(out),
+    )  # fmt: skip
+    figures = json.loads(out.read_text())
+    assert figures["videos_2_videos"] == 2 and figures["videos_20_videos"] == 20
+    assert figures["mem_20_over_2"] > 0 and "mem_20_over_2" in printed
