@@ -373,3 +373,25 @@ def test_large_context_frames_are_read_as_training_sized_tiles():
     assert same is small and same_times is times
     tiles, tile_times = tile_frames(torch.rand(2, 3, 3, 20, 17), torch.rand(2, 3), 8)
     assert tiles.shape == (2, 3 * 2 * 2, 3, 8, 8) and tile_times.shape == (2, 12)
+
+
+def test_attention_draws_its_initial_weights_as_the_layers_it_replaced():
+    """A seed gives the network it gave before the shared block: one fused q/k/v Linear for the
+    latent blocks, torch's MultiheadAttention for the generator's layer queries."""
+    from hypernet.models.blocks import Attention
+
+    torch.manual_seed(3)
+    fused, proj = torch.nn.Linear(8, 24), torch.nn.Linear(8, 8)
+    torch.manual_seed(3)
+    attention = Attention(dim=8, num_heads=2, init="fused")
+    assert torch.equal(torch.cat([attention.to_q.weight, attention.to_kv.weight]), fused.weight)
+    assert torch.equal(torch.cat([attention.to_q.bias, attention.to_kv.bias]), fused.bias)
+    assert torch.equal(attention.to_out.weight, proj.weight)
+    torch.manual_seed(4)
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    torch.manual_seed(4)
+    attention = Attention(dim=8, num_heads=2, init="mha")
+    assert torch.equal(torch.cat([attention.to_q.weight, attention.to_kv.weight]), mha.in_proj_weight)
+    assert torch.equal(attention.to_out.weight, mha.out_proj.weight)
+    queries, context = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    torch.testing.assert_close(attention(queries, context), mha(queries, context, context)[0])

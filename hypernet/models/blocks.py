@@ -7,9 +7,12 @@ latents) all use these; each applies its own pre-norms, because what is normalis
 
 from __future__ import annotations
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+INITS = ("separate", "fused", "mha")
 
 
 class Attention(nn.Module):
@@ -17,17 +20,41 @@ class Attention(nn.Module):
 
     The projections are separate for the streaming pooler, which takes the heads of its queries
     and of each chunk of tokens itself (`heads_q`, `heads_kv`) and projects the pooled result
-    back with `to_out`."""
+    back with `to_out`. `init` draws the initial weights as each user drew them before this
+    class existed ("separate" Linear layers, one "fused" q/k/v Linear, torch's "mha"), so a seed
+    gives the same network as it did."""
 
-    def __init__(self, *, dim: int, num_heads: int):
+    def __init__(self, *, dim: int, num_heads: int, init: str = "separate"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"attention width {dim} must be a multiple of its {num_heads} heads")
+        if init not in INITS:
+            raise ValueError(f"attention init {init!r}: choose one of {INITS}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_kv = nn.Linear(dim, 2 * dim)
-        self.to_out = nn.Linear(dim, dim)
+        if init == "separate":
+            self.to_q = nn.Linear(dim, dim)
+            self.to_kv = nn.Linear(dim, 2 * dim)
+            self.to_out = nn.Linear(dim, dim)
+            return
+        # the initial weights a fused q/k/v projection, or torch's MultiheadAttention, would draw,
+        # in the same order from the same generator: runs from before this class reproduce seed for seed
+        self.to_q = nn.Linear(dim, dim, device="meta").to_empty(device="cpu")
+        self.to_kv = nn.Linear(dim, 2 * dim, device="meta").to_empty(device="cpu")
+        if init == "fused":
+            fused = nn.Linear(dim, 3 * dim)
+            self.to_out = nn.Linear(dim, dim)
+        else:  # "mha": out_proj drawn first, then xavier-uniform q/k/v, zero biases
+            self.to_out = nn.Linear(dim, dim)
+            fused = nn.Linear(dim, 3 * dim, device="meta").to_empty(device="cpu")
+            nn.init.xavier_uniform_(fused.weight)
+            nn.init.zeros_(fused.bias)
+            nn.init.zeros_(self.to_out.bias)
+        with torch.no_grad():
+            self.to_q.weight.copy_(fused.weight[:dim])
+            self.to_q.bias.copy_(fused.bias[:dim])
+            self.to_kv.weight.copy_(fused.weight[dim:])
+            self.to_kv.bias.copy_(fused.bias[dim:])
 
     def heads_q(self, queries: Tensor) -> Tensor:
         """(..., M, dim) -> (..., H, M, d)."""

@@ -391,7 +391,7 @@ class LatentBlock(nn.Module):
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: int = 2):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim)
-        self.attention = Attention(dim=dim, num_heads=num_heads)
+        self.attention = Attention(dim=dim, num_heads=num_heads, init="fused")
         self.feed_forward = FeedForward(dim=dim, hidden=mlp_ratio * dim)
 
     def forward(self, x: Tensor) -> Tensor:
