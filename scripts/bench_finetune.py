@@ -24,7 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_specialise import synthetic_frames  # scripts/ is on the path when run as a script
+from bench_specialise import (  # scripts/ is on the path when run as a script
+    require_checkpoint,
+    synthetic_frames,
+)
 
 from hypernet.data.video_io import write_mp4
 from hypernet.runs import DEFAULT_CHECKPOINT, atomic_write_text
@@ -59,13 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the figures here as a flat JSON dict")
     args = parser.parse_args()
-    if not args.checkpoint.is_file():
-        print(
-            f"no stage-2 checkpoint at {args.checkpoint}: train one with `make quickstart` "
-            "(from the repository root) or pass --checkpoint PATH",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+    require_checkpoint(args.checkpoint)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -42,6 +42,17 @@ def synthetic_frames(num_frames: int, size: int, *, chunk: int = 32) -> Iterator
         yield np.clip(np.stack(frames), 0, 255).astype(np.uint8)
 
 
+def require_checkpoint(path: Path) -> None:
+    """Stop with one line (exit 2) when the benchmark's stage-2 checkpoint is missing."""
+    if not path.is_file():
+        print(
+            f"no stage-2 checkpoint at {path}: train one with `make quickstart` "
+            "(from the repository root) or pass --checkpoint PATH",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def child(input_path: str, output_path: str, checkpoint: str, chunk_size: int) -> None:
     """Runs in a fresh interpreter: one specialise run, one JSON line of figures."""
     from hypernet.specialise import specialise
@@ -105,13 +116,7 @@ def main() -> None:
     if args.child:
         child(*args.child, str(args.checkpoint), args.chunk_size)
         return
-    if not args.checkpoint.is_file():
-        print(
-            f"no stage-2 checkpoint at {args.checkpoint}: train one with `make quickstart` "
-            "(from the repository root) or pass --checkpoint PATH",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+    require_checkpoint(args.checkpoint)
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

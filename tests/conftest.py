@@ -54,6 +54,10 @@ TINY_HYPER = [
 ]
 
 
+# the LR video of the command-line tests (specialise, finetune, hardening): small, with real motion
+FRAMES, HEIGHT, WIDTH, FPS = 12, 16, 20, 12.0
+
+
 def moving_texture(num_frames: int, height: int, width: int, *, seed: int = 0) -> np.ndarray:
     """(T, H, W, 3) uint8: a random texture drifting one pixel per frame over a colour ramp: real
     motion, not noise, for tests that need a video."""
@@ -105,3 +109,19 @@ def one_line_error(capsys, *names: str) -> str:
     for name in names:
         assert name in lines[0], (name, lines[0])
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tiny_checkpoints) -> Path:
+    """The tiny stage-2 checkpoint of the test session."""
+    return tiny_checkpoints["hyper"]
+
+
+@pytest.fixture(scope="session")
+def video(tmp_path_factory) -> Path:
+    """An LR video file (FRAMES frames of HEIGHT x WIDTH at FPS) of a drifting texture."""
+    from hypernet.data.video_io import write_mp4
+
+    path = tmp_path_factory.mktemp("video") / "lr.mp4"
+    write_mp4(path, moving_texture(FRAMES, HEIGHT, WIDTH), fps=FPS, crf=10)
+    return path

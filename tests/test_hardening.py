@@ -33,22 +33,17 @@ from hypernet.runs import atomic_write_bytes, default_file_mode
 from hypernet.specialise import main as specialise_main
 from hypernet.systems.hyper_lora import load_hypernet
 from hypernet.train import run
-from tests.conftest import TINY_BASE, compose_train, moving_texture, one_line_error
+from tests.conftest import (
+    FPS,
+    HEIGHT,
+    TINY_BASE,
+    WIDTH,
+    compose_train,
+    moving_texture,
+    one_line_error,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-FRAMES, HEIGHT, WIDTH, FPS = 12, 16, 20, 12.0
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoints) -> Path:
-    return tiny_checkpoints["hyper"]
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("video") / "lr.mp4"
-    write_mp4(path, moving_texture(FRAMES, HEIGHT, WIDTH), fps=FPS, crf=10)
-    return path
 
 
 def specialise_exit(argv: list[str]) -> int:

@@ -14,22 +14,7 @@ from hypernet.models.base import WindowVSR
 from hypernet.models.lora import AdapterMismatchError, find_targets, init_adapters, save_adapters
 from hypernet.specialise import main, predict_adapters, specialise, upscale_frames
 from hypernet.systems.hyper_lora import load_hypernet
-from tests.conftest import moving_texture
-
-FRAMES, HEIGHT, WIDTH, FPS = 12, 16, 20, 12.0
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoints) -> Path:
-    """The tiny stage-2 checkpoint of the test session (conftest)."""
-    return tiny_checkpoints["hyper"]
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("video") / "lr.mp4"
-    write_mp4(path, moving_texture(FRAMES, HEIGHT, WIDTH), fps=FPS, crf=10)
-    return path
+from tests.conftest import FPS, FRAMES, HEIGHT, WIDTH, moving_texture
 
 
 def decode(path: Path) -> np.ndarray:

@@ -26,21 +26,7 @@ from hypernet.models.lora import (
 from hypernet.specialise import main as specialise_main
 from hypernet.specialise import specialise, upscale_frames
 from hypernet.systems.hyper_lora import load_hypernet
-from tests.conftest import moving_texture, one_line_error
-
-FRAMES, HEIGHT, WIDTH, FPS = 8, 16, 20, 12.0
-
-
-@pytest.fixture(scope="module")
-def checkpoint_hyper(tiny_checkpoints) -> Path:
-    return tiny_checkpoints["hyper"]
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("video") / "lr.mp4"
-    write_mp4(path, moving_texture(FRAMES, HEIGHT, WIDTH), fps=FPS, crf=10)
-    return path
+from tests.conftest import FPS, HEIGHT, WIDTH, moving_texture, one_line_error
 
 
 def random_adapter(checkpoint: Path, path: Path, *, layers: slice, seed: int) -> Path:
@@ -208,60 +194,52 @@ def domain(tmp_path_factory) -> Path:
     return root
 
 
-def test_finetune_on_a_folder_holds_out_videos_and_learns_the_merge(
-    checkpoint_hyper, domain, tmp_path, capsys
-):
+def test_finetune_on_a_folder_holds_out_videos_and_learns_the_merge(checkpoint, domain, tmp_path, capsys):
     out = tmp_path / "domain.safetensors"
     argv = ["--hr", str(domain / "hr"), "--lr", str(domain / "lr"), "-o", str(out)]
-    argv += ["--checkpoint", str(checkpoint_hyper), "--steps", "4", "--val-every", "2", "--clips", "2"]
+    argv += ["--checkpoint", str(checkpoint), "--steps", "4", "--val-every", "2", "--clips", "2"]
     argv += ["--clip-len", "3", "--merge-steps", "2", "--no-progress"]
     assert finetune_main(argv) == 0
     summary = dict(item.split("=", 1) for item in capsys.readouterr().out.split())
     assert (summary["videos"], summary["held_out"]) == ("4", "1")  # a fifth of 5 held out
     assert float(summary["val_psnr"]) >= float(summary["val_psnr_base"])  # the best, the base included
     assert float(summary["val_psnr_learned_merge"]) >= float(summary["val_psnr_naive_merge"])
-    system = load_hypernet(checkpoint_hyper)
+    system = load_hypernet(checkpoint)
     spec, _, metadata = load_adapters(out, base=system.base)
     assert metadata["videos"] == "4"
     columns = load_merge_columns(out)
     assert set(columns) == set(spec.names) | {HYPERNET_PREFIX + n for n in system.spec.names}
 
 
-def test_finetune_held_out_videos_given_explicitly(checkpoint_hyper, domain, tmp_path, capsys):
+def test_finetune_held_out_videos_given_explicitly(checkpoint, domain, tmp_path, capsys):
     out = tmp_path / "domain.safetensors"
     argv = ["--hr", str(domain / "hr"), "--lr", str(domain / "lr"), "-o", str(out)]
     argv += ["--val-hr", str(domain / "hr" / "clip4"), "--val-lr", str(domain / "lr" / "clip4")]
     argv += [
         "--checkpoint",
-        str(checkpoint_hyper),
-        "--steps",
-        "2",
-        "--clips",
-        "1",
-        "--clip-len",
-        "2",
-        "--no-progress",
+        str(checkpoint),
+        *["--steps", "2", "--clips", "1", "--clip-len", "2", "--no-progress"],
     ]
     assert finetune_main(argv) == 0
     summary = dict(item.split("=", 1) for item in capsys.readouterr().out.split())
     assert (summary["videos"], summary["held_out"]) == ("5", "1") and "val_psnr" in summary
 
 
-def test_finetune_streams_a_folder_of_mp4_hr_videos(checkpoint_hyper, tmp_path, capsys):
+def test_finetune_streams_a_folder_of_mp4_hr_videos(checkpoint, tmp_path, capsys):
     for i in range(3):
         write_mp4(
             tmp_path / "hr" / f"v{i}.mp4", moving_texture(6, 4 * HEIGHT, 4 * WIDTH, seed=i), fps=FPS, crf=5
         )
     out = tmp_path / "a.safetensors"
-    argv = ["--hr", str(tmp_path / "hr"), "-o", str(out), "--checkpoint", str(checkpoint_hyper)]
+    argv = ["--hr", str(tmp_path / "hr"), "-o", str(out), "--checkpoint", str(checkpoint)]
     argv += ["--steps", "2", "--clips", "1", "--clip-len", "2", "--val-videos", "0", "--no-progress"]
     assert finetune_main(argv) == 0 and out.is_file()
     assert "videos=3 held_out=0" in capsys.readouterr().out
 
 
-def test_finetune_domain_errors_name_the_file_and_write_nothing(checkpoint_hyper, domain, tmp_path, capsys):
+def test_finetune_domain_errors_name_the_file_and_write_nothing(checkpoint, domain, tmp_path, capsys):
     out = tmp_path / "out" / "a.safetensors"
-    common = ["-o", str(out), "--checkpoint", str(checkpoint_hyper), "--steps", "1", "--no-progress"]
+    common = ["-o", str(out), "--checkpoint", str(checkpoint), "--steps", "1", "--no-progress"]
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no videos here")
     odd = tmp_path / "odd"

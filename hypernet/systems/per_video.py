@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,23 +26,52 @@ from hypernet.systems.common import adapted_sr, charbonnier, self_supervised_los
 Clips = tuple[torch.Tensor, torch.Tensor | None]  # LR (B, T, C, h, w), HR (B, T, C, sh, sw) or None
 
 
-class KeepBest:
-    """The best-scoring state seen so far (higher is better) and the score history; without a
-    scorer it keeps the last state given."""
+def descend(
+    params: list[torch.Tensor],
+    loss_of: Callable[[Any], torch.Tensor],
+    batches: Iterable[Any],
+    *,
+    steps: int,
+    learning_rate: float,
+    snapshot: Callable[[], Any],
+    validate: Callable[[Any], float] | None = None,
+    validate_every: int = 25,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[Any, list[dict[str, float]]]:
+    """Adam on `params` over `steps` batches, the loss `loss_of(batch)`. Without `validate`,
+    returns the last `snapshot()`; with it, scores snapshots on held-out data (higher is better)
+    before the first step and every `validate_every` steps and returns the best, so a fit that
+    only hurts returns its start. Also returns the history of {"step", "score"}."""
+    if steps < 1:
+        raise ValueError(f"steps={steps}: fitting takes at least 1 step")
+    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    history: list[dict[str, float]] = []
+    best, best_score = None, -float("inf")
 
-    def __init__(self, score: Callable | None):
-        self.score = score
-        self.history: list[dict[str, float]] = []
-        self.best, self.best_score = None, -float("inf")
-
-    def offer(self, step: int, state: dict) -> None:
-        if self.score is None:
-            self.best = state
+    def offer(step: int) -> None:
+        nonlocal best, best_score
+        state = snapshot()
+        if validate is None:
+            best = state
             return
-        value = self.score(state)
-        self.history.append({"step": step, "score": value})
-        if value > self.best_score:
-            self.best, self.best_score = state, value
+        score = validate(state)
+        history.append({"step": step, "score": score})
+        if score > best_score:
+            best, best_score = state, score
+
+    if validate is not None:
+        offer(0)
+    for step, batch in enumerate(itertools.islice(batches, steps), start=1):
+        with torch.enable_grad():
+            loss = loss_of(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step(step, loss.item())
+        if step % validate_every == 0 or step == steps:
+            offer(step)
+    return best, history
 
 
 def fit_adapters(
@@ -63,8 +93,6 @@ def fit_adapters(
     `validate` scores adapters on held-out data (higher is better, e.g. PSNR) before the first
     step and every `validate_every` steps; the best-scoring adapters are returned, so a fit that
     only hurts returns its start. Returns (adapters, history of {"step", "score"})."""
-    if steps < 1:
-        raise ValueError(f"steps={steps}: fitting takes at least 1 step")
     generator = torch.Generator().manual_seed(seed)
     batches = iter(batches)
     first = next(batches)
@@ -77,30 +105,24 @@ def fit_adapters(
         k: (a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True))
         for k, (a, b) in start.items()
     }
-    optimizer = torch.optim.Adam([t for pair in leaves.values() for t in pair], lr=learning_rate)
-    keep = KeepBest(validate)
 
-    def snapshot() -> Adapters:
-        return {k: (a.detach().clone(), b.detach().clone()) for k, (a, b) in leaves.items()}
+    def loss_of(clips: Clips) -> torch.Tensor:
+        lr, hr = clips
+        if hr is None:
+            return self_supervised_loss(base, spec, leaves, lr)
+        return charbonnier(adapted_sr(base, spec, leaves, lr), hr)
 
-    if validate is not None:
-        keep.offer(0, snapshot())
-    for step, (lr, hr) in enumerate(itertools.chain([first], batches), start=1):
-        with torch.enable_grad():
-            if hr is not None:
-                loss = charbonnier(adapted_sr(base, spec, leaves, lr), hr)
-            else:
-                loss = self_supervised_loss(base, spec, leaves, lr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        optimizer.step()
-        if on_step is not None:
-            on_step(step, loss.item())
-        if step % validate_every == 0 or step == steps:
-            keep.offer(step, snapshot())
-        if step == steps:
-            break
-    return keep.best, keep.history
+    return descend(
+        [t for pair in leaves.values() for t in pair],
+        loss_of,
+        itertools.chain([first], batches),
+        steps=steps,
+        learning_rate=learning_rate,
+        snapshot=lambda: {k: (a.detach().clone(), b.detach().clone()) for k, (a, b) in leaves.items()},
+        validate=validate,
+        validate_every=validate_every,
+        on_step=on_step,
+    )
 
 
 def finetune_adapters(
@@ -286,26 +308,20 @@ def fit_merge(
     better) keeps the best, starting from the naive sum itself."""
     start = merge_columns(spec, hypernet_spec=hypernet_spec)
     columns = {k: v.clone().requires_grad_(True) for k, v in start.items()}
-    optimizer = torch.optim.Adam(list(columns.values()), lr=learning_rate)
-    keep = KeepBest(validate)
 
-    def snapshot() -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in columns.items()}
+    def loss_of(batch: tuple[int, Clips]) -> torch.Tensor:
+        v, (lr, hr) = batch
+        merged_spec, merged = stack_under_hypernet(spec, under, hypernet_spec, predicted[v], columns=columns)
+        return charbonnier(adapted_sr(base, merged_spec, merged, lr), hr)
 
-    if validate is not None:
-        keep.offer(0, snapshot())
-    batches = random_clips(videos, clips=clips, clip_len=clip_len, scale=scale, seed=seed)
-    for step, (v, (lr, hr)) in enumerate(itertools.islice(batches, steps), start=1):
-        with torch.enable_grad():
-            merged_spec, merged = stack_under_hypernet(
-                spec, under, hypernet_spec, predicted[v], columns=columns
-            )
-            loss = charbonnier(adapted_sr(base, merged_spec, merged, lr), hr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        optimizer.step()
-        if on_step is not None:
-            on_step(step, loss.item())
-        if step % validate_every == 0 or step == steps:
-            keep.offer(step, snapshot())
-    return keep.best, keep.history
+    return descend(
+        list(columns.values()),
+        loss_of,
+        random_clips(videos, clips=clips, clip_len=clip_len, scale=scale, seed=seed),
+        steps=steps,
+        learning_rate=learning_rate,
+        snapshot=lambda: {k: v.detach().clone() for k, v in columns.items()},
+        validate=validate,
+        validate_every=validate_every,
+        on_step=on_step,
+    )
