@@ -31,14 +31,16 @@ from hypernet.models.lora import (
 )
 
 
-def read(path: str | Path) -> tuple[LoRASpec, Adapters, dict[str, str]]:
-    """Spec, adapters and the fingerprint stored in the file (no base needed)."""
+def read(path: str | Path) -> tuple[LoRASpec, Adapters, dict[str, str], dict[str, str]]:
+    """Spec, adapters, the fingerprint stored in the file (no base needed) and the other
+    metadata (what made the file)."""
     spec, adapters, metadata = load_adapters(path)
     try:
         fingerprint = json.loads(metadata["fingerprint"])
     except (KeyError, ValueError) as err:
         raise AdapterFileError(f"adapter file {str(path)!r} has no readable fingerprint ({err})") from None
-    return spec, adapters, fingerprint
+    made_by = {k: v for k, v in metadata.items() if k not in ("format", "spec", "fingerprint")}
+    return spec, adapters, fingerprint, made_by
 
 
 def layer_deltas(spec: LoRASpec, adapters: Adapters, video: int = 0) -> dict[str, torch.Tensor]:
@@ -60,7 +62,7 @@ def load_base_of(checkpoint: str | Path) -> nn.Module:
 
 
 def info(path: str | Path, *, checkpoint: str | Path | None = None) -> str:
-    spec, adapters, fingerprint = read(path)
+    spec, adapters, fingerprint, made_by = read(path)
     num_videos = next(iter(adapters.values()))[0].shape[0]
     ranks = sorted({t.rank for t in spec.targets})
     lines = [
@@ -70,6 +72,8 @@ def info(path: str | Path, *, checkpoint: str | Path | None = None) -> str:
         f"base        {fingerprint.get('class')} with {int(fingerprint.get('num_params', 0)):,} parameters "
         f"(architecture {fingerprint.get('architecture', '?')[:12]}, weights {fingerprint.get('weights', '?')[:12]})",
     ]
+    if made_by:  # finetune's method, steps, videos, best step; specialise writes none
+        lines.append("made by     " + ", ".join(f"{k} {v}" for k, v in made_by.items()))
     columns = load_merge_columns(path)
     if columns is not None:
         own = [v for k, v in columns.items() if not k.startswith(HYPERNET_PREFIX)]
@@ -105,8 +109,8 @@ def info(path: str | Path, *, checkpoint: str | Path | None = None) -> str:
 
 
 def diff(path_a: str | Path, path_b: str | Path) -> str:
-    spec_a, adapters_a, fp_a = read(path_a)
-    spec_b, adapters_b, fp_b = read(path_b)
+    spec_a, adapters_a, fp_a, _ = read(path_a)
+    spec_b, adapters_b, fp_b, _ = read(path_b)
     names_a, names_b = set(spec_a.names), set(spec_b.names)
     same_base = fp_a.get("architecture") == fp_b.get("architecture") and fp_a.get("weights") == fp_b.get(
         "weights"

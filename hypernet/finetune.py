@@ -279,6 +279,8 @@ def run_finetune(args: argparse.Namespace) -> dict:
         "method": "supervised" if supervised else "self-supervised",
         "steps": str(args.steps),
         "videos": str(len(train)),
+        "held_out": str(len(held_out)),
+        **({"best_step": str(summary["best_step"])} if "best_step" in summary else {}),
         "source": str(videos[0].name) if len(videos) == 1 else ", ".join(str(p) for p in args.hr or args.lr),
     }
     save_adapters(

@@ -6,6 +6,11 @@ merged into the frozen base's weights (so each frame then costs exactly what the
 the video is streamed a second time through the specialised base and encoded to H.264 as it
 goes. Nothing ever holds the whole video: memory is one chunk of frames, whatever the length.
 
+Adapter files (`--adapter FILE[:STRENGTH]`, e.g. a domain adapter from `hypernet.finetune`) are
+merged in order with the hypernetwork's adapter on top (`--no-hypernet` leaves it out), as one
+adapter whose delta is their weighted sum (`lora.stack_adapters`); `--strength` scales all of it
+(0 is the base exactly). Every file is checked against the base before the video is read.
+
 Why the pieces look the way they do:
 
 - Every check a user can fail (input readable, frames large enough, output writable, options

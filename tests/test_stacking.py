@@ -209,6 +209,10 @@ def test_finetune_on_a_folder_holds_out_videos_and_learns_the_merge(checkpoint, 
     assert metadata["videos"] == "4"
     columns = load_merge_columns(out)
     assert set(columns) == set(spec.names) | {HYPERNET_PREFIX + n for n in system.spec.names}
+    from hypernet.adapters import info
+
+    text = info(out)  # what made the file, and that it carries a merge
+    assert "videos 4" in text and "held_out 1" in text and "best_step" in text and "\nmerge " in text
 
 
 def test_finetune_held_out_videos_given_explicitly(checkpoint, domain, tmp_path, capsys):
