@@ -32,6 +32,7 @@ class Attention(nn.Module):
             raise ValueError(f"attention init {init!r}: choose one of {INITS}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.sequence_first = init == "mha"
         if init == "separate":
             self.to_q = nn.Linear(dim, dim)
             self.to_kv = nn.Linear(dim, 2 * dim)
@@ -66,9 +67,35 @@ class Attention(nn.Module):
         return k, v
 
     def forward(self, queries: Tensor, context: Tensor) -> Tensor:
-        k, v = self.heads_kv(context)
-        out = F.scaled_dot_product_attention(self.heads_q(queries), k, v)  # (V, H, M, d)
+        if self.sequence_first:
+            return self._forward_sequence_first(queries, context)
+        if queries is context:  # self-attention: q, k and v in one matrix product, as a fused layer
+            weight = torch.cat([self.to_q.weight, self.to_kv.weight])
+            bias = torch.cat([self.to_q.bias, self.to_kv.bias])
+            q, k, v = rearrange(
+                F.linear(queries, weight, bias), "b m (three h d) -> three b h m d", three=3, h=self.num_heads
+            )
+        else:
+            q, (k, v) = self.heads_q(queries), self.heads_kv(context)
+        out = F.scaled_dot_product_attention(q, k, v)  # (V, H, M, d)
         return self.to_out(rearrange(out, "b h m d -> b m (h d)"))
+
+    def _forward_sequence_first(self, queries: Tensor, context: Tensor) -> Tensor:
+        """The same attention in the order of operations of torch's MultiheadAttention (sequence
+        first, keys and values projected together), which the generator used before this class:
+        its checkpoints and seeds then give the same numbers, gradients included (sums over rows
+        round differently in another order)."""
+        (batch, length, dim), source = queries.shape, context.shape[1]
+        h, d = self.num_heads, self.head_dim
+        q = self.to_q(queries.transpose(0, 1))  # (M, V, dim)
+        kv = self.to_kv(context.transpose(0, 1))  # (L, V, 2 dim)
+        k, v = kv.unflatten(-1, (2, dim)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
+        q = q.view(length, batch * h, d).transpose(0, 1).view(batch, h, length, d)
+        k = k.view(source, batch * h, d).transpose(0, 1).view(batch, h, source, d)
+        v = v.view(source, batch * h, d).transpose(0, 1).view(batch, h, source, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.to_out(out.permute(2, 0, 1, 3).reshape(batch * length, dim))
+        return out.view(length, batch, dim).transpose(0, 1)
 
 
 class FeedForward(nn.Module):
