@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from hypernet.config import compose_config
 from hypernet.data.preview import write_preview
 
 DEFAULT_OUT = Path("outputs/quickstart")
@@ -30,6 +31,15 @@ QUICKSTART_HYPER = ["experiment=hyper_content", "trainer.max_epochs=16"]
 QUICKSTART_EVAL = ["data.context_frames=4", "data.test_shots=0"]  # as hyper_content trains; the 20 videos
 
 
+def step(module: str, overrides: list[str], output_dir: Path) -> dict:
+    """One of the README's commands, `python -m hypernet.<module> OVERRIDES`, run as a user runs
+    it (its own process, its own Hydra run); returns the metrics.json it wrote."""
+    command = [sys.executable, "-m", f"hypernet.{module}", *overrides, f"paths.output_dir={output_dir}"]
+    if subprocess.run(command).returncode != 0:
+        raise SystemExit(f"quickstart: `{' '.join(command[1:])}` failed (its messages are above)")
+    return json.loads((output_dir / "metrics.json").read_text())
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
@@ -37,42 +47,23 @@ def main(argv: list[str] | None = None) -> dict:
         "overrides", nargs="*", help="Hydra overrides for both training stages, e.g. logger=csv"
     )
     args = parser.parse_args(argv)
-    from hypernet import eval as evaluation
-    from hypernet.train import run
-
     started = time.time()
     out = args.out
     print(f"[1/4] data preview: {write_preview(out / 'preview.png')}")
 
-    base = run(
-        compose_config("train", [*QUICKSTART_BASE, f"paths.output_dir={out / 'base'}", *args.overrides])
-    )
+    base = step("train", [*QUICKSTART_BASE, *args.overrides], out / "base")
     print(
         f"[2/4] stage 1 (base): test PSNR-Y {base['test/psnr_y']:.2f} dB vs bicubic {base['test/psnr_y_bicubic']:.2f} dB "
         f"({base['test/psnr_y'] - base['test/psnr_y_bicubic']:+.2f}); {out / 'base'}"
     )
     base_ckpt = out / "base" / "checkpoints" / "best.ckpt"  # chosen on the procedural validation scenes
-    hyper = run(
-        compose_config(
-            "train",
-            [
-                *QUICKSTART_HYPER,
-                f"base_ckpt={base_ckpt}",
-                f"paths.output_dir={out / 'hyper'}",
-                *args.overrides,
-            ],
-        )
-    )
+    hyper = step("train", [*QUICKSTART_HYPER, f"base_ckpt={base_ckpt}", *args.overrides], out / "hyper")
     print(
         f"[3/4] stage 2 (hypernet): test PSNR-Y {hyper['test/psnr_y']:.3f} dB vs base {hyper['test/psnr_y_base']:.3f} dB "
         f"({hyper['test/gain_y']:+.3f}); {out / 'hyper'}"
     )
     hyper_ckpt = out / "hyper" / "checkpoints" / "best.ckpt"
-    summary = evaluation.run(
-        compose_config(
-            "eval", [f"checkpoint={hyper_ckpt}", f"paths.output_dir={out / 'eval'}", *QUICKSTART_EVAL]
-        )
-    )
+    summary = step("eval", [f"checkpoint={hyper_ckpt}", *QUICKSTART_EVAL], out / "eval")
     print(f"[4/4] evaluation: {out / 'eval'}\n")
     print((out / "eval" / "results.md").read_text())
     result = {"seconds": round(time.time() - started, 1), "base": base, "hyper": hyper, "eval": summary}

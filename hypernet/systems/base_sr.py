@@ -4,27 +4,21 @@ warm-up and cosine decay, gradient clipping, optional EMA), validated per video.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from hypernet.models.base import build_base, model_config
 from hypernet.systems.common import (
     EMA,
     EvaluationTables,
-    align_logging_step,
+    SRSystem,
     bicubic_upscale,
     charbonnier,
-    check_loss,
     legacy_group,
-    log_image_row,
     plain,
     reject_unknown,
-    side_by_side,
     split_key,
-    test_group,
     video_metrics,
     warmup_cosine,
 )
@@ -32,7 +26,7 @@ from hypernet.systems.common import (
 OPTIM_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio", "ema_decay")
 
 
-class BaseSRSystem(L.LightningModule):
+class BaseSRSystem(SRSystem):
     """Built from configs/stage/base.yaml: `model` (configs/model/, the base network's class
     and arguments) and `optim` (configs/optim/base.yaml) as plain dicts, kept in the checkpoint
     so that it rebuilds the network alone."""
@@ -75,26 +69,12 @@ class BaseSRSystem(L.LightningModule):
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         return self.eval_model()(lr)
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        align_logging_step(checkpoint)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        sr = self.model(batch["lr"])
-        loss = charbonnier(sr, batch["hr"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
-        return check_loss(
-            loss, policy=self.hparams.nonfinite_loss, step=self.global_step, batch_idx=batch_idx, batch=batch
-        )
+        return self.checked_loss(charbonnier(self.model(batch["lr"]), batch["hr"]), batch, batch_idx)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
             self.ema.update(self.model)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluate(batch, batch_idx, split="val", group="single")
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.evaluate(batch, batch_idx, split="test", group=test_group(self.trainer, dataloader_idx))
 
     def evaluate(self, batch: dict, batch_idx: int, *, split: str, group: str) -> None:
         lr, hr = batch["lr"], batch["hr"]
@@ -116,23 +96,13 @@ class BaseSRSystem(L.LightningModule):
                     "ssim_y_bicubic": ref["ssim_y"][i].item(),
                 },
             )
-        if split == "val" and batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
-            t = lr.shape[1] // 2
-            row = side_by_side(bicubic[0, t], sr[0, t], hr[0, t])
-            log_image_row(
-                self.logger,
-                key="val/bicubic_sr_hr",
-                row=row,
-                caption=f"{batch['video_id'][0]}: bicubic | SR | HR",
-                step=self.global_step,
-                fallback_dir=Path(self.trainer.default_root_dir) / "images",
-            )
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_tables("val")
-
-    def on_test_epoch_end(self) -> None:
-        self.log_tables("test")
+        self.log_first_images(
+            split,
+            batch_idx,
+            key="val/bicubic_sr_hr",
+            images=[bicubic, sr, hr],
+            caption=f"{batch['video_id'][0]}: bicubic | SR | HR",
+        )
 
     def log_tables(self, split: str) -> None:
         for group, rows in self.tables.finish(split).items():

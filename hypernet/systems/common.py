@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -230,3 +231,47 @@ def align_logging_step(checkpoint: dict) -> None:
     loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
     if "_batches_that_stepped" in loop and "global_step" in checkpoint:
         loop["_batches_that_stepped"] = max(int(checkpoint["global_step"]) - 1, 0)
+
+
+class SRSystem(L.LightningModule):
+    """What both stages' LightningModules share: the loss step's bookkeeping, validation and test
+    through one `evaluate(batch, batch_idx, split=, group=)` of their own, per-video tables logged
+    at each epoch's end (`log_tables`), the first validation batch's image row, and an exact
+    resume. Subclasses set `self.tables` and define `evaluate` and `log_tables`."""
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        align_logging_step(checkpoint)
+
+    def checked_loss(self, loss: torch.Tensor, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        """Log the training loss and apply the non-finite policy (`stage.nonfinite_loss`)."""
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
+        return check_loss(
+            loss, policy=self.hparams.nonfinite_loss, step=self.global_step, batch_idx=batch_idx, batch=batch
+        )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluate(batch, batch_idx, split="val", group="single")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluate(batch, batch_idx, split="test", group=test_group(self.trainer, dataloader_idx))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_tables("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_tables("test")
+
+    def log_first_images(self, split: str, batch_idx: int, *, key: str, images: list, caption: str) -> None:
+        """The middle frame of the first validation video, side by side (`images`: (V, T, C, H, W)
+        each), once per validation and not during the sanity check."""
+        if split != "val" or batch_idx != 0 or not self.hparams.log_images or self.trainer.sanity_checking:
+            return
+        t = images[0].shape[1] // 2
+        log_image_row(
+            self.logger,
+            key=key,
+            row=side_by_side(*(x[0, t] for x in images)),
+            caption=caption,
+            step=self.global_step,
+            fallback_dir=Path(self.trainer.default_root_dir) / "images",
+        )

@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 
@@ -32,20 +31,16 @@ from hypernet.models.lora import Adapters, LoRASpec, find_targets
 from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
     EvaluationTables,
+    SRSystem,
     adapted_sr,
-    align_logging_step,
     bicubic_upscale,
     charbonnier,
-    check_loss,
     gain_summary,
     legacy_group,
-    log_image_row,
     plain,
     reject_unknown,
     self_supervised_loss,
-    side_by_side,
     split_key,
-    test_group,
     video_metrics,
     warmup_cosine,
 )
@@ -180,7 +175,7 @@ OPTIM_KEYS = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")
 LEGACY_HYPERNET_DEFAULTS = {"overrides": None, "feature_layers": None, "context_tile": None}
 
 
-class HyperLoRASystem(L.LightningModule):
+class HyperLoRASystem(SRSystem):
     """Built from configs/stage/hyper.yaml: the frozen base (`base_ckpt`, checked against
     `model`), `hypernet` (configs/hypernet/default.yaml: which layers get LoRA, the encoder, the
     generator, the refine mode) and `optim` (configs/optim/hyper.yaml), as plain dicts kept in
@@ -362,22 +357,12 @@ class HyperLoRASystem(L.LightningModule):
 
     # -------------------------------------------------------------- steps
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        align_logging_step(checkpoint)
+        super().on_load_checkpoint(checkpoint)
         checkpoint["state_dict"] = renamed_legacy_keys(checkpoint["state_dict"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         adapters = self.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
-        loss = charbonnier(self.sr(batch["lr"], adapters), batch["hr"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["lr"].shape[0])
-        return check_loss(
-            loss, policy=self.hparams.nonfinite_loss, step=self.global_step, batch_idx=batch_idx, batch=batch
-        )
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluate(batch, batch_idx, split="val", group="single")
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.evaluate(batch, batch_idx, split="test", group=test_group(self.trainer, dataloader_idx))
+        return self.checked_loss(charbonnier(self.sr(batch["lr"], adapters), batch["hr"]), batch, batch_idx)
 
     def evaluate(self, batch: dict, batch_idx: int, *, split: str, group: str) -> None:
         lr, hr = batch["lr"], batch["hr"]
@@ -411,22 +396,13 @@ class HyperLoRASystem(L.LightningModule):
                     "ssim_y_base": base["ssim_y"][i].item(),
                 },
             )
-        if split == "val" and batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
-            t = lr.shape[1] // 2
-            log_image_row(
-                self.logger,
-                key="val/bicubic_base_hyper_hr",
-                row=side_by_side(bicubic[0, t], base_sr[0, t], sr[0, t], hr[0, t]),
-                caption=f"{batch['video_id'][0]}: bicubic | base | base+hypernet | HR",
-                step=self.global_step,
-                fallback_dir=Path(self.trainer.default_root_dir) / "images",
-            )
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_tables("val")
-
-    def on_test_epoch_end(self) -> None:
-        self.log_tables("test")
+        self.log_first_images(
+            split,
+            batch_idx,
+            key="val/bicubic_base_hyper_hr",
+            images=[bicubic, base_sr, sr, hr],
+            caption=f"{batch['video_id'][0]}: bicubic | base | base+hypernet | HR",
+        )
 
     def log_tables(self, split: str) -> None:
         spreads = {k: v for k, v in self._spreads.items() if k.startswith(f"{split}/")}
