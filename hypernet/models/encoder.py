@@ -434,7 +434,7 @@ class VideoEncoder(nn.Module):
     def __init__(
         self,
         *,
-        source: str = "conv",
+        source: str,  # no default here: configs/hypernet/default.yaml holds the one default
         dim: int = 64,
         num_latents: int = 8,
         num_heads: int = 4,
