@@ -1,4 +1,5 @@
-"""Checks that the command-line tools (specialise, finetune) share: output paths proven writable
+"""What the command-line tools (specialise, finetune) share: their progress bar, and the checks:
+output paths proven writable
 before any work, outputs that may not name an input, frames large enough for the model, a device
 that exists, and SIGTERM unwinding like Ctrl-C so that no temporary file stays behind. Each
 failure is an `InputError` (a ValueError) naming the file or option and what to do; the tools turn
@@ -21,6 +22,18 @@ import torch
 # to mean anything, and the refine mode's self-supervised step downsamples the LR frames once
 # more by the scale (x4): 8x8 becomes 2x2, the smallest image it can still upscale back.
 MIN_SIZE = 8
+
+
+def progress_bar(enabled: bool = True, *, status: bool = False):
+    """The tools' progress bar on stderr (description, bar, done of total, time left; `status`:
+    a free text field per task, e.g. the loss). Disabled, it shows nothing."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    return Progress(*columns, console=Console(stderr=True), disable=not enabled)
 
 
 class InputError(ValueError):

@@ -32,13 +32,20 @@ import sys
 import time
 from pathlib import Path
 
-from hypernet.cli_checks import check_frame_size, check_not_an_input, check_output, sigterm_unwinds
+from hypernet.cli_checks import (
+    check_frame_size,
+    check_not_an_input,
+    check_output,
+    progress_bar,
+    sigterm_unwinds,
+)
 from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
 from hypernet.models.lora import save_adapters
 from hypernet.runs import DEFAULT_CHECKPOINT
 from hypernet.systems.per_video import (
     VideoPair,
+    clip_starts,
     fit_adapters,
     fit_merge,
     psnr_on,
@@ -214,16 +221,6 @@ def split_videos(videos: list[VideoPair], val_videos: int | None) -> tuple[list[
     return [v for i, v in enumerate(videos) if i not in held], [v for i, v in enumerate(videos) if i in held]
 
 
-def progress_bar(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    return Progress(
-        *columns, TextColumn("{task.fields[status]}"), console=Console(stderr=True), disable=not enabled
-    )
-
-
 def run_finetune(args: argparse.Namespace) -> dict:
     from hypernet.systems.hyper_lora import load_hypernet
 
@@ -241,7 +238,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
     sizes = {"clips": args.val_clips, "clip_len": args.clip_len, "scale": scale}
 
     def score(adapters) -> float:
-        return psnr_on(base, spec, held_out, lambda _: adapters, **sizes)
+        return psnr_on(base, held_out, lambda _: (spec, adapters), **sizes)
 
     init = None
     if args.init_from_hypernet:
@@ -249,7 +246,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
     batches = random_clips(train, clips=args.clips, clip_len=args.clip_len, scale=scale, seed=args.seed)
     started = time.perf_counter()
     summary: dict = {"adapter": str(args.output), "videos": len(train), "held_out": len(held_out)}
-    with progress_bar(not args.no_progress) as bar:
+    with progress_bar(not args.no_progress, status=True) as bar:
         task = bar.add_task("fitting the adapter", total=args.steps, status="")
         adapters, history = fit_adapters(
             base,
@@ -286,7 +283,10 @@ def run_finetune(args: argparse.Namespace) -> dict:
     save_adapters(
         args.output, spec, adapters, base=base, video=0, extra_metadata=metadata, merge_columns=columns
     )
-    frames = args.clips * min(args.clip_len, train[0].num_frames) if len(train) == 1 else None
+    one = train[0]  # a single video is fitted on these clips at every step (random_clips)
+    frames = (
+        sum(map(len, clip_starts(one.num_frames, args.clip_len, args.clips))) if len(train) == 1 else None
+    )
     return (
         summary
         | {"steps": args.steps, "seconds": round(seconds, 2), "mode": metadata["method"]}
@@ -312,10 +312,9 @@ def learn_merge(system, adapters, train, held_out, args, *, bar) -> tuple[dict, 
 
     def score(columns) -> float:
         def merged(i):
-            return stack_under_hypernet(spec, adapters, system.spec, held_predicted[i], columns=columns)[1]
+            return stack_under_hypernet(spec, adapters, system.spec, held_predicted[i], columns=columns)
 
-        merged_spec = stack_under_hypernet(spec, adapters, system.spec, held_predicted[0], columns=columns)[0]
-        return psnr_on(base, merged_spec, held_out, merged, **sizes)
+        return psnr_on(base, held_out, merged, **sizes)
 
     merge_task = bar.add_task("learning the merge", total=args.merge_steps, status="")
     columns, history = fit_merge(

@@ -58,6 +58,7 @@ from hypernet.cli_checks import (
     check_not_an_input,
     check_output,
     check_outputs_differ,
+    progress_bar,
     sigterm_unwinds,
 )
 from hypernet.data.datasets import spread_indices
@@ -362,11 +363,7 @@ def specialise(
     # a sliding-window base needs its window radius as context to be exact at chunk boundaries
     overlap = max(overlap, getattr(base, "num_frames", 1) // 2)
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+    with progress_bar(progress) as bar:
         files = [] if base_only else [AdapterFile(p, s, base=base, device=device) for p, s in adapters]
         if files:  # two files that cannot be summed fail now, before the video is read
             stack_files(files, None)

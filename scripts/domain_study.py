@@ -33,7 +33,7 @@ from hypernet.models.lora import load_adapters, load_merge_columns, scale_adapte
 from hypernet.runs import atomic_write_text, write_table_csv
 from hypernet.systems.common import adapted_sr, bicubic_upscale, gain_summary, video_metrics
 from hypernet.systems.hyper_lora import load_hypernet
-from hypernet.systems.per_video import VideoPair, clip_starts, finetune_adapters, stack_under_hypernet
+from hypernet.systems.per_video import clip_starts, finetune_adapters, stack_under_hypernet
 
 METHODS = (
     "bicubic",
@@ -151,9 +151,8 @@ def main() -> None:
     lr_paths = video_io.list_videos(args.videos / "lr")
     rows, strength_rows = [], []
     for hr_path, lr_path in zip(hr_paths, lr_paths, strict=True):
-        pair = VideoPair(hr=hr_path, lr=lr_path, num_frames=video_io.probe(hr_path).num_frames)
         scores, strengths = score_video(
-            system, spec_d, domain, columns, read_video(pair.lr), read_video(pair.hr), args
+            system, spec_d, domain, columns, read_video(lr_path), read_video(hr_path), args
         )
         rows.append({"video_id": hr_path.name} | {m: scores[m] for m in methods})
         for r in strengths:

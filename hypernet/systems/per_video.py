@@ -218,21 +218,20 @@ def random_clips(
 
 def psnr_on(
     base: nn.Module,
-    spec: LoRASpec,
     videos: Sequence[VideoPair],
-    adapters_of: Callable[[int], Adapters | None],
+    adapters_of: Callable[[int], tuple[LoRASpec, Adapters]],
     *,
     clips: int,
     clip_len: int,
     scale: int,
 ) -> float:
-    """Mean PSNR-Y over `videos` (evenly spread clips of each, read from disk now) with the
-    adapters `adapters_of(video index)` (None: the base alone)."""
+    """Mean PSNR-Y over `videos` (evenly spread clips of each, read from disk now), each with
+    the adapters `adapters_of(video index)` returns as (spec, adapters)."""
     scores = []
     with torch.no_grad():
         for i, video in enumerate(videos):
             lr, hr = video.clips(clip_starts(video.num_frames, clip_len, clips), scale=scale)
-            sr = adapted_sr(base, spec, adapters_of(i), lr).clamp(0, 1)
+            sr = adapted_sr(base, *adapters_of(i), lr).clamp(0, 1)
             scores.append(psnr(sr.flatten(0, 1), hr.flatten(0, 1), y_channel=True).mean().item())
     return float(np.mean(scores))
 
