@@ -1,9 +1,16 @@
-"""Checkpoints written atomically: a kill during a save never leaves a corrupt file under the
-final name (the previous checkpoint stays intact and the run resumes from it)."""
+"""Checkpoints written atomically, and read without running code.
+
+Written: a kill during a save never leaves a corrupt file under the final name (the previous
+checkpoint stays intact and the run resumes from it). Read: every entry point (training's resume
+and test checkpoint, eval, specialise, finetune, adapters) loads a checkpoint with torch's
+`weights_only=True`, so a pickle carrying a payload is refused instead of run, and every failure
+is one `CheckpointError` naming the file and the option it came from."""
 
 from __future__ import annotations
 
 import io
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +20,65 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from hypernet.files import atomic_write_bytes
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, a folder, not a checkpoint, or one holding code."""
+
+
+def _inside_hint(folder: Path) -> str:
+    """Where the checkpoint of a run folder is, for an error that was given the folder."""
+    found = [p for p in (folder / "checkpoints" / "last.ckpt", folder / "last.ckpt") if p.is_file()]
+    return f"did you mean {found[0]}?" if found else "give the .ckpt file (a run keeps them in checkpoints/)"
+
+
+def read_checkpoint(path: str | Path, *, option: str, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint at `path` as a dict holding a Lightning `state_dict`, loaded with
+    `weights_only=True`: tensors, numbers, strings and containers only, never an object whose
+    unpickling runs code. `option` names where the path came from: `ckpt_path=` (a Hydra
+    option, written option=PATH in messages) or `--checkpoint` (a command-line flag)."""
+    path = Path(path)
+    option = f"{option}{path}" if option.endswith("=") else f"{option} {path}"
+    if path.is_dir():
+        raise CheckpointError(f"{option}: is a folder, not a checkpoint file; {_inside_hint(path)}")
+    if not path.is_file():
+        raise CheckpointError(f"{option}: does not exist; give the path of a .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unsupported operand" in str(e):
+            raise CheckpointError(
+                f"{option}: refused, the file holds Python objects that loading would run as code "
+                "(not a checkpoint this project wrote, or one altered since); use a checkpoint from a "
+                "training run of this project"
+            ) from None
+        raise _not_a_checkpoint(option) from None
+    except (
+        EOFError,
+        IndexError,
+        KeyError,
+        OSError,
+        RuntimeError,
+        UnicodeDecodeError,
+        ValueError,
+        zipfile.BadZipFile,
+        AttributeError,
+        TypeError,
+    ):
+        raise _not_a_checkpoint(option) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(
+            f"{option}: holds no Lightning state_dict, so it is not a checkpoint this project's "
+            "training wrote; give the best.ckpt or last.ckpt of a run"
+        )
+    return checkpoint
+
+
+def _not_a_checkpoint(option: str) -> CheckpointError:
+    return CheckpointError(
+        f"{option}: cannot be read as a checkpoint (truncated, corrupt, or another kind of file); "
+        "give the best.ckpt or last.ckpt of a run"
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
@@ -20,3 +86,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: Any = None) -> dict:
+        """Lightning's resume reads through here: always weights_only, whatever it asks for."""
+        return read_checkpoint(path, option="ckpt_path=", map_location=map_location or "cpu")

@@ -240,7 +240,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ValueError("methods must include 'base': every gain is measured against it")
     torch.manual_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
-    system = load_hypernet(cfg.checkpoint)
+    system = load_hypernet(cfg.checkpoint, option="checkpoint=")
     if cfg.get("context_tile") is not None and hasattr(system.encoder, "context_tile"):
         system.encoder.context_tile = int(cfg.context_tile)  # read large context frames as training's tiles
     datamodule = build_datamodule(cfg)

@@ -15,7 +15,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from hypernet.checkpointing import AtomicCheckpointIO
+from hypernet.checkpointing import AtomicCheckpointIO, read_checkpoint
 from hypernet.data.datamodule import build_datamodule
 from hypernet.runs import mark_run, write_metrics, write_run_metadata, write_table_csv
 
@@ -142,10 +142,7 @@ def test_selected(
     if choice == "best":
         path = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
     if path is not None:
-        import torch
-
-        # a checkpoint this run (or the user, by test_ckpt=PATH) wrote: trusted
-        system.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+        system.load_state_dict(read_checkpoint(path, option="test_ckpt=")["state_dict"])
     tester = L.Trainer(
         accelerator=cfg.trainer.get("accelerator", "auto"),
         devices=1,
@@ -161,42 +158,13 @@ def test_selected(
     return metrics
 
 
-def _one_line(error: BaseException) -> str:
-    """An exception as one line for a message of ours; torch's loader errors run over several
-    lines and may suggest turning weights_only off, which a user must not be told to do."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if "weights_only" in text or not text:
-        return type(error).__name__
-    return f"{type(error).__name__}: {text}"
-
-
-def check_resume_checkpoint(path: str | Path, system: L.LightningModule) -> None:
-    """ckpt_path resumes THIS run's training: it must be a file that loads as a Lightning
-    checkpoint of the same system (same state_dict keys and shapes). Checked before anything is
-    written, so a wrong file is one error naming it rather than Lightning's or torch's traceback."""
-    import torch
-
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(
-            f"ckpt_path={path} is a folder; give the .ckpt file (e.g. {path / 'checkpoints' / 'last.ckpt'})"
-        )
-    if not path.is_file():
-        raise ValueError(f"ckpt_path={path} does not exist; give the last.ckpt of the run to resume")
-    try:
-        # a checkpoint the user points at to resume their own run: trusted, as Lightning would load it
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(
-            f"ckpt_path={path} cannot be loaded as a checkpoint ({_one_line(e)}): the file is truncated, "
-            "corrupt or not a checkpoint; give the last.ckpt of the run to resume"
-        ) from None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(
-            f"ckpt_path={path} holds no Lightning state_dict: it is not a checkpoint this project's "
-            "training wrote; give the last.ckpt of the run to resume"
-        )
+def check_system_checkpoint(path: str | Path, system: L.LightningModule, *, option: str) -> None:
+    """ckpt_path (resume) and test_ckpt=PATH load into THIS run's system: the file must load as a
+    Lightning checkpoint without running code (read_checkpoint) and hold the same system (same
+    state_dict keys and shapes). Checked before anything is written or trained, so a wrong file is
+    one error naming it."""
+    checkpoint = read_checkpoint(path, option=f"{option}=")
+    state = checkpoint["state_dict"]
     from hypernet.systems.hyper_lora import HyperLoRASystem, renamed_legacy_keys
 
     stage = "hyper" if isinstance(system, HyperLoRASystem) else "base"
@@ -207,7 +175,7 @@ def check_resume_checkpoint(path: str | Path, system: L.LightningModule) -> None
         other = "hyper" if any(k.startswith(("generator.", "encoder.")) for k in state) else "base"
         hint = f" (it looks like a stage={other} checkpoint)" if other != stage else ""
         raise ValueError(
-            f"ckpt_path={path} is a checkpoint of another system{hint}, not of this stage={stage} run: "
+            f"{option}={path} is a checkpoint of another system{hint}, not of this stage={stage} run: "
             f"{len(missing)} weights missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
             f"(e.g. {unexpected[:2]}); resume with a checkpoint of a run with the same stage and model"
         )
@@ -219,7 +187,7 @@ def check_resume_checkpoint(path: str | Path, system: L.LightningModule) -> None
     if shapes:
         k = shapes[0]
         raise ValueError(
-            f"ckpt_path={path} was saved with another model size: {k} is {tuple(state[k].shape)} there "
+            f"{option}={path} was saved with another model size: {k} is {tuple(state[k].shape)} there "
             f"and {tuple(expected[k].shape)} here ({len(shapes)} weights differ); resume with the config "
             "it was trained with"
         )
@@ -253,7 +221,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     system = build_system(cfg)
     if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in LIGHTNING_CKPT_NAMES:
-        check_resume_checkpoint(cfg.ckpt_path, system)
+        check_system_checkpoint(cfg.ckpt_path, system, option="ckpt_path")
+    if str(cfg.get("test_ckpt", "best")) not in ("best", "last"):
+        check_system_checkpoint(cfg.test_ckpt, system, option="test_ckpt")
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     trainer: L.Trainer = instantiate(
@@ -295,7 +265,7 @@ def fit_and_test(
     output_dir: Path,
 ) -> dict[str, float]:
     """Train, then score the test videos and write the run's results (rank 0)."""
-    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     if trainer.is_global_zero:

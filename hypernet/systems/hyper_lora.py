@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hypernet.checkpointing import read_checkpoint
 from hypernet.models.base import build_base, model_config
 from hypernet.models.encoder import DegradationEncoder, VideoEncoder, frame_times
 from hypernet.models.generator import LoRAGenerator, adapter_spread
@@ -80,14 +81,13 @@ def feature_layer_names(base: nn.Module, spec: LoRASpec, patterns: list[str] | N
 def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The stage-1 base network (EMA weights when the run kept them) and its model config."""
     path = Path(checkpoint)
-    if path.is_dir():
-        raise ValueError(f"base_ckpt={path} is a folder, not a checkpoint file; {_inside_hint(path)}")
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"base_ckpt={path} does not exist: train stage 1 first (experiment=base_quickstart)"
         )
+    read_checkpoint(path, option="base_ckpt=")
     try:
-        stage1 = BaseSRSystem.load_from_checkpoint(path, map_location="cpu")
+        stage1 = BaseSRSystem.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except (KeyError, RuntimeError, TypeError, pickle.UnpicklingError, EOFError) as e:
         raise ValueError(f"base_ckpt={path} is not a stage-1 (BaseSRSystem) checkpoint: {e}") from e
     return stage1.eval_model(), dict(stage1.hparams["model"])
@@ -133,28 +133,25 @@ def renamed_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return renamed
 
 
-def load_hypernet(checkpoint: str | Path, *, map_location: str = "cpu") -> HyperLoRASystem:
+def load_hypernet(
+    checkpoint: str | Path, *, map_location: str = "cpu", option: str = "--checkpoint"
+) -> HyperLoRASystem:
     """A trained stage-2 system (eval mode) from its checkpoint alone: the frozen base's weights
     travel inside it, so the stage-1 checkpoint need not exist any more."""
     path = Path(checkpoint)
-    if path.is_dir():
-        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file; {_inside_hint(path)}")
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist: train stage 2 first (make quickstart)")
+    read_checkpoint(path, option=option)
     try:
-        system = HyperLoRASystem.load_from_checkpoint(path, map_location=map_location, base_ckpt=None)
+        system = HyperLoRASystem.load_from_checkpoint(
+            path, map_location=map_location, base_ckpt=None, weights_only=True
+        )
     except (KeyError, RuntimeError, TypeError, pickle.UnpicklingError, EOFError) as e:
         raise ValueError(
             f"checkpoint {path} is not a readable stage-2 (HyperLoRASystem) checkpoint: {e}"
         ) from e
     check_finite(system, path)
     return system.eval()
-
-
-def _inside_hint(folder: Path) -> str:
-    """Where the checkpoint of a run folder is, for an error that was given the folder."""
-    found = [p for p in (folder / "checkpoints" / "last.ckpt", folder / "last.ckpt") if p.is_file()]
-    return f"did you mean {found[0]}?" if found else "give the .ckpt file (a run keeps them in checkpoints/)"
 
 
 def check_finite(module: nn.Module, path: Path) -> None:
