@@ -92,7 +92,7 @@ def test_resume_reads_only_through_the_check(tiny_checkpoints, tmp_path, monkeyp
 
 
 def test_command_line_tools_refuse_a_payload(hostile, video, tmp_path, capsys):
-    from hypernet import adapters, finetune, specialise
+    from hypernet import finetune, specialise
 
     out = tmp_path / "out"
     for path in (hostile["raw"], hostile["hyper"]):
