@@ -90,3 +90,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: Any = None) -> dict:
         """Lightning's resume reads through here: always weights_only, whatever it asks for."""
         return read_checkpoint(path, option="ckpt_path=", map_location=map_location or "cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# how a checkpoint's model must be fed
+
+
+class InputMismatchWarning(UserWarning):
+    """An explicit option feeds a model otherwise than it was trained: used as asked, said once."""
+
+
+# what a checkpoint written before inputs were recorded says about one of them
+NOT_RECORDED = object()
+
+
+def trained_input(
+    option: str, given: Any, trained: Any, *, checkpoint: str | Path, fallback: Any = None
+) -> Any:
+    """The value of an input option (`data.context_frames`, `--context-frames`, ...) for a model
+    whose checkpoint recorded `trained`: the checkpoint's when the option is not given (None); the
+    given one otherwise, with one warning naming both values when they differ. A checkpoint written
+    before inputs were recorded (`trained` is NOT_RECORDED) takes the given value, else `fallback`,
+    with a warning that says so."""
+    import warnings
+
+    if trained is NOT_RECORDED:
+        value = fallback if given is None else given
+        warnings.warn(
+            f"checkpoint {checkpoint} does not record its {option}; using {value} "
+            "(convert it with scripts/convert_checkpoint.py --config RUN/config.yaml to record it)",
+            InputMismatchWarning,
+            stacklevel=2,
+        )
+        return value
+    if given is None:
+        return trained
+    if given != trained:
+        warnings.warn(
+            f"{option}={given} differs from the {trained} the model of {checkpoint} was trained with; "
+            f"using {given} as asked",
+            InputMismatchWarning,
+            stacklevel=2,
+        )
+    return given

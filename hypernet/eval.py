@@ -4,7 +4,9 @@ held-out video, in one table:
     bicubic    MATLAB bicubic
     base       the frozen base alone
     selfsup    base + a per-video LoRA fine-tuned on the LR video alone (ZSSR-style)
-    hypernet   base + the LoRA the hypernetwork predicts from the video in one pass
+    hypernet   base + the LoRA the hypernetwork predicts from the video in one pass, reading the
+               context frames as in training (data.context_frames spread over the video)
+    hypernet_stream  the same, its encoder streaming every frame of the video (as specialise does)
     oracle     base + a per-video LoRA fitted to that video's own HR frames (the upper bound)
 
 Columns: PSNR-Y, SSIM-Y, PSNR-RGB, seconds to specialise, adapter size. Written to the run
@@ -23,12 +25,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from hypernet.checkpointing import NOT_RECORDED, trained_input
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
 from hypernet.runs import atomic_write_text, write_metrics, write_table_csv
 from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side, video_metrics
 from hypernet.systems.per_video import finetune_adapters
 
-METHODS = ("bicubic", "base", "selfsup", "hypernet", "oracle")
+METHODS = ("bicubic", "base", "selfsup", "hypernet", "hypernet_stream", "oracle")
 
 
 def adapter_kib(adapters: Adapters | None) -> float:
@@ -56,6 +59,11 @@ def evaluate_video(
             adapters = finetune_adapters(
                 base, spec, lr, hr=hr, steps=cfg.oracle_steps, learning_rate=cfg.finetune_lr, seed=cfg.seed
             )
+        elif method == "hypernet_stream":
+            adapters = system.adapters_from_stream(
+                lr.split(32, dim=1), num_frames=lr.shape[1], refine_context=item["context"][None]
+            )
+            adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "hypernet":
             adapters = system.adapters_for(
                 item["context"][None], item["context_times"][None], item["degradation"][None]
@@ -117,6 +125,18 @@ def summarise(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, float
             sum((g - mean) ** 2 for g in gains) / max(n - 1, 1) / n
         )
         summary["test/hypernet_videos_improved"] = float(sum(g > 0 for g in gains))
+        if "hypernet_stream" in by:  # every frame read against the spread frames training read
+            stream = [
+                s["psnr_y"] - b["psnr_y"] for s, b in zip(by["hypernet_stream"], by["base"], strict=True)
+            ]
+            difference = [s - g for s, g in zip(stream, gains, strict=True)]
+            for key, values in (("hypernet_stream_gain_y", stream), ("stream_over_spread_y", difference)):
+                m = sum(values) / n
+                summary[f"test/{key}"] = m
+                summary[f"test/{key}_stderr"] = math.sqrt(
+                    sum((v - m) ** 2 for v in values) / max(n - 1, 1) / n
+                )
+            summary["test/hypernet_stream_videos_improved"] = float(sum(g > 0 for g in stream))
         if "oracle" in by:
             oracle_gain = summary["test/oracle/psnr_y"] - summary["test/base/psnr_y"]
             summary["test/hypernet_fraction_of_oracle_gain"] = (
@@ -148,6 +168,13 @@ def markdown(
             f"hypernet vs base: {summary['test/hypernet_gain_y']:+.3f} +- {summary['test/hypernet_gain_y_stderr']:.3f} dB "
             f"PSNR-Y (mean +- s.e.), {int(summary['test/hypernet_videos_improved'])} of "
             f"{len(rows) // len(methods)} videos improved"
+        )
+    if "test/hypernet_stream_gain_y" in summary:
+        lines.append(
+            f"; reading every frame (hypernet_stream): {summary['test/hypernet_stream_gain_y']:+.3f} +- "
+            f"{summary['test/hypernet_stream_gain_y_stderr']:.3f} dB, "
+            f"{summary['test/stream_over_spread_y']:+.3f} +- {summary['test/stream_over_spread_y_stderr']:.3f} "
+            "against the spread frames"
         )
     if "test/hypernet_fraction_of_oracle_gain" in summary:
         lines.append(f"; {100 * summary['test/hypernet_fraction_of_oracle_gain']:.1f}% of the oracle's gain")
@@ -229,6 +256,41 @@ def plot_bars(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> Non
     plt.close(fig)
 
 
+def fed_as_trained(cfg: DictConfig, system) -> DictConfig:
+    """A copy of cfg with the model's input options filled from its checkpoint: `data.scale`,
+    `data.context_frames` and `context_tile` are null unless given, and then the checkpoint's; a
+    given one that differs is used and warned about once (checkpointing.trained_input).
+    `context_tile=0` reads context frames whole whatever the checkpoint says."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    trained = system.trained_data or {}
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.set_struct(cfg, False)
+    if cfg.data.get("scale") is not None and cfg.data.scale != system.scale:
+        raise ValueError(
+            f"data.scale={cfg.data.scale}: the model of {cfg.checkpoint} upscales x{system.scale}; "
+            "leave data.scale unset (the checkpoint's) or evaluate a model of that scale"
+        )
+    cfg.data.scale = system.scale
+    cfg.data.context_frames = trained_input(
+        "data.context_frames",
+        cfg.data.get("context_frames"),
+        trained.get("context_frames", NOT_RECORDED),
+        checkpoint=cfg.checkpoint,
+        fallback=8,
+    )
+    tile = trained_input(
+        "context_tile",
+        cfg.get("context_tile"),
+        system.hparams["hypernet"].get("context_tile") or 0,
+        checkpoint=cfg.checkpoint,
+    )
+    cfg.context_tile = tile or None
+    return cfg
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     from hypernet.data.datamodule import build_datamodule
     from hypernet.systems.hyper_lora import load_hypernet
@@ -241,8 +303,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     system = load_hypernet(cfg.checkpoint, option="checkpoint=")
-    if cfg.get("context_tile") is not None and hasattr(system.encoder, "context_tile"):
-        system.encoder.context_tile = int(cfg.context_tile)  # read large context frames as training's tiles
+    cfg = fed_as_trained(cfg, system)
+    if cfg.context_tile != system.hparams["hypernet"].get("context_tile"):  # an explicit other reading
+        system = load_hypernet(
+            cfg.checkpoint, option="checkpoint=", hypernet={"context_tile": cfg.context_tile}
+        )
     datamodule = build_datamodule(cfg)
     # the test videos (data.test_source, every group), or the validation videos when there are none
     datamodule.setup("test")

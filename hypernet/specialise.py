@@ -61,6 +61,7 @@ from hypernet.cli_checks import (
     progress_bar,
     sigterm_unwinds,
 )
+from hypernet.checkpointing import NOT_RECORDED, InputMismatchWarning, trained_input
 from hypernet.data.datasets import spread_indices
 from hypernet.data.video_io import (
     TruncatedVideoWarning,
@@ -219,26 +220,37 @@ def _check_options(
 # adapters
 
 
+def refine_frames(
+    system: nn.Module, given: int | None, *, checkpoint: str | os.PathLike = "(in memory)"
+) -> int:
+    """How many frames the refine mode's steps read: the checkpoint's data.context_frames unless
+    --context-frames says otherwise (then with a warning when they differ)."""
+    trained = (system.trained_data or {}).get("context_frames", NOT_RECORDED)
+    return trained_input("--context-frames", given, trained, checkpoint=checkpoint, fallback=8)
+
+
 def predict_adapters(
     system: nn.Module,
     input_path: str | os.PathLike,
     *,
     num_frames: int,
     chunk_size: int = 32,
-    context_frames: int = 8,
+    context_frames: int | None = None,
     device: torch.device | str = "cpu",
     advance=None,
     allow_truncated: bool = False,
 ) -> Adapters:
     """The hypernetwork's adapters for the whole video, streamed chunk by chunk through its
     encoder. Refine mode also takes its inner steps on `context_frames` frames spread over the
-    video (decoded once more, only those frames kept)."""
+    video (decoded once more, only those frames kept): by default as many as the model was
+    trained with (its checkpoint's data.context_frames)."""
     chunks = iter_chunks(input_path, chunk_size=chunk_size, allow_truncated=allow_truncated)
     if advance is not None:
         chunks = _counted(chunks, advance)
     refine_context = None
     if system.mode == "refine":
-        indices = spread_indices(num_frames, min(context_frames, num_frames), rng=None)
+        count = context_frames if context_frames is not None else refine_frames(system, None)
+        indices = spread_indices(num_frames, min(count, num_frames), rng=None)
         frames = read_frames(input_path, indices, allow_truncated=allow_truncated)
         refine_context = to_tensor(frames, device=device)
     return system.adapters_from_stream(
@@ -315,7 +327,7 @@ def specialise(
     save_adapter: str | os.PathLike | None = None,
     base_only: bool = False,
     chunk_size: int = 32,
-    context_frames: int = 8,
+    context_frames: int | None = None,
     overlap: int = 2,
     crf: int = 18,
     fps: float | None = None,
@@ -359,6 +371,8 @@ def specialise(
     from hypernet.systems.hyper_lora import load_hypernet  # Lightning: slow to import, so only now
 
     system = load_hypernet(checkpoint, map_location=device)
+    if system.mode == "refine" and not base_only and hypernet:
+        context_frames = refine_frames(system, context_frames, checkpoint=checkpoint)
     base, scale = system.base, system.scale
     # a sliding-window base needs its window radius as context to be exact at chunk boundaries
     overlap = max(overlap, getattr(base, "num_frames", 1) // 2)
@@ -475,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-adapter", type=Path, help="also save the adapters to this .safetensors file")
     parser.add_argument("--chunk-size", type=int, default=32, help="frames decoded and upscaled at a time")
     parser.add_argument(
-        "--context-frames", type=int, default=8, help="frames spread over the video for the refine mode"
+        "--context-frames",
+        type=int,
+        default=None,
+        help="frames spread over the video for the refine mode's steps (default: as many as the model trained on)",
     )
     parser.add_argument(
         "--overlap", type=int, default=2, help="extra frames of context on each side of a chunk"
@@ -493,16 +510,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def truncation_warnings_as_lines() -> Iterator[None]:
-    """While inside: the warning of an input cut short (--allow-truncated) is one line
-    `warning: ...` on stderr, shown once (every pass over the file warns again); other warnings
-    keep Python's format."""
+def warnings_as_lines() -> Iterator[None]:
+    """While inside: the warnings a user acts on (an input cut short read with --allow-truncated,
+    an option that feeds the model otherwise than it was trained) are one line `warning: ...` on
+    stderr, each shown once (every pass over the file warns again); other warnings keep Python's
+    format."""
     with warnings.catch_warnings():
         warnings.simplefilter("once", TruncatedVideoWarning)
+        warnings.simplefilter("once", InputMismatchWarning)
         show = warnings.showwarning
 
         def one_line(message, category, *args, **kwargs):
-            if issubclass(category, TruncatedVideoWarning):
+            if issubclass(category, TruncatedVideoWarning | InputMismatchWarning):
                 print(f"warning: {message}", file=sys.stderr)
             else:
                 show(message, category, *args, **kwargs)
@@ -514,7 +533,7 @@ def truncation_warnings_as_lines() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_unwinds(), truncation_warnings_as_lines():
+        with sigterm_unwinds(), warnings_as_lines():
             figures = specialise(
                 args.input,
                 args.output,

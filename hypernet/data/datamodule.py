@@ -46,6 +46,20 @@ SOURCES = ("stills", "procedural", "folder", "reds", "vimeo90k", "vid4")
 TEST_GROUPS = ("single", "multishot", "large")
 
 
+def to_plain(value: Any) -> Any:
+    """Hydra's config nodes as plain dicts and lists: checkpoints are read with weights_only,
+    which refuses any other class."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    return value
+
+
 def per_rank_batch_size(batch_size: int, world_size: int, *, option: str = "data.batch_size") -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{option}={batch_size!r} must be a positive int (the global batch, in videos)")
@@ -97,6 +111,11 @@ class VSRDataModule(L.LightningDataModule):
         degradation: dict[str, Any] | None = None,
     ):
         super().__init__()
+        # kept in every checkpoint (datamodule_hyper_parameters): how the model was fed, which
+        # eval, specialise and finetune read back (checkpointing.trained_inputs)
+        self.save_hyperparameters(
+            to_plain({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        )
         self.sources = parse_sources(source)
         source = next(iter(self.sources)) if len(self.sources) == 1 else "mix"
         for option, value in (

@@ -239,8 +239,13 @@ class SRSystem(L.LightningModule):
     at each epoch's end (`log_tables`), the first validation batch's image row, and an exact
     resume. Subclasses set `self.tables` and define `evaluate` and `log_tables`."""
 
+    # the data options the checkpoint's model was trained with (checkpointing.trained_inputs);
+    # None for a system not loaded from a checkpoint, or one written before they were kept
+    trained_data: dict[str, Any] | None = None
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         align_logging_step(checkpoint)
+        self.trained_data = checkpoint.get("datamodule_hyper_parameters")
 
     def checked_loss(self, loss: torch.Tensor, batch: dict, batch_idx: int) -> torch.Tensor | None:
         """Log the training loss and apply the non-finite policy (`stage.nonfinite_loss`)."""

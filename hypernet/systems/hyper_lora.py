@@ -134,17 +134,23 @@ def renamed_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def load_hypernet(
-    checkpoint: str | Path, *, map_location: str = "cpu", option: str = "--checkpoint"
+    checkpoint: str | Path,
+    *,
+    map_location: str = "cpu",
+    option: str = "--checkpoint",
+    hypernet: Mapping[str, Any] | None = None,
 ) -> HyperLoRASystem:
     """A trained stage-2 system (eval mode) from its checkpoint alone: the frozen base's weights
-    travel inside it, so the stage-1 checkpoint need not exist any more."""
+    travel inside it, so the stage-1 checkpoint need not exist any more. `hypernet`: options that
+    replace the checkpoint's (e.g. {"context_tile": None}) before the system is built."""
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist: train stage 2 first (make quickstart)")
-    read_checkpoint(path, option=option)
+    saved = read_checkpoint(path, option=option)
     try:
+        options = {} if not hypernet else {"hypernet": {**saved["hyper_parameters"]["hypernet"], **hypernet}}
         system = HyperLoRASystem.load_from_checkpoint(
-            path, map_location=map_location, base_ckpt=None, weights_only=True
+            path, map_location=map_location, base_ckpt=None, weights_only=True, **options
         )
     except (KeyError, RuntimeError, TypeError, pickle.UnpicklingError, EOFError) as e:
         raise ValueError(
