@@ -28,7 +28,7 @@ DEFAULT_OUT = Path("outputs/quickstart")
 # the study's recipes at the quickstart's budget (the study: 48 and 40 epochs)
 QUICKSTART_BASE = ["experiment=base_content", "trainer.max_epochs=8"]
 QUICKSTART_HYPER = ["experiment=hyper_content", "trainer.max_epochs=16"]
-QUICKSTART_EVAL = ["data.context_frames=4", "data.test_shots=0"]  # as hyper_content trains; the 20 videos
+QUICKSTART_EVAL = ["data.test_shots=0"]  # the 20 videos; the model's inputs come from its checkpoint
 
 
 def step(module: str, overrides: list[str], output_dir: Path) -> dict:

@@ -55,13 +55,14 @@ wait $a; wait $b
 # the oracle (LoRA fitted to each test video's own HR) and the large-frame test group, for the
 # hypernetwork on the richest content
 [ -f $out/eval_mixed_s0/metrics.json ] || $py -m hypernet.eval checkpoint=$out/mixed_s0/checkpoints/best.ckpt \
-  data.test_shots=3 data.context_frames=4 methods=[bicubic,base,hypernet,oracle] paths.output_dir=$out/eval_mixed_s0
+  data.test_shots=3 methods=[bicubic,base,hypernet,oracle] paths.output_dir=$out/eval_mixed_s0
 # real frame sizes: 8 videos at 512x512 HR (128x128 LR) from the two held-out photographs that large;
-# context frames read whole, then as tiles of the training frames' size
+# context frames read whole (context_tile=0), then as tiles of the training frames' size (the
+# checkpoint's own reading; the checkpoint's context frames are used throughout, as trained)
 [ -f $out/eval_large_mixed_s0/metrics.json ] || $py -m hypernet.eval checkpoint=$out/mixed_s0/checkpoints/best.ckpt \
-  data.test_large_hr=512 data.context_frames=4 methods=[bicubic,base,hypernet] crop_videos=0 \
+  data.test_large_hr=512 context_tile=0 methods=[bicubic,base,hypernet] crop_videos=0 \
   paths.output_dir=$out/eval_large_mixed_s0
 [ -f $out/eval_large_tiled_mixed_s0/metrics.json ] || $py -m hypernet.eval checkpoint=$out/mixed_s0/checkpoints/best.ckpt \
-  data.test_large_hr=512 data.context_frames=4 context_tile=24 methods=[bicubic,base,hypernet] crop_videos=0 \
+  data.test_large_hr=512 methods=[bicubic,base,hypernet] crop_videos=0 \
   paths.output_dir=$out/eval_large_tiled_mixed_s0
 $py scripts/collect_content_scaling.py $out -o experiments/content_scaling
