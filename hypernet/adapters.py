@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hypernet.cli_checks import InputError, error_line, signals_end_in_one_line
 from hypernet.models.lora import (
     HYPERNET_PREFIX,
     AdapterFileError,
@@ -52,13 +53,22 @@ def layer_deltas(spec: LoRASpec, adapters: Adapters, video: int = 0) -> dict[str
 
 
 def load_base_of(checkpoint: str | Path) -> nn.Module:
-    """The base network held by a stage-2 checkpoint, or a stage-1 checkpoint's (EMA) base."""
+    """The base network held by a stage-2 checkpoint, or a stage-1 checkpoint's (EMA) base. The
+    file is read first as any checkpoint (a text file, random bytes, a folder: one line naming
+    --checkpoint), then as the stage its hyperparameters say it is."""
+    from hypernet.checkpointing import read_checkpoint  # Lightning: slow to import, so only now
     from hypernet.systems.hyper_lora import load_base, load_hypernet
 
+    hparams = read_checkpoint(checkpoint, option="--checkpoint").get("hyper_parameters")
+    if isinstance(hparams, dict) and "hypernet" in hparams:
+        return load_hypernet(checkpoint, option="--checkpoint").base
     try:
-        return load_hypernet(checkpoint).base
-    except ValueError:
         return load_base(checkpoint)[0]
+    except ValueError:
+        raise InputError(
+            f"--checkpoint {checkpoint}: is neither a stage-2 (hypernet) nor a stage-1 (base) checkpoint of "
+            "this project; give the best.ckpt or last.ckpt of a run"
+        ) from None
 
 
 def info(path: str | Path, *, checkpoint: str | Path | None = None) -> str:
@@ -159,14 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     p_diff.add_argument("b", type=Path)
     args = parser.parse_args(argv)
     try:
-        if args.command == "info":
-            if args.checkpoint is not None and not args.checkpoint.is_file():
-                raise AdapterFileError(f"--checkpoint {str(args.checkpoint)!r} is not a file")
-            print(info(args.file, checkpoint=args.checkpoint))
-        else:
-            print(diff(args.a, args.b))
-    except (AdapterFileError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        with signals_end_in_one_line():
+            if args.command == "info":
+                print(info(args.file, checkpoint=args.checkpoint))
+            else:
+                print(diff(args.a, args.b))
+    except (ValueError, OSError) as err:  # AdapterFileError, CheckpointError, InputError among them
+        print(error_line(err), file=sys.stderr)
         return 2
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,11 @@ def read_checkpoint(path: str | Path, *, option: str, map_location: Any = "cpu")
     if not path.is_file():
         raise CheckpointError(f"{option}: does not exist; give the path of a .ckpt file")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unsupported operand" in str(e):
+        if "Unsupported global" in str(e):  # a class or function to call: what a payload needs
             raise CheckpointError(
                 f"{option}: refused, the file holds Python objects that loading would run as code "
                 "(not a checkpoint this project wrote, or one altered since); use a checkpoint from a "
@@ -74,8 +77,8 @@ def read_checkpoint(path: str | Path, *, option: str, map_location: Any = "cpu")
 
 def _not_a_checkpoint(option: str) -> CheckpointError:
     return CheckpointError(
-        f"{option}: cannot be read as a checkpoint (truncated, corrupt, or another kind of file); "
-        "give the best.ckpt or last.ckpt of a run"
+        f"{option}: cannot be read as a checkpoint (truncated, corrupt, or another kind of file; nothing "
+        "in it was run); give the best.ckpt or last.ckpt of a run"
     )
 
 

@@ -1,15 +1,17 @@
-"""What the command-line tools (specialise, finetune) share: their progress bar, and the checks:
-output paths proven writable
-before any work, outputs that may not name an input, frames large enough for the model, a device
-that exists, and SIGTERM unwinding like Ctrl-C so that no temporary file stays behind. Each
-failure is an `InputError` (a ValueError) naming the file or option and what to do; the tools turn
-it into one line `error: ...` and exit code 2."""
+"""What the command-line tools (specialise, finetune, adapters) share: their progress bar, and the
+checks: output paths proven writable before any work (their folders created only when the tool
+writes, and removed again if it fails), outputs that may not name an input, frames large enough
+for the model, a device that exists, a checkpoint that can read videos, and Ctrl-C and SIGTERM
+unwinding so that no temporary file stays behind, then ending in one line. Each failure is an
+`InputError` (a ValueError) naming the file or option and what to do; the tools turn it into one
+line `error: ...` (`error_line`) and exit code 2."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -43,27 +45,45 @@ class InputError(ValueError):
 def check_output(
     path: str | os.PathLike, *, option: str = "-o/--output", suffix: str | None = ".mp4"
 ) -> Path:
-    """The output path, with its folder created and proven writable (by writing a temporary file
-    there), so that a bad path fails now and not after an hour of upscaling."""
+    """The output path, proven writable (by writing a temporary file into its folder, or into
+    the nearest folder above it that exists), so that a bad path fails now and not after an hour
+    of upscaling. Nothing is created: a run refused later leaves no empty folder behind; the
+    tool creates the folder with `output_folder` when it writes."""
     path = Path(path)
     if suffix is not None and path.suffix.lower() != suffix:
         raise InputError(f"{option} {path}: the file name must end in {suffix}")
     if path.is_dir():
         raise InputError(f"{option} {path}: is a folder; give a file name")
-    folder = path.parent
-    for ancestor in (folder, *folder.parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise InputError(f"{option} {path}: cannot be written, {ancestor} is a file, not a folder")
-            break
+    existing = next(a for a in (path.parent, *path.parent.parents) if a.exists())  # '/' or '.' at least
+    if not existing.is_dir():
+        raise InputError(f"{option} {path}: cannot be written, {existing} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
         reason = e.strerror or str(e)
-        raise InputError(f"{option} {path}: cannot write into the folder {folder} ({reason})") from e
+        raise InputError(f"{option} {path}: cannot write into the folder {existing} ({reason})") from e
     return path
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike, *, option: str = "-o/--output") -> Iterator[Path]:
+    """While inside: the folder of the output `path` exists. The folders this creates are
+    removed again, when still empty, if the block fails (an error, Ctrl-C, SIGTERM), so that a
+    failed run leaves nothing it made behind."""
+    folder = Path(path).parent
+    missing = [f for f in (folder, *folder.parents) if not f.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{option} {path}: cannot create the folder {folder} ({e.strerror or e})") from e
+    try:
+        yield folder
+    except BaseException:
+        for created in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -139,8 +159,27 @@ def check_device(device: str, *, option: str = "--device") -> torch.device:
     return parsed
 
 
+def check_reads_videos(system: Any, checkpoint: str | os.PathLike, *, needed_by: str) -> None:
+    """Refuse a stage-2 checkpoint that cannot make adapters for a real video: the
+    degradation-ceiling control (hypernet.source=degradation) reads each video's true degradation
+    parameters, which a real video does not come with. `needed_by` says which option needs it."""
+    if getattr(system, "source", None) == "degradation":
+        raise InputError(
+            f"--checkpoint {checkpoint}: is the degradation-ceiling control (hypernet.source=degradation), "
+            f"which reads a video's true degradation parameters instead of its frames, so it cannot make "
+            f"the adapters {needed_by} needs: use a checkpoint of a blind run"
+        )
+
+
+def error_line(error: BaseException) -> str:
+    """An error's message as the one line `error: ...` the tools print (a message from a library,
+    e.g. a state_dict mismatch, may hold several lines)."""
+    return "error: " + "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 # exit status of a process ended by a signal, as a shell reports it: 128 + the signal's number
 SIGTERM_EXIT = 128 + signal.SIGTERM
+SIGINT_EXIT = 128 + signal.SIGINT
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -160,3 +199,21 @@ def sigterm_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_end_in_one_line() -> Iterator[None]:
+    """While inside: Ctrl-C (SIGINT) and SIGTERM unwind through the blocks that delete temporary
+    files (`sigterm_unwinds`) and then end the tool with one line `error: ...` and the exit
+    status a shell reports for the signal (130, 143), not Python's traceback of wherever the
+    signal happened to land."""
+    with sigterm_unwinds():
+        try:
+            yield
+        except KeyboardInterrupt:
+            print("error: interrupted (Ctrl-C); no partial output was left behind", file=sys.stderr)
+            raise SystemExit(SIGINT_EXIT) from None
+        except SystemExit as e:
+            if e.code == SIGTERM_EXIT:
+                print("error: terminated (SIGTERM); no partial output was left behind", file=sys.stderr)
+            raise

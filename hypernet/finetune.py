@@ -32,12 +32,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from hypernet.cli_checks import (
+    InputError,
     check_frame_size,
     check_not_an_input,
     check_output,
+    check_reads_videos,
+    error_line,
+    output_folder,
     progress_bar,
-    sigterm_unwinds,
+    signals_end_in_one_line,
 )
 from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
@@ -113,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        with sigterm_unwinds():  # a kill while saving leaves no temporary file behind
+        with signals_end_in_one_line():  # Ctrl-C or a kill while saving leaves no temporary file behind
             summary = run_finetune(args)
     except (ValueError, OSError) as e:  # bad input, output or option: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
@@ -226,6 +232,9 @@ def run_finetune(args: argparse.Namespace) -> dict:
 
     check_args(args)
     system = load_hypernet(args.checkpoint)
+    if args.init_from_hypernet or args.merge_steps:
+        option = "--init-from-hypernet" if args.init_from_hypernet else "--merge-steps"
+        check_reads_videos(system, args.checkpoint, needed_by=option)
     base, spec, scale = system.base, system.spec, system.scale
     videos = video_set(args.hr, args.lr, scale=scale)
     if args.val_hr or args.val_lr:
@@ -280,9 +289,11 @@ def run_finetune(args: argparse.Namespace) -> dict:
         **({"best_step": str(summary["best_step"])} if "best_step" in summary else {}),
         "source": str(videos[0].name) if len(videos) == 1 else ", ".join(str(p) for p in args.hr or args.lr),
     }
-    save_adapters(
-        args.output, spec, adapters, base=base, video=0, extra_metadata=metadata, merge_columns=columns
-    )
+    check_converged(adapters, columns, args)
+    with output_folder(args.output):  # made only now that the adapter exists
+        save_adapters(
+            args.output, spec, adapters, base=base, video=0, extra_metadata=metadata, merge_columns=columns
+        )
     one = train[0]  # a single video is fitted on these clips at every step (random_clips)
     frames = (
         sum(map(len, clip_starts(one.num_frames, args.clip_len, args.clips))) if len(train) == 1 else None
@@ -292,6 +303,21 @@ def run_finetune(args: argparse.Namespace) -> dict:
         | {"steps": args.steps, "seconds": round(seconds, 2), "mode": metadata["method"]}
         | ({"frames": frames} if frames else {})
     )
+
+
+def check_converged(adapters: dict, columns: dict | None, args: argparse.Namespace) -> None:
+    """Refuse to save a fit that diverged (NaN or inf in the adapter or its merge): every tool
+    would refuse the file, after a run that reported success."""
+    if not all(torch.isfinite(t).all() for pair in adapters.values() for t in pair):
+        raise InputError(
+            f"--learning-rate {args.learning_rate:g}: the fit diverged (the adapter holds NaN or inf values); "
+            f"nothing was written to {args.output}: lower the learning rate"
+        )
+    if columns and not all(torch.isfinite(c).all() for c in columns.values()):
+        raise InputError(
+            f"--merge-steps {args.merge_steps}: the learned merge diverged (NaN or inf values); nothing was "
+            f"written to {args.output}: fit again without --merge-steps"
+        )
 
 
 def learn_merge(system, adapters, train, held_out, args, *, bar) -> tuple[dict, dict]:

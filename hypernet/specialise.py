@@ -16,11 +16,18 @@ Why the pieces look the way they do:
 - Every check a user can fail (input readable, frames large enough, output writable, options
   consistent) runs before the checkpoint is loaded or a frame is decoded, and fails as a
   ValueError naming the file; `main` turns those into one line `error: ...` and exit code 2.
+  The checks that need the checkpoint follow it: adapter files against its base (their spec's
+  numbers, tensors and learned merge are checked as they are read), and, once the adapters
+  exist, that they leave a picture (`check_adapted_output`: a --strength of 1e9 or an altered
+  file would give a black or noisy video with exit code 0). Nothing is written, no folder is
+  made, before all of them passed.
 - The output is written by `write_mp4`, which encodes into a hidden temporary file and renames it
-  at the end: a failure or Ctrl-C leaves nothing under the output name. `save_adapters` is
-  atomic too. The adapter file is written as soon as the adapters exist (before upscaling), so
-  a failure while upscaling keeps the expensive part. `main` turns SIGTERM (kill, timeout,
-  SLURM's time limit) into the same unwinding as Ctrl-C, so the temporaries go with it.
+  at the end: a failure or Ctrl-C leaves nothing under the output name, and the folders this
+  run made for it are removed again when empty. `save_adapters` is atomic too. The adapter file
+  is written as soon as the adapters are accepted (before upscaling), so a failure while
+  upscaling keeps the expensive part. `main` turns SIGTERM (kill, timeout, SLURM's time limit)
+  into the same unwinding as Ctrl-C, so the temporaries go with it, and either signal ends in
+  one line and the shell's exit status for it (130, 143).
 - No output may name an input (compared after resolving symlinks): `-o` or `--save-adapter` on
   the input video, the checkpoint or the adapter file would destroy it.
 - A file cut short (an interrupted download) would otherwise decode into a shorter video without
@@ -50,18 +57,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from hypernet.checkpointing import NOT_RECORDED, InputMismatchWarning, trained_input
 from hypernet.cli_checks import (
-    SIGTERM_EXIT,
     InputError,
     check_device,
     check_frame_size,
     check_not_an_input,
     check_output,
     check_outputs_differ,
+    check_reads_videos,
+    error_line,
+    output_folder,
     progress_bar,
-    sigterm_unwinds,
+    signals_end_in_one_line,
 )
-from hypernet.checkpointing import NOT_RECORDED, InputMismatchWarning, trained_input
 from hypernet.data.datasets import spread_indices
 from hypernet.data.video_io import (
     TruncatedVideoWarning,
@@ -69,6 +78,7 @@ from hypernet.data.video_io import (
     iter_chunks,
     probe,
     read_frames,
+    read_video,
     to_tensor,
     to_uint8,
     write_mp4,
@@ -77,6 +87,7 @@ from hypernet.models.lora import (
     HYPERNET_PREFIX,
     Adapters,
     LoRASpec,
+    apply_adapters,
     check_strength,
     load_adapters,
     load_merge_columns,
@@ -180,6 +191,7 @@ def _check_options(
     save_adapter: Path | None,
     base_only: bool,
     chunk_size: int,
+    context_frames: int,
     overlap: int,
     crf: int,
     fps: float | None = None,
@@ -200,6 +212,8 @@ def _check_options(
         raise InputError(f"--merge {merge}: choose one of {', '.join(MERGES)}")
     if chunk_size < 1:
         raise InputError(f"--chunk-size must be >= 1 frame, got {chunk_size}")
+    if context_frames is not None and context_frames < 1:
+        raise InputError(f"--context-frames must be >= 1 frame, got {context_frames}")
     if overlap < 0:
         raise InputError(f"--overlap must be >= 0 frames, got {overlap}")
     if not 0 <= crf <= 51:
@@ -209,6 +223,10 @@ def _check_options(
     if save_adapter is not None and save_adapter.suffix.lower() != ".safetensors":
         raise InputError(f"--save-adapter {save_adapter}: adapter files end in .safetensors")
     for path, _ in adapters:
+        if path.is_dir():
+            raise InputError(
+                f"--adapter {path}: is a folder, not an adapter file; give the .safetensors file"
+            )
         if not path.is_file():
             raise InputError(
                 f"--adapter {path}: no such file (make one with --save-adapter or hypernet.finetune)"
@@ -270,17 +288,18 @@ class AdapterFile:
         self.columns = load_merge_columns(path)
 
 
-def stack_files(
+Plan = tuple[list[tuple[LoRASpec, Adapters]], list[float | dict[str, torch.Tensor]], list[str]]
+
+
+def stack_plan(
     files: list[AdapterFile],
     hypernet: tuple[LoRASpec, Adapters] | None,
     *,
     strength: float = 1.0,
     merge: str = "learned",
-) -> tuple[LoRASpec, Adapters]:
-    """The adapter files in order and the hypernetwork's adapter on top, as one adapter whose
-    delta is their sum, each at its strength, all at `strength`. With the hypernetwork on and
-    merge="learned", a file holding a learned merge (`finetune --merge-steps`) weights its own
-    channels and the hypernetwork's by it; otherwise the deltas add as they are (naive)."""
+) -> Plan:
+    """The parts of the stack `stack_files` makes, with their weights and names (for
+    `stack_adapters`): the adapter files in order, the hypernetwork's adapter on top."""
     learned = [f for f in files if f.columns is not None] if merge == "learned" and hypernet else []
     if len(learned) > 1:
         raise InputError(
@@ -304,11 +323,97 @@ def stack_files(
     if hypernet is not None:
         parts.append(hypernet)
         weights.append(merge_weight(hypernet[0], strength, columns, prefix=HYPERNET_PREFIX))
-        names.append("the hypernetwork's adapter")
+        merged_by = f" (weighted by --adapter {learned[0].path}'s learned merge)" if learned else ""
+        names.append(f"the hypernetwork's adapter{merged_by}")
+    return parts, weights, names
+
+
+def stack_files(
+    files: list[AdapterFile],
+    hypernet: tuple[LoRASpec, Adapters] | None,
+    *,
+    strength: float = 1.0,
+    merge: str = "learned",
+) -> tuple[LoRASpec, Adapters]:
+    """The adapter files in order and the hypernetwork's adapter on top, as one adapter whose
+    delta is their sum, each at its strength, all at `strength`. With the hypernetwork on and
+    merge="learned", a file holding a learned merge (`finetune --merge-steps`) weights its own
+    channels and the hypernetwork's by it; otherwise the deltas add as they are (naive)."""
+    return _stack(*stack_plan(files, hypernet, strength=strength, merge=merge))
+
+
+def _stack(parts, weights, names) -> tuple[LoRASpec, Adapters]:
     try:
         return stack_adapters(parts, weights=weights, names=names)
     except ValueError as e:
         raise InputError(str(e)) from None
+
+
+# The saturation test (`check_adapted_output`). A value more than half the range beyond black or
+# white comes from no adapter worth applying: clipping flattens it to pure black, white or a
+# primary colour. When that happens to more than half of the values the base alone keeps in range
+# (the base's own overshoot at edges is a few hundredths), the video would be noise: refused.
+FAR_OUTSIDE = 0.5
+SATURATED_SHARE = 0.5
+SAMPLE_FRAMES = 4  # the first frames of the video the test upscales, twice (cheap next to the video)
+
+
+def output_damage(reference: torch.Tensor, adapted: torch.Tensor) -> str | None:
+    """What the adapters did to the base's output `reference` (1, T, 3, H, W, in [0, 1] give or
+    take) that makes `adapted` worthless, in words, or None when they did nothing of the kind:
+    a NaN or inf where the base's value is finite (the frame would be black), or more than
+    SATURATED_SHARE of the values the base keeps near [0, 1] pushed FAR_OUTSIDE of it."""
+    finite = torch.isfinite(reference)
+    if not torch.isfinite(adapted)[finite].all():
+        return "the output turns NaN or inf (a black video)"
+    in_range = finite & (reference >= -FAR_OUTSIDE) & (reference <= 1 + FAR_OUTSIDE)
+    far = (adapted < -FAR_OUTSIDE) | (adapted > 1 + FAR_OUTSIDE)
+    share = (far & in_range).sum().item() / max(in_range.sum().item(), 1)
+    if share > SATURATED_SHARE:
+        return (
+            f"the output saturates ({share:.0%} of its values pushed more than {FAR_OUTSIDE:g} outside "
+            "[0, 1]: a flat black-and-white video)"
+        )
+    return None
+
+
+def check_adapted_output(
+    base: nn.Module, sample: torch.Tensor, plan: Plan, *, strength: float, input_path: str | os.PathLike
+) -> None:
+    """Refuse adapters that would make the video worthless (`output_damage`) before anything is
+    written: the base's output on `sample` (the video's first frames) against the adapted one.
+    Legitimate strengths (0 to a few) pass untouched; an adapter file whose numbers were
+    altered, or a strength of 1e9, fails here naming the part(s) that do it alone, or all."""
+    parts, weights, names = plan
+    with torch.no_grad():
+        reference = base(sample)
+
+        def damage(parts_, weights_, names_) -> str | None:
+            spec, adapters = _stack(parts_, weights_, names_)
+            with apply_adapters(base, spec, adapters):
+                return output_damage(reference, base(sample))
+
+        found = damage(parts, weights, names)
+        if found is None:
+            return
+        guilty = names
+        if len(parts) > 1:
+            guilty = [n for p, w, n in zip(parts, weights, names, strict=True) if damage([p], [w], [n])]
+    who = ", ".join(guilty) or " and ".join(names) + " together"
+    at = f" at --strength {strength:g}" if strength != 1 else ""
+    files = " or a file's own (--adapter FILE:0.5)" if any(n.startswith("--adapter") for n in names) else ""
+    raise InputError(
+        f"{who}{at}: {found} on the first {sample.shape[1]} frame(s) of {input_path}, where the base alone "
+        f"does not; lower --strength (0: the base, 1: as trained){files}; an adapter that does this at "
+        "strength 1 is broken: make it again"
+    )
+
+
+def first_frames(
+    input_path: str | os.PathLike, count: int, *, device: torch.device | str, allow_truncated: bool
+) -> torch.Tensor:
+    """The video's first `count` frames (fewer in a shorter video) as (1, T, 3, h, w)."""
+    return to_tensor(read_video(input_path, count=count, allow_truncated=allow_truncated), device=device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,6 +463,7 @@ def specialise(
         save_adapter=save_adapter,
         base_only=base_only,
         chunk_size=chunk_size,
+        context_frames=context_frames,
         overlap=overlap,
         crf=crf,
         fps=fps,
@@ -371,8 +477,10 @@ def specialise(
     from hypernet.systems.hyper_lora import load_hypernet  # Lightning: slow to import, so only now
 
     system = load_hypernet(checkpoint, map_location=device)
-    if system.mode == "refine" and not base_only and hypernet:
-        context_frames = refine_frames(system, context_frames, checkpoint=checkpoint)
+    if hypernet and not base_only:
+        check_reads_videos(system, checkpoint, needed_by="specialise (or pass --no-hypernet --adapter FILE)")
+        if system.mode == "refine":
+            context_frames = refine_frames(system, context_frames, checkpoint=checkpoint)
     base, scale = system.base, system.scale
     # a sliding-window base needs its window radius as context to be exact at chunk boundaries
     overlap = max(overlap, getattr(base, "num_frames", 1) // 2)
@@ -397,25 +505,36 @@ def specialise(
                     allow_truncated=allow_truncated,
                 ),
             )
-            if save_adapter is not None:  # fingerprints the base: before merging into it
-                save_adapters(save_adapter, *predicted, base=base, video=0)
+        plan = None if base_only else stack_plan(files, predicted, strength=strength, merge=merge)
+        if plan is not None:  # the last check: the adapters leave a picture
+            sample = first_frames(
+                input_path, min(chunk_size, SAMPLE_FRAMES), device=device, allow_truncated=allow_truncated
+            )
+            check_adapted_output(base, sample, plan, strength=strength, input_path=input_path)
         mode = (
             "base-only"
             if base_only
             else "+".join((["adapter"] if files else []) + (["hypernet"] if predicted else []))
         )
-        if not base_only:
-            merge_adapters(base, *stack_files(files, predicted, strength=strength, merge=merge), video=0)
+        # every input accepted: only now are the output folders made (removed again, if still
+        # empty, when the run fails)
+        with contextlib.ExitStack() as folders:
+            folders.enter_context(output_folder(output_path))
+            if save_adapter is not None and predicted is not None:
+                folders.enter_context(output_folder(save_adapter, option="--save-adapter"))
+                save_adapters(save_adapter, *predicted, base=base, video=0)  # before merging into the base
+            if plan is not None:
+                merge_adapters(base, *_stack(*plan), video=0)
 
-        task = bar.add_task("upscaling", total=info.num_frames)
-        chunks = iter_chunks(input_path, chunk_size=chunk_size, allow_truncated=allow_truncated)
-        chunks = _counted(chunks, lambda n: bar.advance(task, n))
-        frames = write_mp4(
-            output_path,
-            upscale_frames(base, chunks, overlap=overlap, device=device),
-            fps=info.fps,
-            crf=crf,
-        )
+            task = bar.add_task("upscaling", total=info.num_frames)
+            chunks = iter_chunks(input_path, chunk_size=chunk_size, allow_truncated=allow_truncated)
+            chunks = _counted(chunks, lambda n: bar.advance(task, n))
+            frames = write_mp4(
+                output_path,
+                upscale_frames(base, chunks, overlap=overlap, device=device),
+                fps=info.fps,
+                crf=crf,
+            )
     return {
         "input": str(input_path),
         "output": str(output_path),
@@ -533,7 +652,7 @@ def warnings_as_lines() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_unwinds(), warnings_as_lines():
+        with signals_end_in_one_line(), warnings_as_lines():
             figures = specialise(
                 args.input,
                 args.output,
@@ -554,12 +673,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 allow_truncated=args.allow_truncated,
             )
     except (ValueError, OSError) as e:  # bad input, output or option: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         raise SystemExit(2) from None
-    except SystemExit as e:
-        if e.code == SIGTERM_EXIT:
-            print("error: terminated (SIGTERM); no partial output was left behind", file=sys.stderr)
-        raise
     print(
         f"{figures['output']}: {figures['frames']} frames, "
         f"{figures['input_width']}x{figures['input_height']} -> "

@@ -28,7 +28,8 @@ def hostile(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     """A raw pickle with a payload, and real stage-1 / stage-2 checkpoints with one added."""
     folder = tmp_path_factory.mktemp("hostile")
     marker = folder / "payload_ran"
-    (folder / "raw.ckpt").write_bytes(pickle.dumps({"state_dict": {}, "x": Payload(marker)}))
+    (folder / "raw.ckpt").write_bytes(pickle.dumps({"state_dict": {}, "x": Payload(marker)}, protocol=2))
+    (folder / "raw4.ckpt").write_bytes(pickle.dumps({"state_dict": {}, "x": Payload(marker)}, protocol=4))
     for stage in ("base", "hyper"):
         checkpoint = torch.load(tiny_checkpoints[stage], map_location="cpu", weights_only=True)
         checkpoint["payload"] = Payload(marker)
@@ -36,17 +37,20 @@ def hostile(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     return {
         "marker": marker,
         "raw": folder / "raw.ckpt",
+        "raw4": folder / "raw4.ckpt",
         "base": folder / "base.ckpt",
         "hyper": folder / "hyper.ckpt",
     }
 
 
 def refused(message: str, path: Path) -> None:
-    assert str(path) in message and "run as code" in message, message
+    """Refused naming the file: as code (a checkpoint with an object to call), or as no checkpoint at
+    all (a raw pickle of a newer protocol, which the loader stops at before any object is built)."""
+    assert str(path) in message and ("run as code" in message or "nothing in it was run" in message), message
     assert "weights_only" not in message and len(message.splitlines()) == 1, message
 
 
-@pytest.mark.parametrize("kind", ["raw", "base", "hyper"])
+@pytest.mark.parametrize("kind", ["raw", "raw4", "base", "hyper"])
 def test_read_checkpoint_refuses_a_payload_without_running_it(hostile, kind):
     with pytest.raises(CheckpointError) as error:
         read_checkpoint(hostile[kind], option="--checkpoint")
@@ -55,7 +59,7 @@ def test_read_checkpoint_refuses_a_payload_without_running_it(hostile, kind):
 
 
 @pytest.mark.parametrize("option", ["ckpt_path", "test_ckpt"])
-@pytest.mark.parametrize("kind", ["raw", "base"])
+@pytest.mark.parametrize("kind", ["raw", "raw4", "base"])
 def test_train_refuses_a_payload_before_writing_anything(hostile, option, kind, tmp_path):
     from hypernet.train import run
 

@@ -81,6 +81,14 @@ class LoRATarget:
     alpha: float
     padding_mode: str = "zeros"  # conv only; the down-convolution pads the way the layer does
 
+    def __post_init__(self) -> None:
+        """Refuse a target no layer can have: a spec read from an altered file (rank 0 would
+        divide by zero in `scaling`, an alpha of NaN would turn every frame black) fails here,
+        as a ValueError naming the layer and the field, not later as a traceback."""
+        problem = _target_problem(self)
+        if problem is not None:
+            raise ValueError(f"layer {self.name!r}: {problem}")
+
     @property
     def scaling(self) -> float:
         return self.alpha / self.rank
@@ -102,12 +110,60 @@ class LoRATarget:
         return math.prod(self.a_shape) + math.prod(self.b_shape)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+LINEAR_GEOMETRY = ((1, 1), (1, 1), (0, 0), (1, 1))  # a linear target's kernel, stride, padding, dilation
+
+
+def _target_problem(t: LoRATarget) -> str | None:
+    """What makes `t` impossible (see LoRATarget.__post_init__), or None."""
+    if not isinstance(t.name, str) or not t.name:
+        return "the layer name must be a non-empty string"
+    if t.kind not in ("conv", "linear"):
+        return f"kind must be 'conv' or 'linear', got {t.kind!r}"
+    for field in ("in_features", "out_features", "rank"):
+        value = getattr(t, field)
+        if not _is_int(value) or value < 1:
+            return f"{field} must be a positive int, got {value!r}"
+    if (
+        isinstance(t.alpha, bool)
+        or not isinstance(t.alpha, int | float)
+        or not (math.isfinite(t.alpha) and t.alpha > 0)
+    ):
+        return f"alpha must be a finite number > 0 (the scaling is alpha / rank), got {t.alpha!r}"
+    for field, least in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0)):
+        value = getattr(t, field)
+        if not (
+            isinstance(value, tuple) and len(value) == 2 and all(_is_int(v) and v >= least for v in value)
+        ):
+            return f"{field} must be two ints >= {least}, got {value!r}"
+    if t.padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+        return f"padding_mode must be zeros, reflect, replicate or circular, got {t.padding_mode!r}"
+    if t.kind == "linear" and (t.kernel_size, t.stride, t.padding, t.dilation) != LINEAR_GEOMETRY:
+        return "a linear layer has kernel (1, 1), stride (1, 1), padding (0, 0) and dilation (1, 1)"
+    return None
+
+
 @dataclass(frozen=True)
 class LoRASpec:
     """Every target of a base, in module order, and the base's size for the budget fraction."""
 
     targets: tuple[LoRATarget, ...]
     base_num_params: int
+
+    def __post_init__(self) -> None:
+        """At least one target, each layer once: an empty spec adapts nothing and a layer named
+        twice would be merged twice. ValueError otherwise."""
+        if not self.targets:
+            raise ValueError("the spec has no target: it adapts no layer")
+        names = [t.name for t in self.targets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"the spec names layer(s) {twice} more than once")
+        if not _is_int(self.base_num_params) or self.base_num_params < 0:
+            raise ValueError(f"base_num_params must be an int >= 0, got {self.base_num_params!r}")
 
     @property
     def num_params(self) -> int:
@@ -138,15 +194,17 @@ class LoRASpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoRASpec:
+        """The spec `to_dict` wrote, taken as it is (a rank of 2.5 or "2" is refused, not rounded):
+        ValueError, KeyError or TypeError when it is not one."""
         targets = []
         for raw in data["targets"]:
             fields = dict(raw)
             for key in ("kernel_size", "stride", "padding", "dilation"):
-                fields[key] = tuple(int(v) for v in fields[key])
-            fields["rank"] = int(fields["rank"])
-            fields["alpha"] = float(fields["alpha"])
+                fields[key] = tuple(fields[key]) if isinstance(fields[key], list | tuple) else fields[key]
+            if _is_int(fields.get("alpha")):
+                fields["alpha"] = float(fields["alpha"])
             targets.append(LoRATarget(**fields))
-        return cls(targets=tuple(targets), base_num_params=int(data["base_num_params"]))
+        return cls(targets=tuple(targets), base_num_params=data["base_num_params"])
 
     def summary(self) -> str:
         """A plain-text table: one row per target, then the total and its share of the base."""
@@ -289,8 +347,8 @@ def find_targets(
         if not isinstance(layer_rank, int) or isinstance(layer_rank, bool) or layer_rank < 1:
             raise ValueError(f"{source} must be a positive int, got {layer_rank!r} (layer {name!r})")
         layer_alpha = float(layer_rank if layer_alpha is None else layer_alpha)
-        if not math.isfinite(layer_alpha):
-            raise ValueError(f"alpha for layer {name!r} must be finite, got {layer_alpha}")
+        if not (math.isfinite(layer_alpha) and layer_alpha > 0):
+            raise ValueError(f"alpha for layer {name!r} must be a finite number > 0, got {layer_alpha}")
         target = _make_target(module, name, layer_rank, layer_alpha)
         max_rank = min(target.in_features * math.prod(target.kernel_size), target.out_features)
         if layer_rank > max_rank and source == "rank":
@@ -410,7 +468,8 @@ def _num_videos(spec: LoRASpec, adapters: Adapters) -> int:
                 "every tensor needs the same leading video dimension V"
             )
         num_videos = a.shape[0]
-    assert num_videos is not None
+    if num_videos is None:  # no target: LoRASpec refuses one, and so does this guard
+        raise ValueError("the spec has no target: it adapts no layer")
     return num_videos
 
 
@@ -650,12 +709,23 @@ def _merge(model: nn.Module, spec: LoRASpec, adapters: Adapters, video: int, sig
     if not 0 <= video < num_videos:
         raise ValueError(f"video={video} is out of range: the adapters hold {num_videos} videos")
     layers = [(t, _layer_of(model, t)) for t in spec.targets]  # check every layer before touching any
+    merged = []
     with torch.no_grad():
         for t, layer in layers:
             weight = layer.weight
             work = torch.promote_types(weight.dtype, torch.float32)  # half weights merge in float32
             a, b = (x[video].to(weight.device, work) for x in adapters[t.name])
-            weight.copy_((weight.to(work) + sign * delta_weight(t, a, b)).to(weight.dtype))
+            new = (weight.to(work) + sign * delta_weight(t, a, b)).to(weight.dtype)
+            if not torch.isfinite(new).all():  # before any layer changes: the model stays as it was
+                bad = int((~torch.isfinite(new)).sum())
+                raise ValueError(
+                    f"merging the adapters would put {bad} NaN or inf values into layer {t.name!r}'s weight "
+                    f"(of {new.numel()}), which would turn every frame black: the adapters are far too "
+                    "strong for this base (lower their strength) or broken (make them again)"
+                )
+            merged.append((weight, new))
+        for weight, new in merged:
+            weight.copy_(new)
 
 
 def merge_adapters(model: nn.Module, spec: LoRASpec, adapters: Adapters, *, video: int = 0) -> None:
@@ -767,18 +837,22 @@ def load_adapters(
     path: str | os.PathLike, *, base: nn.Module | None = None, device: torch.device | str | None = None
 ) -> tuple[LoRASpec, Adapters, dict[str, str]]:
     """Read a file written by `save_adapters`; returns (spec, adapters, metadata as stored).
-    With `base`, checks the fingerprint and says what differs when it does not match."""
+    Everything is checked before it is used, each failure an AdapterFileError naming the file:
+    the spec's numbers (LoRATarget), its tensors' shapes and values (finite), and a learned
+    merge's weights (one per output channel of a layer it adapts). With `base`, also the
+    fingerprint (AdapterMismatchError saying what differs) and every target layer."""
     path = Path(path)
+    name = f"adapter file {str(path)!r}"
+    if path.is_dir():
+        raise AdapterFileError(f"{name} is a folder, not an adapter file; give the .safetensors file")
     if not path.is_file():
-        raise AdapterFileError(f"adapter file {str(path)!r} does not exist")
+        raise AdapterFileError(f"{name} does not exist")
     try:
         with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except Exception as err:
-        raise AdapterFileError(
-            f"adapter file {str(path)!r} is truncated, corrupt or not a safetensors file ({err})"
-        ) from None
+        raise AdapterFileError(f"{name} is truncated, corrupt or not a safetensors file ({err})") from None
     if metadata.get("format") != FORMAT:
         hint = " (it looks like a PEFT export; load it with PEFT)" if path.name == PEFT_WEIGHTS_NAME else ""
         raise AdapterFileError(
@@ -786,43 +860,96 @@ def load_adapters(
             f"expected {FORMAT!r}{hint}"
         )
     try:
-        spec = LoRASpec.from_dict(json.loads(metadata["spec"]))
         fingerprint = json.loads(metadata["fingerprint"])
+        raw_spec = json.loads(metadata["spec"])
     except (KeyError, TypeError, ValueError) as err:
+        raise AdapterFileError(f"{name} has unreadable 'spec'/'fingerprint' metadata ({err})") from None
+    try:
+        spec = LoRASpec.from_dict(raw_spec)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise AdapterFileError(
-            f"adapter file {str(path)!r} has unreadable 'spec'/'fingerprint' metadata ({err})"
+            f"{name}: its stored spec is not valid ({type(err).__name__}: {err}); the file was altered or "
+            "not written by this project: make the adapter again"
         ) from None
     adapters: Adapters = {}
     for t in spec.targets:
         try:
             a, b = tensors[f"{t.name}.lora_A"], tensors[f"{t.name}.lora_B"]
         except KeyError as err:
-            raise AdapterFileError(
-                f"adapter file {str(path)!r} lacks tensor {err} named in its spec"
-            ) from None
+            raise AdapterFileError(f"{name} lacks tensor {err} named in its spec") from None
         for key, tensor in ((f"{t.name}.lora_A", a), (f"{t.name}.lora_B", b)):
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            if not tensor.is_floating_point():
+                raise AdapterFileError(f"{name}: tensor {key!r} holds {tensor.dtype} values, not floats")
+            if not torch.isfinite(tensor).all():
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise AdapterFileError(
-                    f"adapter file {str(path)!r}: tensor {key!r} holds {bad} NaN or inf values "
+                    f"{name}: tensor {key!r} holds {bad} NaN or inf values "
                     f"(of {tensor.numel()}); it would turn the video black: fit or predict the adapters again"
                 )
         adapters[t.name] = (
             a.to(device) if device is not None else a,
             b.to(device) if device is not None else b,
         )
-    for key, tensor in tensors.items():
-        if key.startswith(MERGE_PREFIX) and not torch.isfinite(tensor).all():
-            raise AdapterFileError(
-                f"adapter file {str(path)!r}: merge weights {key!r} hold NaN or inf values"
-            )
     try:
         _num_videos(spec, adapters)
     except ValueError as err:
-        raise AdapterFileError(f"adapter file {str(path)!r} does not match its own spec: {err}") from None
+        raise AdapterFileError(f"{name} does not match its own spec: {err}") from None
+    columns = {k[len(MERGE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MERGE_PREFIX)}
+    _check_merge(name, spec, columns)
     if base is not None:
         _check_fingerprint(path, spec, fingerprint, base)
+        for t in spec.targets:  # a fingerprint can match while the spec was edited
+            try:
+                _layer_of(base, t)
+            except AdapterMismatchError as err:
+                raise AdapterMismatchError(f"{name} does not fit this base: {err}") from None
+        for key, column in columns.items():
+            if key.startswith(HYPERNET_PREFIX):
+                out_features = _out_features(base, key[len(HYPERNET_PREFIX) :], name)
+                _check_column(name, key, column, out_features)
     return spec, adapters, metadata
+
+
+def _check_merge(name: str, spec: LoRASpec, columns: Mapping[str, Tensor]) -> None:
+    """A learned merge stored in a file (keys "<layer>" for its own layers, "hypernet:<layer>"
+    for the hypernetwork's): none at all, or one weight per output channel of every layer the
+    file adapts plus some of the hypernetwork's, every weight finite. Without this check a
+    merge of the wrong length fails deep in the stacking, as a traceback."""
+    if not columns:
+        return
+    own = {k: v for k, v in columns.items() if not k.startswith(HYPERNET_PREFIX)}
+    if set(own) != set(spec.names) or len(own) == len(columns):
+        raise AdapterFileError(
+            f"{name}: its learned merge must weight each of its own layers and some of the hypernetwork's; "
+            f"it weights {sorted(columns)[:8]} for the layers {list(spec.names)[:8]}: fit the merge again "
+            "(finetune --merge-steps)"
+        )
+    for key, column in columns.items():  # the hypernetwork's layers: their sizes need the base
+        _check_column(name, key, column, spec[key].out_features if key in own else column.numel())
+
+
+def _check_column(name: str, key: str, column: Tensor, out_features: int) -> None:
+    if tuple(column.shape) != (out_features,) or not column.is_floating_point():
+        raise AdapterFileError(
+            f"{name}: merge weights {MERGE_PREFIX + key!r} have shape {tuple(column.shape)} ({column.dtype}), "
+            f"but the layer has {out_features} output channels, one float weight each: fit the merge again"
+        )
+    if not torch.isfinite(column).all():
+        raise AdapterFileError(f"{name}: merge weights {MERGE_PREFIX + key!r} hold NaN or inf values")
+
+
+def _out_features(base: nn.Module, layer_name: str, name: str) -> int:
+    """Output channels of a layer of `base` that a file's learned merge weights."""
+    try:
+        layer = base.get_submodule(layer_name)
+    except AttributeError:
+        layer = None
+    if not isinstance(layer, nn.Conv2d | nn.Linear):
+        raise AdapterMismatchError(
+            f"{name} does not fit this base: its learned merge weights the hypernetwork's adapter on layer "
+            f"{layer_name!r}, which {type(base).__name__} has no Conv2d or Linear of"
+        )
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
 
 
 def load_merge_columns(path: str | os.PathLike) -> dict[str, Tensor] | None:
