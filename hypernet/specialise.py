@@ -237,7 +237,7 @@ def predict_adapters(
     if advance is not None:
         chunks = _counted(chunks, advance)
     refine_context = None
-    if system.mode == "refine":
+    if system.refine.mode == "refine":
         indices = spread_indices(num_frames, min(context_frames, num_frames), rng=None)
         frames = read_frames(input_path, indices, allow_truncated=allow_truncated)
         refine_context = to_tensor(frames, device=device)
