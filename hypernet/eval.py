@@ -284,7 +284,7 @@ def fed_as_trained(cfg: DictConfig, system) -> DictConfig:
     tile = trained_input(
         "context_tile",
         cfg.get("context_tile"),
-        system.hparams["hypernet"].get("context_tile") or 0,
+        system.hparams["hypernet"]["encoder"].get("context_tile") or 0,
         checkpoint=cfg.checkpoint,
     )
     cfg.context_tile = tile or None
@@ -304,9 +304,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     system = load_hypernet(cfg.checkpoint, option="checkpoint=")
     cfg = fed_as_trained(cfg, system)
-    if cfg.context_tile != system.hparams["hypernet"].get("context_tile"):  # an explicit other reading
+    if cfg.context_tile != system.hparams["hypernet"]["encoder"].get(
+        "context_tile"
+    ):  # another reading, asked
         system = load_hypernet(
-            cfg.checkpoint, option="checkpoint=", hypernet={"context_tile": cfg.context_tile}
+            cfg.checkpoint, option="checkpoint=", hypernet={"encoder": {"context_tile": cfg.context_tile}}
         )
     datamodule = build_datamodule(cfg)
     # the test videos (data.test_source, every group), or the validation videos when there are none

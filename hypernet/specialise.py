@@ -266,7 +266,7 @@ def predict_adapters(
     if advance is not None:
         chunks = _counted(chunks, advance)
     refine_context = None
-    if system.mode == "refine":
+    if system.refine.mode == "refine":
         count = context_frames if context_frames is not None else refine_frames(system, None)
         indices = spread_indices(num_frames, min(count, num_frames), rng=None)
         frames = read_frames(input_path, indices, allow_truncated=allow_truncated)
@@ -479,7 +479,7 @@ def specialise(
     system = load_hypernet(checkpoint, map_location=device)
     if hypernet and not base_only:
         check_reads_videos(system, checkpoint, needed_by="specialise (or pass --no-hypernet --adapter FILE)")
-        if system.mode == "refine":
+        if system.refine.mode == "refine":
             context_frames = refine_frames(system, context_frames, checkpoint=checkpoint)
     base, scale = system.base, system.scale
     # a sliding-window base needs its window radius as context to be exact at chunk boundaries

@@ -164,11 +164,12 @@ def check_system_checkpoint(path: str | Path, system: L.LightningModule, *, opti
     state_dict keys and shapes). Checked before anything is written or trained, so a wrong file is
     one error naming it."""
     checkpoint = read_checkpoint(path, option=f"{option}=")
-    state = checkpoint["state_dict"]
-    from hypernet.systems.hyper_lora import HyperLoRASystem, renamed_legacy_keys
+    from hypernet.systems.common import check_layout
+    from hypernet.systems.hyper_lora import HyperLoRASystem
 
+    check_layout(checkpoint, path, option=f"{option}=")  # earlier layouts are converted once, not here
+    state = checkpoint["state_dict"]
     stage = "hyper" if isinstance(system, HyperLoRASystem) else "base"
-    state = renamed_legacy_keys(state)  # checkpoints of earlier parameter names resume too
     expected = system.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

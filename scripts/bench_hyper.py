@@ -222,7 +222,7 @@ def stage_step_times(
                 "optim=hyper",
                 "model.upsampler=direct",
                 f"base_ckpt={ckpt}",
-                f"hypernet.mode={mode}",
+                f"hypernet.refine.mode={mode}",
                 *options,
             ],
         )
@@ -332,7 +332,7 @@ def main() -> None:
     steps = stage_step_times(label="quickstart")  # hyper_quickstart: 8 context frames, every layer read
     steps.update(
         stage_step_times(
-            context=4, hypernet={"feature_layers": list(CONTENT_FEATURE_LAYERS)}, label="content"
+            context=4, hypernet={"encoder.feature_layers": list(CONTENT_FEATURE_LAYERS)}, label="content"
         )
     )
     steps["stage2_over_stage1"] = steps["stage2_content_over_stage1"]

@@ -1,7 +1,7 @@
 """A sweep folder -> a table (mean and spread over seeds) and a plot.
 
     .venv/bin/python scripts/collect_results.py outputs/rank_ablation/multiruns/DATE \\
-        --param hypernet.rank [--metric val/gain_y] [-o experiments/rank_ablation]
+        --param hypernet.lora.rank [--metric val/gain_y] [-o experiments/rank_ablation]
 
 Every subfolder holding config.yaml (resolved, written by the run) and metrics.json is one job.
 Jobs are grouped by the values of --param (several allowed); within a group the seeds are
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path, help="the multirun folder")
     parser.add_argument(
-        "--param", action="append", required=True, help="swept config key, e.g. hypernet.rank"
+        "--param", action="append", required=True, help="swept config key, e.g. hypernet.lora.rank"
     )
     parser.add_argument(
         "--metric", action="append", help="metrics.json key (default: val/gain_y, val/psnr_y)"

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from hypernet.config import CONFIG_DIR
+from hypernet.config import compose_config
 from hypernet.models.lora import apply_adapters
 from hypernet.systems.hyper_lora import HyperLoRASystem
 from hypernet.train import run
@@ -20,12 +19,11 @@ def base_ckpt(tiny_checkpoints) -> Path:
     return tiny_checkpoints["base"]
 
 
-def tiny_system(base_ckpt: Path, **options) -> HyperLoRASystem:
-    """The stage-2 system with the config's hypernet and optim options, made small."""
-    hypernet = OmegaConf.to_container(OmegaConf.load(f"{CONFIG_DIR}/hypernet/default.yaml"))
-    optim = OmegaConf.to_container(OmegaConf.load(f"{CONFIG_DIR}/optim/hyper.yaml"))
-    small = dict(dim=16, num_latents=4, num_heads=2, num_blocks=1, conv_channels=8, rank=2)
-    return HyperLoRASystem(base_ckpt=str(base_ckpt), hypernet={**hypernet, **small, **options}, optim=optim)
+def tiny_system(base_ckpt: Path, *overrides: str) -> HyperLoRASystem:
+    """The stage-2 system with the config's hypernet and optim options, made small; `overrides`
+    as on the command line (hypernet.encoder.source=conv)."""
+    cfg = compose_config("train", [*TINY_HYPER, *overrides])
+    return HyperLoRASystem(base_ckpt=str(base_ckpt), model=None, hypernet=cfg.hypernet, optim=cfg.optim)
 
 
 def tiny_batch(v: int = 2, seed: int = 0) -> dict:
@@ -51,7 +49,9 @@ def tiny_batch(v: int = 2, seed: int = 0) -> dict:
     ],
 )
 def test_gradient_reaches_every_hypernet_parameter_and_not_the_base(base_ckpt, source, mode):
-    system = tiny_system(base_ckpt, source=source, mode=mode).train()
+    system = tiny_system(
+        base_ckpt, f"hypernet.encoder.source={source}", f"hypernet.refine.mode={mode}"
+    ).train()
     # move off the zero-initialised gates so that every head receives gradient
     with torch.no_grad():
         system.generator.gates.fill_(0.5)
@@ -64,7 +64,7 @@ def test_gradient_reaches_every_hypernet_parameter_and_not_the_base(base_ckpt, s
         for n, p in system.named_parameters()
         if p.requires_grad
         and (p.grad is None or not p.grad.abs().sum() > 0)
-        and not (n == "log_inner_lr" and mode == "direct")
+        and not (n == "refine.log_lr" and mode == "direct")
         and n != "generator.static_latents"
     ]
     assert not missing
@@ -74,7 +74,7 @@ def test_gradient_reaches_every_hypernet_parameter_and_not_the_base(base_ckpt, s
 
 @pytest.mark.parametrize("mode", ["direct", "refine"])
 def test_identity_at_initialisation(base_ckpt, mode):
-    system = tiny_system(base_ckpt, mode="direct").eval()
+    system = tiny_system(base_ckpt, "hypernet.refine.mode=direct").eval()
     batch = tiny_batch()
     with torch.no_grad():
         adapters = system.adapters_for(batch["context"], batch["context_times"])
@@ -83,7 +83,13 @@ def test_identity_at_initialisation(base_ckpt, mode):
 
 def test_refine_second_order_gradient_matches_finite_differences(base_ckpt):
     torch.manual_seed(0)
-    system = tiny_system(base_ckpt, mode="refine", inner_steps=2, inner_lr=0.5).double().train()
+    system = (
+        tiny_system(
+            base_ckpt, "hypernet.refine.mode=refine", "hypernet.refine.steps=2", "hypernet.refine.lr=0.5"
+        )
+        .double()
+        .train()
+    )
     with torch.no_grad():
         system.generator.gates.fill_(0.3)
     batch = {k: v.double() for k, v in tiny_batch(v=1).items()}
@@ -94,7 +100,7 @@ def test_refine_second_order_gradient_matches_finite_differences(base_ckpt):
 
     system.zero_grad()
     outer_loss().backward()
-    for param, index in ((system.log_inner_lr, 0), (system.generator.gates, 1)):
+    for param, index in ((system.refine.log_lr, 0), (system.generator.gates, 1)):
         analytic = param.grad[index].item()
         eps = 1e-5
         with torch.no_grad():
@@ -106,10 +112,10 @@ def test_refine_second_order_gradient_matches_finite_differences(base_ckpt):
         numeric = (plus - minus) / (2 * eps)
         assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-9)
     # first order drops the second-order terms: a different (approximate) gradient
-    system.first_order = True
+    system.refine.first_order = True
     system.zero_grad()
     outer_loss().backward()
-    assert system.log_inner_lr.grad[0].item() != pytest.approx(analytic, rel=1e-6)
+    assert system.refine.log_lr.grad[0].item() != pytest.approx(analytic, rel=1e-6)
 
 
 def test_stage2_run_keeps_the_base_bit_identical(base_ckpt, tmp_path):
@@ -129,9 +135,9 @@ def test_stage2_run_keeps_the_base_bit_identical(base_ckpt, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["hypernet.targets=[decoder.*]"], r"decoder"),
+        (["hypernet.lora.include=[decoder.*]"], r"decoder"),
         (
-            ["hypernet.overrides={conv_first:{rank:10000}}"],
+            ["hypernet.lora.overrides={conv_first:{rank:10000}}"],
             r"overrides\['conv_first'\]\['rank'\]=10000 is too large",
         ),
         (["data.context_frames=50"], r"context_frames=50 .*8 frames"),
@@ -175,7 +181,7 @@ def test_adapter_spread_is_zero_for_one_shared_adapter_and_grows_with_difference
 
 
 def test_degradation_ceiling_reads_the_parameters_not_the_frames(base_ckpt):
-    system = tiny_system(base_ckpt, source="degradation").eval()
+    system = tiny_system(base_ckpt, "hypernet.encoder.source=degradation").eval()
     with torch.no_grad():
         system.generator.gates.fill_(0.5)
     batch = tiny_batch()
@@ -194,14 +200,14 @@ def test_degradation_ceiling_reads_the_parameters_not_the_frames(base_ckpt):
 
 
 def test_feature_layers_choose_what_the_encoder_reads(base_ckpt):
-    system = tiny_system(base_ckpt, feature_layers=["conv_first", "body.0.*"])
+    system = tiny_system(base_ckpt, "hypernet.encoder.feature_layers=[conv_first,body.0.*]")
     assert system.encoder.tokenizer.layer_names == ["conv_first", "body.0.conv1", "body.0.conv2"]
     assert len(system.spec.names) > 3  # the adapters still cover every target
     batch = tiny_batch()
     adapters = system.adapters_for(batch["context"], batch["context_times"])
     assert set(adapters) == set(system.spec.names)
-    with pytest.raises(ValueError, match=r"hypernet.feature_layers=\['head\*'\] matches none"):
-        tiny_system(base_ckpt, feature_layers=["head*"])
+    with pytest.raises(ValueError, match=r"hypernet.encoder.feature_layers=\['head\*'\] matches none"):
+        tiny_system(base_ckpt, "hypernet.encoder.feature_layers=[head*]")
 
 
 def test_stage2_on_the_recurrent_base_works_with_the_default_rank(tmp_path):
@@ -209,7 +215,7 @@ def test_stage2_on_the_recurrent_base_works_with_the_default_rank(tmp_path):
     out = tmp_path / "recurrent"
     run(compose_train([*TINY_BASE, "model=recurrent", "model.channels=8"], out / "base"))
     cfg = compose_train(
-        [*TINY_BASE, "model=recurrent", "model.channels=8", *TINY_HYPER, "hypernet.rank=4",
+        [*TINY_BASE, "model=recurrent", "model.channels=8", *TINY_HYPER, "hypernet.lora.rank=4",
          f"base_ckpt={out / 'base' / 'checkpoints' / 'last.ckpt'}"],
         out / "hyper",
     )  # fmt: skip
@@ -218,54 +224,3 @@ def test_stage2_on_the_recurrent_base_works_with_the_default_rank(tmp_path):
     system = HyperLoRASystem.load_from_checkpoint(out / "hyper" / "checkpoints" / "last.ckpt", base_ckpt=None)
     ranks = {t.rank for t in system.spec.targets}
     assert max(ranks) == 4 and min(ranks) < 4
-
-
-def test_checkpoint_of_the_earlier_parameter_names_loads_to_the_same_adapters(gated_checkpoint, tmp_path):
-    """Checkpoints written before the encoder and generator shared one attention block and one
-    feed-forward (fused q/k/v, nn.MultiheadAttention, `mlp` / `proj` names), and before the
-    system took its options grouped, still load, and predict the same adapters."""
-    from hypernet.systems.hyper_lora import load_hypernet
-
-    state = torch.load(gated_checkpoint, map_location="cpu", weights_only=False)
-    old = {}
-    for key, tensor in state["state_dict"].items():  # today's names written the old way, by hand
-        if key.endswith(("attention.to_kv.weight", "attention.to_kv.bias")):
-            continue
-        if ".attention.to_q." in key:
-            kind = key.rsplit(".", 1)[1]
-            fused = torch.cat([tensor, state["state_dict"][key.replace("to_q", "to_kv")]])
-            if key.startswith("generator."):
-                old[f"generator.query.attention.in_proj_{kind}"] = fused
-            elif key.startswith("encoder.blocks."):
-                old[key.replace("attention.to_q", "qkv")] = fused
-            else:
-                old[key.replace("attention.to_q", "to_q")] = tensor
-                old[key.replace("attention.to_q", "to_kv")] = state["state_dict"][
-                    key.replace("to_q", "to_kv")
-                ]
-            continue
-        key = key.replace("generator.query.attention.to_out", "generator.query.attention.out_proj")
-        key = key.replace("generator.query.feed_forward.norm", "generator.query.mlp.0")
-        key = key.replace("generator.query.feed_forward.net.0", "generator.query.mlp.1")
-        key = key.replace("generator.query.feed_forward.net.2", "generator.query.mlp.3")
-        key = key.replace("pooler.attention.to_out", "pooler.out").replace("attention.to_out", "proj")
-        key = key.replace("feed_forward.norm", "norm_mlp").replace("feed_forward.net", "mlp")
-        old[key] = tensor
-    assert old.keys() != state["state_dict"].keys() and "encoder.blocks.0.qkv.weight" in old
-    state["state_dict"] = old
-    # and the options as they were kept then: flat, the base by its name, without the later ones
-    h = state["hyper_parameters"]
-    hypernet = {k: v for k, v in h["hypernet"].items() if k not in ("overrides", "context_tile")}
-    model = {k: v for k, v in h["model"].items() if k != "_target_"} | {"name": "window"}
-    flat = {"base_ckpt": h["base_ckpt"], "model": model, **hypernet, **h["optim"]}
-    state["hyper_parameters"] = flat | {k: h[k] for k in ("crop_border", "log_images", "nonfinite_loss")}
-    legacy = tmp_path / "legacy.ckpt"
-    torch.save(state, legacy)
-    video = torch.rand(1, 6, 3, 16, 16)
-    with torch.no_grad():
-        now = load_hypernet(gated_checkpoint).adapters_from_stream([video], num_frames=6)
-        before = load_hypernet(legacy).adapters_from_stream([video], num_frames=6)
-    assert any(b.abs().max() > 0 for _, b in now.values())  # the gates are open: B is not zero
-    for name in now:
-        torch.testing.assert_close(before[name][0], now[name][0], rtol=0, atol=0)
-        torch.testing.assert_close(before[name][1], now[name][1], rtol=0, atol=0)

@@ -13,7 +13,7 @@ from hypernet import eval as evaluation
 from hypernet.checkpointing import InputMismatchWarning, read_checkpoint
 from hypernet.config import compose_config
 from hypernet.models import encoder as encoder_module
-from hypernet.systems.hyper_lora import HyperLoRASystem
+from hypernet.systems.hyper_lora import Refine
 
 # eval on five 8-frame videos of 64x64 HR (16x16 LR), the base and the hypernet only
 EVAL = ["data.hr_size=64", "data.num_frames=8", "data.val_videos_per_image=1", "methods=[base,hypernet]"]
@@ -25,7 +25,12 @@ def tiled(tiny_checkpoints, tmp_path_factory):
     from hypernet.train import run
 
     out = tmp_path_factory.mktemp("tiled")
-    overrides = [*TINY_BASE, *TINY_HYPER, f"base_ckpt={tiny_checkpoints['base']}", "hypernet.context_tile=8"]
+    overrides = [
+        *TINY_BASE,
+        *TINY_HYPER,
+        f"base_ckpt={tiny_checkpoints['base']}",
+        "hypernet.encoder.context_tile=8",
+    ]
     run(compose_train(overrides, out))
     return out / "checkpoints" / "last.ckpt"
 
@@ -87,7 +92,12 @@ def refine_checkpoint(tiny_checkpoints, tmp_path_factory):
     from hypernet.train import run
 
     out = tmp_path_factory.mktemp("refine")
-    overrides = [*TINY_BASE, *TINY_HYPER, f"base_ckpt={tiny_checkpoints['base']}", "hypernet.mode=refine"]
+    overrides = [
+        *TINY_BASE,
+        *TINY_HYPER,
+        f"base_ckpt={tiny_checkpoints['base']}",
+        "hypernet.refine.mode=refine",
+    ]
     run(compose_train(overrides, out))
     return out / "checkpoints" / "last.ckpt"
 
@@ -99,12 +109,13 @@ def test_specialise_refine_steps_read_the_checkpoints_count(
     from hypernet import specialise
 
     seen = []
-    original = HyperLoRASystem.refine
-    monkeypatch.setattr(
-        HyperLoRASystem,
-        "refine",
-        lambda self, adapters, context: seen.append(context.shape[1]) or original(self, adapters, context),
-    )
+    original = Refine.forward
+
+    def recording(self, base, adapters, context):
+        seen.append(context.shape[1])
+        return original(self, base, adapters, context)
+
+    monkeypatch.setattr(Refine, "forward", recording)
     option = [] if given is None else ["--context-frames", str(given)]
     specialise.main(
         [

@@ -129,7 +129,7 @@ def test_saved_adapter_applied_again_gives_the_same_video(gated_checkpoint, vide
 def test_refine_mode_steps_on_frames_spread_over_the_video(gated_checkpoint, video):
     system = load_hypernet(gated_checkpoint)
     direct = predict_adapters(system, video, num_frames=FRAMES, chunk_size=5)
-    system.mode = "refine"
+    system.refine.mode = "refine"
     refined = predict_adapters(system, video, num_frames=FRAMES, chunk_size=5, context_frames=4)
     assert refined.keys() == direct.keys()
     assert any(not torch.allclose(refined[k][0], direct[k][0]) for k in direct)

@@ -8,12 +8,17 @@ running sum per (video, head, latent), the online softmax of FlashAttention. Tim
 the video's length, memory is that of one chunk plus a state of V*H*M*(d+2) numbers, and the
 result equals encoding every frame at once (up to float rounding).
 
-Per-frame tokens come from one of three sources (docs/design.md, "Interfaces"):
+What the encoder reads is `hypernet.encoder.source` (docs/design.md, "Interfaces"), and this
+module is its one home: `build_encoder`, the `_target_` of configs/hypernet/default.yaml's
+encoder, makes the encoder a source asks for. Per-frame tokens come from one of three sources:
 
 - "conv": the encoder's own small conv net, one token per position of a stride-4 feature map;
 - "base": the frozen base network's own activations at given layers, pooled to per-channel
   mean and std, one token per (frame, layer): what the base itself "sees";
 - "stats": no content features, only the LR statistics below (a control).
+
+The fourth, "degradation", reads no frames: `DegradationEncoder` turns the video's true
+degradation parameters into latents (the ceiling control).
 
 Beside them, cheap LR statistics (per-channel mean, std, log mean |Laplacian|, log high-pass
 std) give one more token per frame. The prototype (docs/design.md, "Making the hypernetwork learn") found that a
@@ -29,6 +34,7 @@ how the video was cut into chunks. Tokens are (V, L, dim), latents (V, M, dim).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -40,7 +46,8 @@ from torch import Tensor, nn
 
 from hypernet.models.blocks import Attention, FeedForward
 
-SOURCES = ("conv", "base", "stats")  # stats: the LR statistics tokens alone, no content features
+FRAME_SOURCES = ("conv", "base", "stats")  # stats: the LR statistics tokens alone, no content features
+SOURCES = (*FRAME_SOURCES, "degradation")  # degradation: the true degradation parameters, no frames
 
 
 class EncoderInputError(ValueError):
@@ -49,6 +56,14 @@ class EncoderInputError(ValueError):
 
 # ----------------------------------------------------------------------------------------------
 # Small pieces
+
+
+def check_width(dim: int, num_heads: int) -> None:
+    """The latents' width splits evenly into the attention heads."""
+    if dim % num_heads:
+        raise EncoderInputError(
+            f"hypernet.encoder.dim={dim} must be a multiple of hypernet.encoder.num_heads={num_heads}"
+        )
 
 
 def sinusoidal(x: Tensor, *, num_freqs: int) -> Tensor:
@@ -217,8 +232,8 @@ class BaseActivationTokenizer(nn.Module):
         layer_names = list(layer_names)
         if not layer_names:
             raise EncoderInputError(
-                "encoder layer_names (hypernet.targets) is empty: source 'base' needs the names of the base "
-                "layers whose activations to read (e.g. the LoRA target layers)"
+                "encoder layer_names (hypernet.encoder.feature_layers) is empty: source 'base' needs the names "
+                "of the base layers whose activations to read (e.g. the LoRA target layers)"
             )
         modules = dict(base.named_modules())
         channels: list[int] = []
@@ -226,13 +241,13 @@ class BaseActivationTokenizer(nn.Module):
             if name not in modules:
                 valid = [n for n, m in modules.items() if n and _output_channels(m) is not None]
                 raise EncoderInputError(
-                    f"encoder layer_names (hypernet.targets): {name!r} is not a layer of the base "
+                    f"encoder layer_names (hypernet.encoder.feature_layers): {name!r} is not a layer of the base "
                     f"({type(base).__name__}); valid Conv/Linear layers include {valid[:12]}"
                 )
             count = _output_channels(modules[name])
             if count is None:
                 raise EncoderInputError(
-                    f"encoder layer_names (hypernet.targets): {name!r} is a {type(modules[name]).__name__}; "
+                    f"encoder layer_names (hypernet.encoder.feature_layers): {name!r} is a {type(modules[name]).__name__}; "
                     "choose a Conv2d or Linear layer, whose channel count is known"
                 )
             channels.append(count)
@@ -257,13 +272,13 @@ class BaseActivationTokenizer(nn.Module):
             def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
                 if name in pooled:
                     raise EncoderInputError(
-                        f"encoder layer_names (hypernet.targets): base layer {name!r} ran more than once on one "
+                        f"encoder layer_names (hypernet.encoder.feature_layers): base layer {name!r} ran more than once on one "
                         "frame; choose layers that run once per frame"
                     )
                 if not isinstance(output, Tensor) or output.dim() < 2 or output.shape[0] != num:
                     shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
                     raise EncoderInputError(
-                        f"encoder layer_names (hypernet.targets): base layer {name!r} gave output {shape} for "
+                        f"encoder layer_names (hypernet.encoder.feature_layers): base layer {name!r} gave output {shape} for "
                         f"{num} frames; expected a video-major batch of {num} samples, (V*n, ...)"
                     )
                 out = output.detach().to(torch.promote_types(output.dtype, torch.float32))
@@ -289,7 +304,7 @@ class BaseActivationTokenizer(nn.Module):
         missing = [name for name in self.layer_names if name not in pooled]
         if missing:
             raise EncoderInputError(
-                f"encoder layer_names (hypernet.targets): base layers {missing} did not run in the base's forward"
+                f"encoder layer_names (hypernet.encoder.feature_layers): base layers {missing} did not run in the base's forward"
             )
         return [pooled[name] for name in self.layer_names]
 
@@ -391,7 +406,7 @@ class LatentBlock(nn.Module):
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: int = 2):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim)
-        self.attention = Attention(dim=dim, num_heads=num_heads, init="fused")
+        self.attention = Attention(dim=dim, num_heads=num_heads, init="qkv")
         self.feed_forward = FeedForward(dim=dim, hidden=mlp_ratio * dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -447,25 +462,28 @@ class VideoEncoder(nn.Module):
         context_tile: int | None = None,
     ):
         super().__init__()
-        if source not in SOURCES:
-            raise EncoderInputError(f"hypernet.source={source!r} is not known; choose one of {list(SOURCES)}")
-        if dim % num_heads:
+        if source not in FRAME_SOURCES:
             raise EncoderInputError(
-                f"hypernet.dim={dim} must be a multiple of hypernet.num_heads={num_heads}"
+                f"hypernet.encoder.source={source!r} is not known; choose one of {list(FRAME_SOURCES)}"
             )
+        check_width(dim, num_heads)
         if source == "base" and base is None:
             raise EncoderInputError(
-                "hypernet.source='base' reads the frozen base network's activations: pass "
+                "hypernet.encoder.source='base' reads the frozen base network's activations: pass "
                 "base=<the base nn.Module> and layer_names=<its layers>, or use source='conv'"
             )
         if context_tile is not None and context_tile < 4:
-            raise EncoderInputError(f"hypernet.context_tile={context_tile} must be >= 4 pixels (or null)")
+            raise EncoderInputError(
+                f"hypernet.encoder.context_tile={context_tile} must be >= 4 pixels (or null)"
+            )
         self.source = source
+        self.dim = dim
         self.in_channels = in_channels
         self.context_tile = context_tile
         if source == "stats" and not lr_stats:
             raise EncoderInputError(
-                "hypernet.source='stats' reads the LR statistics alone: it needs hypernet.lr_stats=true"
+                "hypernet.encoder.source='stats' reads the LR statistics alone: it needs "
+                "hypernet.encoder.lr_stats=true"
             )
         self.tokenizer: nn.Module | None = None
         if source == "conv":
@@ -539,6 +557,13 @@ class VideoEncoder(nn.Module):
         state = self.init_state(frames.shape[0], device=frames.device)
         return self.finalize(self.update(state, frames, times))
 
+    def encode_context(
+        self, context: Tensor, times: Tensor | None, degradation: Tensor | None = None
+    ) -> Tensor:
+        """A training or evaluation batch's latents (V, M, dim): its context frames (V, K, C, h, w)
+        at their times (V, K); the degradation parameters are not this encoder's to read."""
+        return self(context, times)
+
     def encode_stream(self, chunks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
         """Encode a video (or V videos side by side) given as chunks of (frames, times)."""
         state = None
@@ -570,6 +595,8 @@ class DegradationEncoder(nn.Module):
         num_blocks: int = 2,
     ):
         super().__init__()
+        check_width(dim, num_heads)
+        self.dim = dim
         self.norm = RunningNorm(num_features=num_params)
         self.proj = nn.Sequential(nn.Linear(num_params, dim), nn.GELU(), nn.Linear(dim, dim))
         self.queries = nn.Parameter(0.02 * torch.randn(num_latents, dim))
@@ -585,3 +612,95 @@ class DegradationEncoder(nn.Module):
         for block in self.blocks:
             latents = block(latents)
         return latents
+
+    def encode_context(
+        self, context: Tensor, times: Tensor | None, degradation: Tensor | None = None
+    ) -> Tensor:
+        """A batch's latents from its videos' degradation parameters (V, P); frames are ignored."""
+        if degradation is None:
+            raise EncoderInputError(
+                "hypernet.encoder.source=degradation needs each video's true degradation parameters"
+            )
+        return self(degradation)
+
+    def encode_stream(self, chunks: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+        """A real video comes without its degradation parameters: refused, with what to use."""
+        raise EncoderInputError(
+            "this checkpoint is the degradation-ceiling control (hypernet.encoder.source=degradation): it "
+            "reads a video's true degradation parameters, which a real video does not come with; use a blind one"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The one place a source becomes an encoder
+
+
+def feature_layer_names(
+    base: nn.Module, target_names: Sequence[str], patterns: Sequence[str] | None
+) -> list[str]:
+    """The target layers whose activations the encoder reads: those matching
+    hypernet.encoder.feature_layers (fnmatch patterns), or by default every target that runs when
+    the base sees one frame alone (the encoder feeds it frames one by one; a recurrent base's flow
+    layers need two). Fewer, earlier layers make the frozen base's pass over the context cheaper:
+    it stops after the last layer read."""
+    names = list(target_names)
+    if patterns is not None:
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if not chosen:
+            raise EncoderInputError(
+                f"hypernet.encoder.feature_layers={list(patterns)} matches none of the LoRA targets {names}"
+            )
+        return chosen
+    ran: set[str] = set()
+    modules = dict(base.named_modules())
+    handles = [modules[n].register_forward_hook(lambda *_, n=n: ran.add(n)) for n in names]
+    try:
+        with torch.no_grad():
+            param = next(base.parameters())
+            base(torch.zeros(1, 1, 3, 16, 16, dtype=param.dtype, device=param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [n for n in names if n in ran]
+
+
+def build_encoder(
+    *,
+    source: str,
+    feature_layers: Sequence[str] | None,
+    context_tile: int | None,
+    dim: int,
+    num_latents: int,
+    num_heads: int,
+    num_blocks: int,
+    conv_channels: int,
+    lr_stats: bool,
+    base: nn.Module,
+    target_names: Sequence[str],
+) -> VideoEncoder | DegradationEncoder:
+    """The encoder `hypernet.encoder` asks for (configs/hypernet/default.yaml, whose values are the
+    only defaults), over the frozen `base` whose LoRA targets are `target_names`: a
+    `VideoEncoder` reading frames, or for source=degradation the ceiling control. Options a
+    source does not read (feature_layers beyond source=base, the frame options for degradation)
+    are ignored, so one config serves every source."""
+    if source not in SOURCES:
+        raise EncoderInputError(
+            f"hypernet.encoder.source={source!r} is not known; choose one of {list(SOURCES)}"
+        )
+    if source == "degradation":
+        return DegradationEncoder(
+            dim=dim, num_latents=num_latents, num_heads=num_heads, num_blocks=num_blocks
+        )
+    layer_names = feature_layer_names(base, target_names, feature_layers) if source == "base" else ()
+    return VideoEncoder(
+        source=source,
+        dim=dim,
+        num_latents=num_latents,
+        num_heads=num_heads,
+        num_blocks=num_blocks,
+        conv_channels=conv_channels,
+        lr_stats=lr_stats,
+        base=base,
+        layer_names=layer_names,
+        context_tile=context_tile,
+    )

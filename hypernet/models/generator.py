@@ -26,7 +26,7 @@ class LayerQuery(nn.Module):
         super().__init__()
         self.embedding = nn.Parameter(torch.randn(num_layers, dim) * 0.02)
         self.norm_latents = nn.LayerNorm(dim)
-        self.attention = Attention(dim=dim, num_heads=num_heads, init="mha")
+        self.attention = Attention(dim=dim, num_heads=num_heads, init="xavier")
         self.feed_forward = FeedForward(dim=dim, hidden=2 * dim, activation="leaky_relu")
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:

@@ -8,43 +8,37 @@ from typing import Any
 
 import torch
 
-from hypernet.models.base import build_base, model_config
+from hypernet.models.base import build_base
 from hypernet.systems.common import (
     EMA,
     EvaluationTables,
     SRSystem,
     bicubic_upscale,
     charbonnier,
-    legacy_group,
     plain,
-    reject_unknown,
     split_key,
     video_metrics,
     warmup_cosine,
 )
 
-OPTIM_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio", "ema_decay")
-
 
 class BaseSRSystem(SRSystem):
     """Built from configs/stage/base.yaml: `model` (configs/model/, the base network's class
     and arguments) and `optim` (configs/optim/base.yaml) as plain dicts, kept in the checkpoint
-    so that it rebuilds the network alone."""
+    so that it rebuilds the network alone. Checkpoints of earlier layouts are converted once
+    (scripts/convert_checkpoint.py), not translated here."""
 
     def __init__(
         self,
         *,
         model: Mapping[str, Any],
-        optim: Mapping[str, Any] | None = None,
+        optim: Mapping[str, Any],
         crop_border: int = 0,
         log_images: bool = True,
         nonfinite_loss: str = "raise",
-        **legacy: Any,
     ):
         super().__init__()
-        optim = plain(optim) if optim is not None else legacy_group(legacy, OPTIM_KEYS)
-        reject_unknown(legacy, type(self).__name__)
-        model = model_config(plain(model))
+        model, optim = plain(model), plain(optim)
         self.save_hyperparameters(
             {
                 "model": model,

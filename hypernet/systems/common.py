@@ -1,10 +1,12 @@
 """Pieces both LightningModules share: the loss, the LR schedule, validation bookkeeping,
-EMA of weights, and image logging that works with whichever logger is configured."""
+EMA of weights, image logging that works with whichever logger is configured, and the check that
+a checkpoint's saved options are in the layout the systems read."""
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hypernet.checkpointing import CheckpointError
 from hypernet.data.degrade import imresize
 from hypernet.metrics import psnr, ssim
 from hypernet.models.lora import Adapters, LoRASpec, apply_adapters
@@ -25,17 +28,39 @@ def plain(config: Any) -> dict[str, Any]:
     return dict(config)
 
 
-def legacy_group(legacy: dict[str, Any], keys: tuple[str, ...] | None) -> dict[str, Any]:
-    """An option group taken out of a checkpoint written before the systems took their options
-    grouped (`optim`, `hypernet`), where they were flat among the others: `keys` (None: all that
-    are left) are removed from `legacy` and returned as the group."""
-    keys = tuple(legacy) if keys is None else keys
-    return {k: legacy.pop(k) for k in keys if k in legacy}
+# the parts of stage 2's `hypernet` options, each made from its `_target_` (configs/hypernet/)
+HYPERNET_PARTS = ("lora", "encoder", "generator", "refine")
+CONVERTER = "scripts/convert_checkpoint.py"
 
 
-def reject_unknown(legacy: dict[str, Any], owner: str) -> None:
-    if legacy:
-        raise TypeError(f"{owner} got options it does not know: {sorted(legacy)}")
+def outdated_layout(hparams: Mapping[str, Any]) -> str | None:
+    """What in a checkpoint's saved options predates the layout this code reads, or None when
+    they are current. Checkpoints of earlier layouts are converted once, by CONVERTER, rather
+    than translated on every load."""
+    if not hparams:
+        return None  # not a system's checkpoint: whoever loads it says what it lacks
+    if "optim" not in hparams:
+        return "flat options, before the systems took model/optim/hypernet as groups"
+    model = hparams.get("model")
+    if isinstance(model, Mapping) and "_target_" not in model:
+        return "the base named by model.name, before model._target_"
+    hypernet = hparams.get("hypernet", {})
+    if "hypernet" in hparams and (not isinstance(hypernet, Mapping) or set(hypernet) != set(HYPERNET_PARTS)):
+        return f"one flat hypernet group, before its parts {'/'.join(HYPERNET_PARTS)}"
+    return None
+
+
+def check_layout(checkpoint: Mapping[str, Any], path: str | Path, *, option: str) -> None:
+    """Refuse a checkpoint (as read_checkpoint returned it) whose options predate this code's
+    layout: one error naming the file and the command that converts it. `option` names where
+    the path came from, as for read_checkpoint (`ckpt_path=` or `--checkpoint`)."""
+    reason = outdated_layout(checkpoint.get("hyper_parameters") or {})
+    if reason is not None:
+        where = f"{option}{path}" if option.endswith("=") else f"{option} {path}"
+        raise CheckpointError(
+            f"{where}: written in an earlier checkpoint layout ({reason}); convert it once with "
+            f"`python {CONVERTER} {path} -o NEW.ckpt` and use NEW.ckpt"
+        )
 
 
 def charbonnier(sr: torch.Tensor, hr: torch.Tensor, *, eps: float = 1e-3) -> torch.Tensor:

@@ -1,6 +1,11 @@
 """Stage 2: train the hypernetwork that turns a whole LR video into LoRA adapters for the frozen
 base, by backpropagating the base's SR loss through the generated adapters.
 
+The system is four parts over the frozen base, each made from its `_target_` in
+configs/hypernet/default.yaml: `lora` (which layers get adapters, their ranks: a LoRASpec),
+`encoder` (context -> latents; what it reads is `hypernet.encoder.source`, decided in
+models/encoder.py alone), `generator` (latents -> adapters) and `refine`:
+
 direct  adapters = generator(encoder(context))
 refine  then k differentiable inner gradient steps on a self-supervised loss computed from the
         LR video alone (LR frames degraded once more and upscaled back by the adapted base), with
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,21 +29,21 @@ import torch
 from torch import nn
 
 from hypernet.checkpointing import read_checkpoint
-from hypernet.models.base import build_base, model_config
-from hypernet.models.encoder import DegradationEncoder, VideoEncoder, frame_times
-from hypernet.models.generator import LoRAGenerator, adapter_spread
-from hypernet.models.lora import Adapters, LoRASpec, find_targets
+from hypernet.models.base import build_base
+from hypernet.models.encoder import frame_times
+from hypernet.models.generator import adapter_spread
+from hypernet.models.lora import Adapters, LoRASpec
 from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
+    HYPERNET_PARTS,
     EvaluationTables,
     SRSystem,
     adapted_sr,
     bicubic_upscale,
     charbonnier,
+    check_layout,
     gain_summary,
-    legacy_group,
     plain,
-    reject_unknown,
     self_supervised_loss,
     split_key,
     video_metrics,
@@ -49,35 +53,6 @@ from hypernet.systems.common import (
 MODES = ("direct", "refine")
 
 
-def feature_layer_names(base: nn.Module, spec: LoRASpec, patterns: list[str] | None) -> list[str]:
-    """The target layers whose activations the encoder reads: those matching
-    hypernet.feature_layers (fnmatch patterns), or by default every target that runs when the
-    base sees one frame alone (the encoder feeds it frames one by one; a recurrent base's flow
-    layers need two). Fewer, earlier layers make the frozen base's pass over the context cheaper:
-    it stops after the last layer read."""
-    import fnmatch
-
-    names = list(spec.names)
-    if patterns is not None:
-        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-        if not chosen:
-            raise ValueError(
-                f"hypernet.feature_layers={list(patterns)} matches none of the LoRA targets {names}"
-            )
-        return chosen
-    ran: set[str] = set()
-    modules = dict(base.named_modules())
-    handles = [modules[n].register_forward_hook(lambda *_, n=n: ran.add(n)) for n in names]
-    try:
-        with torch.no_grad():
-            param = next(base.parameters())
-            base(torch.zeros(1, 1, 3, 16, 16, dtype=param.dtype, device=param.device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [n for n in names if n in ran]
-
-
 def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The stage-1 base network (EMA weights when the run kept them) and its model config."""
     path = Path(checkpoint)
@@ -85,52 +60,12 @@ def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise FileNotFoundError(
             f"base_ckpt={path} does not exist: train stage 1 first (experiment=base_quickstart)"
         )
-    read_checkpoint(path, option="base_ckpt=")
+    check_layout(read_checkpoint(path, option="base_ckpt="), path, option="base_ckpt=")
     try:
         stage1 = BaseSRSystem.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except (KeyError, RuntimeError, TypeError, pickle.UnpicklingError, EOFError) as e:
         raise ValueError(f"base_ckpt={path} is not a stage-1 (BaseSRSystem) checkpoint: {e}") from e
     return stage1.eval_model(), dict(stage1.hparams["model"])
-
-
-# Parameter names of checkpoints written before the encoder and the generator shared one
-# attention block and one feed-forward (models/blocks.py): old pattern -> new name. Fused q/k/v
-# projections are split into to_q and to_kv (LEGACY_FUSED).
-LEGACY_RENAMES = (
-    (r"^encoder\.pooler\.(to_q|to_kv)\.", r"encoder.pooler.attention.\1."),
-    (r"^encoder\.pooler\.out\.", "encoder.pooler.attention.to_out."),
-    (r"^encoder\.blocks\.(\d+)\.proj\.", r"encoder.blocks.\1.attention.to_out."),
-    (r"^(encoder\.pooler|encoder\.blocks\.\d+)\.norm_mlp\.", r"\1.feed_forward.norm."),
-    (r"^(encoder\.pooler|encoder\.blocks\.\d+)\.mlp\.(0|2)\.", r"\1.feed_forward.net.\2."),
-    (r"^generator\.query\.attention\.out_proj\.", "generator.query.attention.to_out."),
-    (r"^generator\.query\.mlp\.0\.", "generator.query.feed_forward.norm."),
-    (r"^generator\.query\.mlp\.1\.", "generator.query.feed_forward.net.0."),
-    (r"^generator\.query\.mlp\.3\.", "generator.query.feed_forward.net.2."),
-)
-LEGACY_FUSED = (
-    (r"^(encoder\.blocks\.\d+)\.qkv\.(weight|bias)$", r"\1.attention"),
-    (r"^(generator\.query\.attention)\.in_proj_(weight|bias)$", r"\1"),
-)
-
-
-def renamed_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A stage-2 state dict in today's parameter names (a current one passes unchanged): the
-    same weights, the same outputs, so checkpoints of earlier studies still load."""
-    renamed = {}
-    for key, tensor in state.items():
-        for pattern, attention in LEGACY_FUSED:
-            match = re.match(pattern, key)
-            if match:  # rows: q, then k and v
-                prefix, kind = match.expand(attention), match.group(2)
-                dim = tensor.shape[0] // 3
-                renamed[f"{prefix}.to_q.{kind}"] = tensor[:dim]
-                renamed[f"{prefix}.to_kv.{kind}"] = tensor[dim:]
-                break
-        else:
-            for pattern, new in LEGACY_RENAMES:
-                key = re.sub(pattern, new, key)
-            renamed[key] = tensor
-    return renamed
 
 
 def load_hypernet(
@@ -142,13 +77,16 @@ def load_hypernet(
 ) -> HyperLoRASystem:
     """A trained stage-2 system (eval mode) from its checkpoint alone: the frozen base's weights
     travel inside it, so the stage-1 checkpoint need not exist any more. `hypernet`: options that
-    replace the checkpoint's (e.g. {"context_tile": None}) before the system is built."""
+    replace the checkpoint's (e.g. {"encoder": {"context_tile": None}}) before the system is built."""
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist: train stage 2 first (make quickstart)")
     saved = read_checkpoint(path, option=option)
+    check_layout(saved, path, option=option)
     try:
-        options = {} if not hypernet else {"hypernet": {**saved["hyper_parameters"]["hypernet"], **hypernet}}
+        options = (
+            {} if not hypernet else {"hypernet": merged(saved["hyper_parameters"]["hypernet"], hypernet)}
+        )
         system = HyperLoRASystem.load_from_checkpoint(
             path, map_location=map_location, base_ckpt=None, weights_only=True, **options
         )
@@ -158,6 +96,14 @@ def load_hypernet(
         ) from e
     check_finite(system, path)
     return system.eval()
+
+
+def merged(options: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` with `changes` put in, group by group (nested dicts merge, values replace)."""
+    out = dict(options)
+    for key, value in changes.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, Mapping) else value
+    return out
 
 
 def check_finite(module: nn.Module, path: Path) -> None:
@@ -172,43 +118,106 @@ def check_finite(module: nn.Module, path: Path) -> None:
             )
 
 
-OPTIM_KEYS = ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")
-# hypernet options that checkpoints written before the systems took their options grouped may
-# lack, because the option came later: the value that reproduces how such a checkpoint ran
-LEGACY_HYPERNET_DEFAULTS = {"overrides": None, "feature_layers": None, "context_tile": None}
+def build_part(config: Mapping[str, Any], **made: Any) -> Any:
+    """One part of the hypernetwork from its config's `_target_` (hydra.utils.instantiate, as
+    every part of a run is made), given the objects it is made over (the base, the LoRA spec):
+    those go to the target as they are, never through the config."""
+    from hydra.utils import instantiate
+
+    return instantiate(dict(config), _partial_=True, _convert_="all")(**made)
+
+
+class Refine(nn.Module):
+    """`hypernet.refine`: direct (the generator's adapters as they are) or refine (k inner
+    gradient steps on the self-supervised loss, each target layer with its learned step size,
+    log-parametrised so it stays positive). Training differentiates through the steps (second
+    order) unless first_order is set. The step sizes exist in direct mode too, so a direct
+    checkpoint can be refined at inference."""
+
+    def __init__(self, *, spec: LoRASpec, mode: str, steps: int, lr: float, first_order: bool):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"hypernet.refine.mode={mode!r} is not known; choose one of {list(MODES)}")
+        self.spec = spec
+        self.mode, self.steps, self.first_order = mode, steps, first_order
+        self.log_lr = nn.Parameter(torch.full((len(spec.targets),), math.log(lr)))
+
+    def forward(self, base: nn.Module, adapters: Adapters, context: torch.Tensor) -> Adapters:
+        """The adapters after the refine steps on the LR frames `context` (V, K, C, h, w)
+        through `base`; in direct mode the adapters unchanged."""
+        if self.mode == "direct":
+            return adapters
+        names = list(self.spec.names)
+        step_sizes = self.log_lr.exp()
+        second_order = self.training and not self.first_order
+        current = adapters
+        for _ in range(self.steps):
+            with torch.enable_grad():
+                # tensors outside any graph (validation) become leaves the inner loss can differentiate
+                current = {
+                    n: tuple(t if t.requires_grad else t.detach().requires_grad_(True) for t in current[n])
+                    for n in names
+                }
+                flat = [t for n in names for t in current[n]]
+                grads = torch.autograd.grad(
+                    self_supervised_loss(base, self.spec, current, context),
+                    flat,
+                    create_graph=second_order,
+                )
+            if not second_order:
+                grads = [g.detach() for g in grads]
+            current = {
+                n: (
+                    current[n][0] - step_sizes[i] * grads[2 * i],
+                    current[n][1] - step_sizes[i] * grads[2 * i + 1],
+                )
+                for i, n in enumerate(names)
+            }
+        return current
+
+
+def hypernet_parts(hypernet: Any) -> dict[str, dict[str, Any]]:
+    """`hypernet` as plain dicts, one per part, each with its `_target_`; anything else (the flat
+    options of an earlier layout) is one error saying what is expected."""
+    options = plain(hypernet)
+    if set(options) != set(HYPERNET_PARTS) or not all(
+        isinstance(options[part], Mapping) and "_target_" in options[part] for part in HYPERNET_PARTS
+    ):
+        raise ValueError(
+            f"hypernet holds {sorted(options)}; expected its parts {list(HYPERNET_PARTS)}, each with a "
+            "_target_ (configs/hypernet/default.yaml). A checkpoint of an earlier layout is converted by "
+            "scripts/convert_checkpoint.py"
+        )
+    return options
 
 
 class HyperLoRASystem(SRSystem):
     """Built from configs/stage/hyper.yaml: the frozen base (`base_ckpt`, checked against
-    `model`), `hypernet` (configs/hypernet/default.yaml: which layers get LoRA, the encoder, the
-    generator, the refine mode) and `optim` (configs/optim/hyper.yaml), as plain dicts kept in
-    the checkpoint so that it rebuilds the system alone."""
+    `model`), `hypernet` (configs/hypernet/default.yaml: its parts lora, encoder, generator and
+    refine, each made from its `_target_`) and `optim` (configs/optim/hyper.yaml), as plain dicts
+    kept in the checkpoint so that it rebuilds the system alone. The parts are made in the order
+    lora, encoder, generator, refine, the order in which they have always drawn their initial
+    weights: a seed gives the network it gave before the options were grouped."""
 
     def __init__(
         self,
         *,
         base_ckpt: str | None,
-        model: Mapping[str, Any] | None = None,
-        hypernet: Mapping[str, Any] | None = None,
-        optim: Mapping[str, Any] | None = None,
+        model: Mapping[str, Any] | None,
+        hypernet: Mapping[str, Any],
+        optim: Mapping[str, Any],
         crop_border: int = 0,
         log_images: bool = True,
         nonfinite_loss: str = "raise",
-        **legacy: Any,
     ):
         super().__init__()
-        optim = plain(optim) if optim is not None else legacy_group(legacy, OPTIM_KEYS)
-        if hypernet is None:
-            options = LEGACY_HYPERNET_DEFAULTS | legacy_group(legacy, None)
-        else:
-            options = plain(hypernet)
-        reject_unknown(legacy, type(self).__name__)
-        model = None if model is None else model_config(plain(model))
+        parts, optim = hypernet_parts(hypernet), plain(optim)
+        model = None if model is None else plain(model)
         self.save_hyperparameters(
             {
                 "base_ckpt": base_ckpt,
                 "model": model,
-                "hypernet": options,
+                "hypernet": parts,
                 "optim": optim,
                 "crop_border": crop_border,
                 "log_images": log_images,
@@ -216,12 +225,6 @@ class HyperLoRASystem(SRSystem):
             }
         )
         self.optim = optim
-        options = dict(options)
-        self.mode, self.source = options.pop("mode"), options["source"]
-        self.inner_steps, self.first_order = options.pop("inner_steps"), options.pop("first_order")
-        inner_lr, static = options.pop("inner_lr"), options.pop("static")
-        if self.mode not in MODES:
-            raise ValueError(f"hypernet.mode={self.mode!r} is not known; choose one of {list(MODES)}")
         if base_ckpt is None:  # restoring a stage-2 checkpoint: the base's weights come with its state_dict
             if model is None:
                 raise ValueError(
@@ -237,32 +240,10 @@ class HyperLoRASystem(SRSystem):
                 f"{model}: use the model config of the stage-1 run (or drop the model override)"
             )
         self.base = base.requires_grad_(False).eval()
-        targets = {k: options.pop(k) for k in ("targets", "exclude", "rank", "alpha", "overrides")}
-        self.spec: LoRASpec = find_targets(
-            self.base,
-            include=list(targets["targets"]),
-            exclude=list(targets["exclude"]),
-            rank=targets["rank"],
-            alpha=targets["alpha"],
-            overrides={k: dict(v) for k, v in (targets["overrides"] or {}).items()},
-        )
-        # what is left are the encoder's options (models/encoder.py)
-        self.encoder: nn.Module
-        feature_layers = options.pop("feature_layers")
-        if self.source == "degradation":  # the ceiling control: true degradation parameters, no frames
-            self.encoder = DegradationEncoder(
-                **{k: options[k] for k in ("dim", "num_latents", "num_heads", "num_blocks")}
-            )
-        else:
-            layer_names = (
-                feature_layer_names(self.base, self.spec, feature_layers) if self.source == "base" else ()
-            )
-            self.encoder = VideoEncoder(**options, base=self.base, layer_names=layer_names)
-        self.generator = LoRAGenerator(
-            spec=self.spec, dim=options["dim"], num_heads=options["num_heads"], static=static
-        )
-        # refine mode: one learned step size per layer, log-parametrised (positive)
-        self.log_inner_lr = nn.Parameter(torch.full((len(self.spec.targets),), math.log(inner_lr)))
+        self.spec: LoRASpec = build_part(parts["lora"], model=self.base)
+        self.encoder: nn.Module = build_part(parts["encoder"], base=self.base, target_names=self.spec.names)
+        self.generator = build_part(parts["generator"], spec=self.spec, dim=self.encoder.dim)
+        self.refine = build_part(parts["refine"], spec=self.spec)
         self.tables = EvaluationTables()
         self._spreads: dict[str, list[torch.Tensor]] = {}
 
@@ -290,16 +271,8 @@ class HyperLoRASystem(SRSystem):
     ) -> Adapters:
         """Adapters for V videos from their context frames (V, K, C, h, w) and times (V, K);
         the degradation-ceiling control reads `degradation` (V, P) instead."""
-        if self.source == "degradation":
-            if degradation is None:
-                raise ValueError("hypernet.source=degradation needs each video's true degradation parameters")
-            latents = self.encoder(degradation)
-        else:
-            latents = self.encoder(context, times)
-        adapters = self.generator(latents)
-        if self.mode == "refine":
-            adapters = self.refine(adapters, context)
-        return adapters
+        adapters = self.generator(self.encoder.encode_context(context, times, degradation))
+        return self.refine(self.base, adapters, context)
 
     @torch.no_grad()
     def adapters_from_stream(
@@ -308,11 +281,6 @@ class HyperLoRASystem(SRSystem):
         """Adapters for one whole video given as LR chunks (1, n, C, h, w) in order: the encoder
         folds chunk after chunk (memory independent of the length). Refine mode takes its inner
         steps on `refine_context` (1, K, C, h, w), a few frames spread over the video."""
-        if self.source == "degradation":
-            raise ValueError(
-                "this checkpoint is the degradation-ceiling control (hypernet.source=degradation): it reads a "
-                "video's true degradation parameters, which a real video does not come with; use a blind one"
-            )
 
         def timed(chunks: Iterable[torch.Tensor]):  # each chunk with its frames' times in the video
             start = 0
@@ -321,48 +289,15 @@ class HyperLoRASystem(SRSystem):
                 start += chunk.shape[1]
 
         adapters = self.generator(self.encoder.encode_stream(timed(chunks)))
-        if self.mode == "refine":
+        if self.refine.mode == "refine":
             if refine_context is None:
-                raise ValueError("hypernet.mode=refine needs refine_context: a few LR frames of the video")
-            adapters = self.refine(adapters, refine_context)
+                raise ValueError(
+                    "hypernet.refine.mode=refine needs refine_context: a few LR frames of the video"
+                )
+            adapters = self.refine(self.base, adapters, refine_context)
         return {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
 
-    def refine(self, adapters: Adapters, context: torch.Tensor) -> Adapters:
-        """k inner gradient steps on the self-supervised loss, each layer with its learned step size.
-        Training differentiates through the steps (second order) unless first_order is set."""
-        names = list(self.spec.names)
-        step_sizes = self.log_inner_lr.exp()
-        second_order = self.training and not self.first_order
-        current = adapters
-        for _ in range(self.inner_steps):
-            with torch.enable_grad():
-                # tensors outside any graph (validation) become leaves the inner loss can differentiate
-                current = {
-                    n: tuple(t if t.requires_grad else t.detach().requires_grad_(True) for t in current[n])
-                    for n in names
-                }
-                flat = [t for n in names for t in current[n]]
-                grads = torch.autograd.grad(
-                    self_supervised_loss(self.base, self.spec, current, context),
-                    flat,
-                    create_graph=second_order,
-                )
-            if not second_order:
-                grads = [g.detach() for g in grads]
-            current = {
-                n: (
-                    current[n][0] - step_sizes[i] * grads[2 * i],
-                    current[n][1] - step_sizes[i] * grads[2 * i + 1],
-                )
-                for i, n in enumerate(names)
-            }
-        return current
-
     # -------------------------------------------------------------- steps
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        checkpoint["state_dict"] = renamed_legacy_keys(checkpoint["state_dict"])
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         adapters = self.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
         return self.checked_loss(charbonnier(self.sr(batch["lr"], adapters), batch["hr"]), batch, batch_idx)
@@ -433,8 +368,8 @@ class HyperLoRASystem(SRSystem):
 
     def configure_optimizers(self):
         trainable = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("base.")]
-        if self.mode == "direct":
-            trainable = [p for p in trainable if p is not self.log_inner_lr]
+        if self.refine.mode == "direct":  # the step sizes take no part
+            trainable = [p for p in trainable if p is not self.refine.log_lr]
         optimizer = torch.optim.Adam(trainable, lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
         schedule = warmup_cosine(
             warmup_steps=self.optim["warmup_steps"],

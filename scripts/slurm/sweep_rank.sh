@@ -4,4 +4,4 @@
 set -euo pipefail
 .venv/bin/python -m hypernet.train -m hydra/launcher=slurm experiment=hyper_quickstart \
   trainer=ddp trainer.devices=4 data.batch_size=32 \
-  hypernet.rank=2,4,8 seed=0,1 "$@"
+  hypernet.lora.rank=2,4,8 seed=0,1 "$@"
