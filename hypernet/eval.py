@@ -14,7 +14,6 @@ folder as results.csv, results.md, metrics.json, a per-video bar plot and side-b
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
 from hypernet.runs import atomic_write_text, write_metrics, write_table_csv
-from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side, video_metrics
+from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side
 from hypernet.systems.per_video import finetune_adapters
 
 METHODS = ("bicubic", "base", "selfsup", "hypernet", "oracle")
@@ -110,17 +110,11 @@ def summarise(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, float
             summary[f"test/{m}/{key}"] = sum(r[key] for r in rs) / len(rs)
     if "base" in by and "hypernet" in by:
         gains = [h["psnr_y"] - b["psnr_y"] for h, b in zip(by["hypernet"], by["base"], strict=True)]
-        n = len(gains)
-        mean = sum(gains) / n
-        summary["test/hypernet_gain_y"] = mean
-        summary["test/hypernet_gain_y_stderr"] = math.sqrt(
-            sum((g - mean) ** 2 for g in gains) / max(n - 1, 1) / n
-        )
-        summary["test/hypernet_videos_improved"] = float(sum(g > 0 for g in gains))
+        summary.update({f"test/hypernet_{k}": v for k, v in gain_summary(gains).items()})
         if "oracle" in by:
             oracle_gain = summary["test/oracle/psnr_y"] - summary["test/base/psnr_y"]
             summary["test/hypernet_fraction_of_oracle_gain"] = (
-                mean / oracle_gain if oracle_gain > 0 else float("nan")
+                summary["test/hypernet_gain_y"] / oracle_gain if oracle_gain > 0 else float("nan")
             )
         for other in ("selfsup", "oracle"):
             if other in by:
@@ -176,13 +170,8 @@ def strength_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Gain over the base at each strength: test/hypernet_gain_y@S, its s.e. and videos improved."""
     summary = {}
     for strength in sorted({r["strength"] for r in rows}):
-        gains = [r["gain_y"] for r in rows if r["strength"] == strength]
-        n, mean = len(gains), sum(gains) / len(gains)
-        summary[f"test/hypernet_gain_y@{strength:g}"] = mean
-        summary[f"test/hypernet_gain_y_stderr@{strength:g}"] = math.sqrt(
-            sum((g - mean) ** 2 for g in gains) / max(n - 1, 1) / n
-        )
-        summary[f"test/hypernet_videos_improved@{strength:g}"] = float(sum(g > 0 for g in gains))
+        gains = gain_summary([r["gain_y"] for r in rows if r["strength"] == strength])
+        summary.update({f"test/hypernet_{k}@{strength:g}": v for k, v in gains.items()})
     return summary
 
 

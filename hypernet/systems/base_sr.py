@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from hypernet.metrics import video_metrics
 from hypernet.models.base import build_base, model_config
 from hypernet.systems.common import (
     EMA,
@@ -19,7 +20,6 @@ from hypernet.systems.common import (
     plain,
     reject_unknown,
     split_key,
-    video_metrics,
     warmup_cosine,
 )
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from hypernet.checkpointing import read_checkpoint
+from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.base import build_base, model_config
 from hypernet.models.encoder import DegradationEncoder, VideoEncoder, frame_times
 from hypernet.models.generator import LoRAGenerator, adapter_spread
@@ -36,13 +37,11 @@ from hypernet.systems.common import (
     adapted_sr,
     bicubic_upscale,
     charbonnier,
-    gain_summary,
     legacy_group,
     plain,
     reject_unknown,
     self_supervised_loss,
     split_key,
-    video_metrics,
     warmup_cosine,
 )
 
