@@ -12,7 +12,7 @@ from hypernet.config import CONFIG_DIR
 from hypernet.models.lora import apply_adapters
 from hypernet.systems.hyper_lora import HyperLoRASystem
 from hypernet.train import run
-from tests.conftest import TINY_BASE, TINY_HYPER, compose_train
+from tests.helpers import TINY_BASE, TINY_HYPER, compose_train
 
 
 @pytest.fixture(scope="module")
