@@ -164,21 +164,27 @@ def video_metrics(
     }
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1) of plain numbers: 0 for one value, nan for none."""
+def _mean_variance(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample variance (n - 1), summed in order as every table so far was: 0 for one value,
+    nan for none."""
     n = len(values)
     if n == 0:
         return math.nan, math.nan
-    mean = math.fsum(values) / n
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
+    mean = sum(values) / n
+    return mean, sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (the spread over seeds): 0 for one value, nan for none."""
+    mean, variance = _mean_variance(values)
+    return mean, math.sqrt(variance)
 
 
 def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """Mean over videos and its standard error (sample standard deviation / sqrt(n)): the
-    "+-" of every results table; s.e. 0 for one video, both nan for none."""
-    mean, std = mean_std(values)
-    return mean, std / math.sqrt(len(values)) if len(values) else math.nan
+    """Mean over videos and its standard error, sqrt(sample variance / n): the "+-" of every
+    results table; s.e. 0 for one video, both nan for none."""
+    mean, variance = _mean_variance(values)
+    return mean, math.sqrt(variance / len(values)) if len(values) else math.nan
 
 
 def gain_summary(gains: Sequence[float]) -> dict[str, float]:
