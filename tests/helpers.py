@@ -1,6 +1,7 @@
 """Plain helpers the tests share (no fixtures: those live in conftest.py): the tiny Hydra
-overrides of a run that takes seconds, a small moving video, composing a training config, and the
-check of a refused command's one-line error. New test files import them with
+overrides of a run that takes seconds, a small moving video, composing a training config, a
+stage-2 batch at those tiny shapes, and the check of a refused command's one-line error. New test
+files import them with
 
     from tests.helpers import TINY_BASE, compose_train, one_line_error
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from hypernet.config import compose_config
@@ -69,6 +71,20 @@ def moving_texture(num_frames: int, height: int, width: int, *, seed: int = 0) -
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     """The training config of `overrides`, its run folder at output_dir (as the entry point composes it)."""
     return compose_config("train", [*overrides, f"paths.output_dir={output_dir}"])
+
+
+def tiny_batch(v: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A stage-2 batch of v videos at TINY_BASE and TINY_HYPER's shapes (CPU tensors): 3 frames of
+    8x8 LR (x4: 32x32 HR), 3 context frames with their times, each video's degradation."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "context": torch.rand(v, 3, 3, 8, 8, generator=g),
+        "context_times": torch.tensor([[0.1, 0.5, 0.9]] * v),
+        "lr": torch.rand(v, 3, 3, 8, 8, generator=g),
+        "hr": torch.rand(v, 3, 3, 32, 32, generator=g),
+        # scale, blur sigma, noise sigma, crf (-1: none): what the degradation-ceiling control reads
+        "degradation": torch.stack([torch.tensor([4.0, 0.5 + i, 0.01 * i, -1.0]) for i in range(v)]),
+    }
 
 
 def one_line_error(capsys, *names: str) -> str:

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from hypernet.checkpointing import AtomicCheckpointIO
 from hypernet.train import build_system
-from tests.helpers import TINY_BASE, TINY_HYPER, compose_train
+from tests.helpers import TINY_BASE, TINY_HYPER, compose_train, tiny_batch
 
 CUDA = torch.cuda.is_available()
 
@@ -27,16 +27,7 @@ def test_stage2_training_step_in_bf16_autocast_on_cuda(tmp_path):
     system = build_system(compose_train([*TINY_BASE, *TINY_HYPER], tmp_path)).to(device).train()
     with torch.no_grad():
         system.generator.gates.fill_(0.5)  # off the zero initialisation, so that every head gets gradient
-    rng = torch.Generator().manual_seed(0)
-    videos = 2  # of 3 frames, 8x8 LR (x4: 32x32 HR), 3 context frames: TINY_BASE and TINY_HYPER's shapes
-    batch = {
-        "context": torch.rand(videos, 3, 3, 8, 8, generator=rng),
-        "context_times": torch.tensor([[0.1, 0.5, 0.9]] * videos),
-        "lr": torch.rand(videos, 3, 3, 8, 8, generator=rng),
-        "hr": torch.rand(videos, 3, 3, 32, 32, generator=rng),
-        "degradation": torch.tensor([[4.0, 0.5, 0.01, -1.0]] * videos),
-    }
-    batch = {k: v.to(device) for k, v in batch.items()} | {"video_id": ["a", "b"]}
+    batch = {k: v.to(device) for k, v in tiny_batch().items()}
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = system.training_step(batch, 0)
     assert loss is not None and loss.device.type == "cuda" and torch.isfinite(loss), loss

@@ -12,7 +12,7 @@ from hypernet.config import CONFIG_DIR
 from hypernet.models.lora import apply_adapters
 from hypernet.systems.hyper_lora import HyperLoRASystem
 from hypernet.train import run
-from tests.helpers import TINY_BASE, TINY_HYPER, compose_train
+from tests.helpers import TINY_BASE, TINY_HYPER, compose_train, tiny_batch
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +26,6 @@ def tiny_system(base_ckpt: Path, **options) -> HyperLoRASystem:
     optim = OmegaConf.to_container(OmegaConf.load(f"{CONFIG_DIR}/optim/hyper.yaml"))
     small = dict(dim=16, num_latents=4, num_heads=2, num_blocks=1, conv_channels=8, rank=2)
     return HyperLoRASystem(base_ckpt=str(base_ckpt), hypernet={**hypernet, **small, **options}, optim=optim)
-
-
-def tiny_batch(v: int = 2, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "context": torch.rand(v, 3, 3, 8, 8, generator=g),
-        "context_times": torch.tensor([[0.1, 0.5, 0.9]] * v),
-        "lr": torch.rand(v, 3, 3, 8, 8, generator=g),
-        "hr": torch.rand(v, 3, 3, 32, 32, generator=g),
-        # scale, blur sigma, noise sigma, crf (-1: none): what the degradation-ceiling control reads
-        "degradation": torch.stack([torch.tensor([4.0, 0.5 + i, 0.01 * i, -1.0]) for i in range(v)]),
-    }
 
 
 @pytest.mark.parametrize(
