@@ -161,11 +161,11 @@ def check_device(device: str, *, option: str = "--device") -> torch.device:
 
 def check_reads_videos(system: Any, checkpoint: str | os.PathLike, *, needed_by: str) -> None:
     """Refuse a stage-2 checkpoint that cannot make adapters for a real video: the
-    degradation-ceiling control (hypernet.source=degradation) reads each video's true degradation
+    degradation-ceiling control (hypernet.encoder.source=degradation) reads each video's true degradation
     parameters, which a real video does not come with. `needed_by` says which option needs it."""
     if getattr(system, "source", None) == "degradation":
         raise InputError(
-            f"--checkpoint {checkpoint}: is the degradation-ceiling control (hypernet.source=degradation), "
+            f"--checkpoint {checkpoint}: is the degradation-ceiling control (hypernet.encoder.source=degradation), "
             f"which reads a video's true degradation parameters instead of its frames, so it cannot make "
             f"the adapters {needed_by} needs: use a checkpoint of a blind run"
         )

@@ -16,7 +16,6 @@ folder as results.csv, results.md, metrics.json, a per-video bar plot and side-b
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ import torch
 from omegaconf import DictConfig
 
 from hypernet.checkpointing import NOT_RECORDED, trained_input
+from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
 from hypernet.runs import atomic_write_text, write_metrics, write_table_csv
-from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side, video_metrics
+from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side
 from hypernet.systems.per_video import finetune_adapters
 
 METHODS = ("bicubic", "base", "selfsup", "hypernet", "hypernet_stream", "oracle")
@@ -118,29 +118,18 @@ def summarise(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, float
             summary[f"test/{m}/{key}"] = sum(r[key] for r in rs) / len(rs)
     if "base" in by and "hypernet" in by:
         gains = [h["psnr_y"] - b["psnr_y"] for h, b in zip(by["hypernet"], by["base"], strict=True)]
-        n = len(gains)
-        mean = sum(gains) / n
-        summary["test/hypernet_gain_y"] = mean
-        summary["test/hypernet_gain_y_stderr"] = math.sqrt(
-            sum((g - mean) ** 2 for g in gains) / max(n - 1, 1) / n
-        )
-        summary["test/hypernet_videos_improved"] = float(sum(g > 0 for g in gains))
-        if "hypernet_stream" in by:  # every frame read against the spread frames training read
+        summary.update({f"test/hypernet_{k}": v for k, v in gain_summary(gains).items()})
+        if "hypernet_stream" in by:  # every frame read, against the spread frames training read
             stream = [
                 s["psnr_y"] - b["psnr_y"] for s, b in zip(by["hypernet_stream"], by["base"], strict=True)
             ]
+            summary.update({f"test/hypernet_stream_{k}": v for k, v in gain_summary(stream).items()})
             difference = [s - g for s, g in zip(stream, gains, strict=True)]
-            for key, values in (("hypernet_stream_gain_y", stream), ("stream_over_spread_y", difference)):
-                m = sum(values) / n
-                summary[f"test/{key}"] = m
-                summary[f"test/{key}_stderr"] = math.sqrt(
-                    sum((v - m) ** 2 for v in values) / max(n - 1, 1) / n
-                )
-            summary["test/hypernet_stream_videos_improved"] = float(sum(g > 0 for g in stream))
+            summary.update({f"test/stream_over_spread_{k}": v for k, v in gain_summary(difference).items()})
         if "oracle" in by:
             oracle_gain = summary["test/oracle/psnr_y"] - summary["test/base/psnr_y"]
             summary["test/hypernet_fraction_of_oracle_gain"] = (
-                mean / oracle_gain if oracle_gain > 0 else float("nan")
+                summary["test/hypernet_gain_y"] / oracle_gain if oracle_gain > 0 else float("nan")
             )
         for other in ("selfsup", "oracle"):
             if other in by:
@@ -173,7 +162,7 @@ def markdown(
         lines.append(
             f"; reading every frame (hypernet_stream): {summary['test/hypernet_stream_gain_y']:+.3f} +- "
             f"{summary['test/hypernet_stream_gain_y_stderr']:.3f} dB, "
-            f"{summary['test/stream_over_spread_y']:+.3f} +- {summary['test/stream_over_spread_y_stderr']:.3f} "
+            f"{summary['test/stream_over_spread_gain_y']:+.3f} +- {summary['test/stream_over_spread_gain_y_stderr']:.3f} "
             "against the spread frames"
         )
     if "test/hypernet_fraction_of_oracle_gain" in summary:
@@ -203,13 +192,8 @@ def strength_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Gain over the base at each strength: test/hypernet_gain_y@S, its s.e. and videos improved."""
     summary = {}
     for strength in sorted({r["strength"] for r in rows}):
-        gains = [r["gain_y"] for r in rows if r["strength"] == strength]
-        n, mean = len(gains), sum(gains) / len(gains)
-        summary[f"test/hypernet_gain_y@{strength:g}"] = mean
-        summary[f"test/hypernet_gain_y_stderr@{strength:g}"] = math.sqrt(
-            sum((g - mean) ** 2 for g in gains) / max(n - 1, 1) / n
-        )
-        summary[f"test/hypernet_videos_improved@{strength:g}"] = float(sum(g > 0 for g in gains))
+        gains = gain_summary([r["gain_y"] for r in rows if r["strength"] == strength])
+        summary.update({f"test/hypernet_{k}@{strength:g}": v for k, v in gains.items()})
     return summary
 
 

@@ -3,16 +3,25 @@
 Numbers are only comparable with published tables when every detail matches: Y is MATLAB's
 ``rgb2ycbcr`` studio-swing luma (not rounded, as BasicSR), SSIM is Wang et al.'s with an 11x11
 Gaussian window (sigma 1.5) over the valid region on the 0-255 scale, each frame is scored on its
-own and the caller averages over frames. Arithmetic is float64 so that the metric does not add
-noise of its own to small differences between methods.
+own and a video's score is the mean over its frames (`video_metrics`). Arithmetic is float64 so
+that the metric does not add noise of its own to small differences between methods.
 
-Inputs are (..., C, H, W) in [0, 1]; every function returns one value per image of the leading
+Inputs are (..., C, H, W) in [0, 1]; `psnr` and `ssim` return one value per image of the leading
 dims, e.g. (T,) for a (T, C, H, W) video and a 0-d tensor for a single (C, H, W) image.
+
+Across videos, every table reports a mean +- its standard error (`mean_stderr`), and a gain over
+a reference with the videos it improved (`gain_summary`): one definition for training's logs,
+`hypernet.eval` and the scripts that collect studies.
 """
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from hypernet.data.degrade import quantise
 
 # MATLAB rgb2ycbcr, ITU-R BT.601 studio swing: Y = 16 + (65.481 R + 128.553 G + 24.966 B) for RGB in [0, 1]
 _Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
@@ -60,7 +69,7 @@ def _prepare(
     for x in (sr, hr):
         x = x.detach().to(torch.float64)
         if quantize:
-            x = torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0
+            x = quantise(x)
         if crop_border:
             x = x[..., crop_border:-crop_border, crop_border:-crop_border]
         if y_channel:
@@ -133,17 +142,53 @@ def ssim(
     return per_channel.mean(dim=-1)
 
 
-def video_psnr_ssim(
+def video_metrics(
     sr: Tensor, hr: Tensor, *, crop_border: int = 0, quantize: bool = False
-) -> dict[str, float]:
-    """Mean over all frames of psnr_y, ssim_y and psnr_rgb for (..., T, 3, H, W) videos.
+) -> dict[str, Tensor]:
+    """psnr_y, ssim_y and psnr_rgb of (..., T, 3, H, W) videos, each the mean over its frames:
+    one value per video, shape sr.shape[:-4] (a 0-d tensor for a single (T, 3, H, W) video).
 
-    The literature averages per-frame scores (not the PSNR of the mean MSE). A frame identical to
-    its HR makes the PSNR mean inf.
+    The literature averages per-frame scores (not the PSNR of the mean MSE); a frame identical to
+    its HR makes the PSNR mean inf. Values are scored as given: clamp a model's output first, as
+    the images it writes are clamped.
     """
+    if sr.ndim < 4:
+        raise MetricInputError(
+            f"video_metrics: expected (..., T, C, H, W) videos, got shape {tuple(sr.shape)}"
+        )
     kwargs = {"crop_border": crop_border, "quantize": quantize}
     return {
-        "psnr_y": psnr(sr, hr, y_channel=True, **kwargs).mean().item(),
-        "ssim_y": ssim(sr, hr, y_channel=True, **kwargs).mean().item(),
-        "psnr_rgb": psnr(sr, hr, y_channel=False, **kwargs).mean().item(),
+        "psnr_y": psnr(sr, hr, y_channel=True, **kwargs).mean(dim=-1),
+        "ssim_y": ssim(sr, hr, y_channel=True, **kwargs).mean(dim=-1),
+        "psnr_rgb": psnr(sr, hr, y_channel=False, **kwargs).mean(dim=-1),
     }
+
+
+def _mean_variance(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample variance (n - 1), summed in order as every table so far was: 0 for one value,
+    nan for none."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    return mean, sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (the spread over seeds): 0 for one value, nan for none."""
+    mean, variance = _mean_variance(values)
+    return mean, math.sqrt(variance)
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean over videos and its standard error, sqrt(sample variance / n): the "+-" of every
+    results table; s.e. 0 for one video, both nan for none."""
+    mean, variance = _mean_variance(values)
+    return mean, math.sqrt(variance / len(values)) if len(values) else math.nan
+
+
+def gain_summary(gains: Sequence[float]) -> dict[str, float]:
+    """PSNR gains over a reference, one per video: gain_y (mean), gain_y_stderr and
+    videos_improved (how many gained at all), the three figures every gain is reported with."""
+    mean, stderr = mean_stderr(gains)
+    return {"gain_y": mean, "gain_y_stderr": stderr, "videos_improved": float(sum(g > 0 for g in gains))}

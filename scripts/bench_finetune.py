@@ -2,11 +2,11 @@
 folder grows, and what does a step cost?
 
 Writes 20 synthetic HR videos (mp4, streamed into ``write_mp4``), then fine-tunes one domain
-adapter on a folder holding 2 of them and on one holding all 20, each in a fresh process (its
-peak resident memory is that run's alone, read from ``wait4``). The figures that matter:
-``mem_20_over_2``, peak memory for 20 videos over that for 2 (target <= 1.2: clips are read from
-disk a batch at a time; a tool that loaded the videos would grow ten-fold), and the seconds per
-step of each.
+adapter on a folder holding 2 of them and on one holding all 20, each in a fresh process whose
+peak resident memory (VmHWM) is read inside it (scripts/harness.py: ``wait4``'s ru_maxrss would
+start from this process's own high-water mark). The figures that matter: ``mem_20_over_2``, peak
+memory for 20 videos over that for 2 (target <= 1.2: clips are read from disk a batch at a time;
+a tool that loaded the videos would grow ten-fold), and the seconds per step of each.
 
 Needs a stage-2 checkpoint: the one `make quickstart` trains, or ``--checkpoint``.
 
@@ -17,45 +17,31 @@ Needs a stage-2 checkpoint: the one `make quickstart` trains, or ``--checkpoint`
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench_specialise import (  # scripts/ is on the path when run as a script
-    require_checkpoint,
-    synthetic_frames,
-)
+from harness import require_checkpoint, run_measured, synthetic_frames, write_figures
 
 from hypernet.data.video_io import write_mp4
-from hypernet.runs import DEFAULT_CHECKPOINT, atomic_write_text
+from hypernet.runs import DEFAULT_CHECKPOINT
 
 
 def measure(folder: Path, output: Path, *, checkpoint: Path, steps: int) -> dict:
-    command = [sys.executable, "-m", "hypernet.finetune", "--hr", str(folder), "-o", str(output)]
+    """One fine-tuning run in a fresh interpreter: seconds per step and its own peak memory."""
+    command = ["-m", "hypernet.finetune", "--hr", str(folder), "-o", str(output)]
     command += ["--checkpoint", str(checkpoint), "--steps", str(steps), "--val-videos", "0", "--no-progress"]
-    """One fine-tuning run in a fresh interpreter: seconds per step and peak memory (from wait4,
-    so the child's own; its output goes to files, so no pipe can fill up while it runs)."""
-    log = output.with_suffix(".log")
-    with log.open("w") as stdout, output.with_suffix(".err").open("w") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
-    out, err = log.read_text(), output.with_suffix(".err").read_text()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"finetune failed on {folder}:\n{err.strip()}")
-    summary = dict(item.split("=", 1) for item in out.split())
-    seconds = float(summary["seconds"])
+    run = run_measured(command, what=f"finetune on {folder}")
+    summary = dict(item.split("=", 1) for item in run.stdout.split())
     return {
         "videos": int(summary["videos"]),
-        "seconds_per_step": seconds / steps,
-        "peak_mib": usage.ru_maxrss / 1024,  # KiB on Linux
+        "seconds_per_step": float(summary["seconds"]) / steps,
+        "peak_mib": run.peak_mib,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="stage-2 checkpoint")
     parser.add_argument("--frames", type=int, default=60, help="frames per HR video")
     parser.add_argument("--size", type=int, default=256, help="HR frame side, pixels")
@@ -93,7 +79,7 @@ def main() -> None:
     if args.json:
         for n, row in rows.items():
             figures |= {f"videos_{n}_{k}": float(v) for k, v in row.items()}
-        atomic_write_text(args.json, json.dumps(figures, indent=2, sort_keys=True) + "\n")
+        write_figures(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 A random LR video (24x24 frames by default) is generated chunk by chunk, never held whole, and
 streamed through the encoder in eval mode under torch.no_grad (source "base": the quickstart
 `window` base's activations at its conv layers inside "body", plus the LR statistics). Each length
-runs in a fresh subprocess, so each peak resident memory (VmHWM, as in bench_video_io.py) is that
-of one encoding alone. Figures, measured in the same run:
+runs in a fresh subprocess, so each peak resident memory (VmHWM, read inside it by
+scripts/harness.py) is that of one encoding alone. Figures, measured in the same run:
 
 - ``encoder_time_2000_over_200``: seconds for 2000 frames over seconds for 200 (target about 10);
 - ``encoder_mem_2000_over_200``: peak memory for 2000 frames over that for 200 (target <= 1.2);
@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from harness import median_seconds, run_measured, write_figures
 from torch import nn
 
 from hypernet.config import compose_config
@@ -80,41 +78,17 @@ def encoder_child(num_frames: int, *, chunk: int, size: int, source: str, thread
     stream_random_video(encoder, 2 * chunk, chunk=chunk, size=size, seed=1)  # warm-up: allocator, kernels
     baseline = peak_rss_mib()
     seconds, cpu_seconds = stream_random_video(encoder, num_frames, chunk=chunk, size=size)
-    return {
-        "frames": num_frames,
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "peak_mib": peak_rss_mib(),
-        "baseline_mib": baseline,
-    }
+    return {"frames": num_frames, "seconds": seconds, "cpu_seconds": cpu_seconds, "baseline_mib": baseline}
 
 
 def encoder_memory_and_time(
     num_frames: int, *, chunk: int = 32, size: int = 24, source: str = "base", threads: int = 1
 ) -> dict:
     """Seconds and peak MiB of streaming num_frames frames through the encoder, in a subprocess."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "figures.json"
-        command = [
-            sys.executable,
-            __file__,
-            "--child-encoder",
-            str(num_frames),
-            "--chunk",
-            str(chunk),
-            "--size",
-            str(size),
-            "--source",
-            source,
-            "--threads",
-            str(threads),
-            "--json",
-            str(out),
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise SystemExit(f"encoder benchmark child ({num_frames} frames) failed:\n{result.stderr}")
-        return json.loads(out.read_text())
+    command = [__file__, "--child-encoder", str(num_frames), "--chunk", str(chunk), "--size", str(size)]
+    command += ["--source", source, "--threads", str(threads)]
+    run = run_measured(command, what=f"the encoder benchmark child ({num_frames} frames)")
+    return run.last_json() | {"peak_mib": run.peak_mib}
 
 
 def encoder_figures(
@@ -168,14 +142,6 @@ def print_encoder_table(
     print(
         f"memory {large} / {small} frames: {results[f'encoder_mem_{large}_over_{small}']:6.3f}  (target <= 1.2)"
     )
-
-
-def write_json(path: Path, results: dict) -> None:
-    """Atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def stage_step_times(
@@ -240,20 +206,11 @@ def stage_step_times(
         charbonnier(stage2.sr(lr, stage2.adapters_for(ctx, times)), hr).backward()
         opt2.step()
 
-    def median_time(fn) -> float:
-        fn()
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples)
-
     # alternate so that load on a shared machine hits both alike
     t1, t2 = [], []
     for _ in range(2):
-        t1.append(median_time(step1))
-        t2.append(median_time(step2))
+        t1.append(median_seconds(step1, repeats=repeats))
+        t2.append(median_seconds(step2, repeats=repeats))
     s1, s2 = min(t1), min(t2)
     return {"stage1_step_s": s1, f"stage2_{label}_step_s": s2, f"stage2_{label}_over_stage1": s2 / s1}
 
@@ -313,7 +270,7 @@ def main() -> None:
         figures = encoder_child(
             args.child_encoder, chunk=args.chunk, size=args.size, source=args.source, threads=args.threads
         )
-        write_json(args.json, figures)
+        print(json.dumps(figures))
         return
 
     small, large = args.frames_small, args.frames_large
@@ -356,7 +313,7 @@ def main() -> None:
         "step in the same process (a loader worker draws the next batch while the step runs: below 1 it is hidden)"
     )
     if args.json:
-        write_json(args.json, results)
+        write_figures(args.json, results)
         print(f"wrote {args.json}")
 
 

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from harness import write_figures
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -231,9 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
     results.update({"load_avg_start": load_start, "load_avg_end": load_end})
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+        write_figures(Path(args.json), results)
     return results
 
 

@@ -2,7 +2,8 @@
 
 Writes a short and a long synthetic LR video (generated chunk by chunk, streamed into
 ``write_mp4``), runs ``specialise`` on each in a fresh subprocess (so each peak resident memory,
-VmHWM, is that of one run alone), then checks each output's frame count and size by probing it.
+VmHWM read inside it by scripts/harness.py, is that of one run alone), then checks each output's
+frame count and size by probing it.
 The figure that matters is ``mem_300_over_30``: peak memory for 300 frames over that for 30
 (target <= 1.2; a pipeline that kept the video would grow with it).
 
@@ -16,41 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
+from harness import require_checkpoint, run_measured, synthetic_frames, write_figures
 
 from hypernet.data.video_io import probe, write_mp4
-from hypernet.runs import DEFAULT_CHECKPOINT, atomic_write_text
-
-
-def synthetic_frames(num_frames: int, size: int, *, chunk: int = 32) -> Iterator[np.ndarray]:
-    """(t, size, size, 3) uint8 chunks: a fixed texture drifting over a moving colour ramp."""
-    rng = np.random.default_rng(0)
-    texture = rng.integers(0, 256, (size, 2 * size, 3))
-    yy, xx = np.mgrid[0:size, 0:size]
-    for start in range(0, num_frames, chunk):
-        frames = []
-        for t in range(start, min(start + chunk, num_frames)):
-            ramp = np.stack([(xx + 2 * t) % 128, (yy + t) % 128, (xx + yy + 3 * t) % 128], axis=-1)
-            shift = t % size
-            frames.append(0.5 * texture[:, shift : shift + size] + ramp)
-        yield np.clip(np.stack(frames), 0, 255).astype(np.uint8)
-
-
-def require_checkpoint(path: Path) -> None:
-    """Stop with one line (exit 2) when the benchmark's stage-2 checkpoint is missing."""
-    if not path.is_file():
-        print(
-            f"no stage-2 checkpoint at {path}: train one with `make quickstart` "
-            "(from the repository root) or pass --checkpoint PATH",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+from hypernet.runs import DEFAULT_CHECKPOINT
 
 
 def child(input_path: str, output_path: str, checkpoint: str, chunk_size: int) -> None:
@@ -63,29 +36,13 @@ def child(input_path: str, output_path: str, checkpoint: str, chunk_size: int) -
     print(json.dumps(figures))
 
 
-def run_child(input_path: Path, output_path: Path, *, checkpoint: Path, chunk_size: int) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        str(input_path),
-        str(output_path),
-        "--checkpoint",
-        str(checkpoint),
-        "--chunk-size",
-        str(chunk_size),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"specialise failed on {input_path}:\n{done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def measure(num_frames: int, folder: Path, *, size: int, checkpoint: Path, chunk_size: int) -> dict:
     """Write an LR video of num_frames frames, specialise it, check the output."""
     lr, sr = folder / f"lr_{num_frames}.mp4", folder / f"sr_{num_frames}.mp4"
     write_mp4(lr, synthetic_frames(num_frames, size), fps=25.0)
-    figures = run_child(lr, sr, checkpoint=checkpoint, chunk_size=chunk_size)
+    command = [__file__, "--child", str(lr), str(sr), "--checkpoint", str(checkpoint)]
+    run = run_measured([*command, "--chunk-size", str(chunk_size)], what=f"specialise on {lr}")
+    figures = run.last_json()
     info = probe(sr)
     scale = figures["output_height"] // figures["input_height"]
     if (info.num_frames, info.height, info.width) != (num_frames, scale * size, scale * size):
@@ -99,12 +56,12 @@ def measure(num_frames: int, folder: Path, *, size: int, checkpoint: Path, chunk
         "output_height": info.height,
         "seconds": figures["seconds"],
         "frames_per_second": num_frames / figures["seconds"],
-        "peak_mib": figures["peak_rss_mib"],
+        "peak_mib": run.peak_mib,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="stage-2 checkpoint")
     parser.add_argument("--frames-small", type=int, default=30)
     parser.add_argument("--frames-large", type=int, default=300)
@@ -146,7 +103,7 @@ def main() -> None:
             flat.update({f"{key}_{n}": value for key, value in row.items()})
         flat[ratio_name] = ratio
         flat[time_name] = time_ratio
-        atomic_write_text(args.json, json.dumps(flat, indent=2) + "\n")
+        write_figures(args.json, flat)
 
 
 if __name__ == "__main__":

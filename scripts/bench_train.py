@@ -12,28 +12,16 @@ the fastest base (by frames per second)."""
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
+from pathlib import Path
 
 import torch
+from harness import median_seconds, write_figures
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from hypernet.config import compose_config
 from hypernet.models.base import BASE_MODELS, build_base
 from hypernet.systems.common import charbonnier
-
-
-def timed(fn, *, warmup: int = 2, repeats: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def count_flops(fn) -> int:
@@ -50,7 +38,7 @@ def conv_microbench(*, channels: int = 64, size: int = 64, batch: int = 16) -> f
     def step():
         conv(x).sum().backward()
 
-    return count_flops(step) / timed(step)
+    return count_flops(step) / median_seconds(step, warmup=2)
 
 
 def model_bench(model_cfg: dict, *, batch: int, frames: int, lr_size: int) -> dict[str, float]:
@@ -65,7 +53,7 @@ def model_bench(model_cfg: dict, *, batch: int, frames: int, lr_size: int) -> di
         charbonnier(model(lr), hr).backward()
         optimizer.step()
 
-    seconds = timed(step)
+    seconds = median_seconds(step, warmup=2)
     flops = count_flops(lambda: charbonnier(model(lr), hr).backward())
     return {"frames_per_s": batch * frames / seconds, "step_s": seconds, "flop_per_s": flops / seconds}
 
@@ -100,8 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results["model_over_conv_flops"] = results[f"{best_name}_over_conv_flops"]
     print(f"fastest base: {best_name}; model_over_conv_flops = {results['model_over_conv_flops']:.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_figures(Path(args.json), results)
     return results
 
 

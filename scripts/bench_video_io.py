@@ -1,8 +1,8 @@
 """Benchmark: does streaming decode keep memory flat as videos get longer?
 
 Writes a short and a long synthetic video (streamed into ``write_mp4``, never held in memory),
-then streams each through ``iter_chunks`` in a fresh subprocess, so each peak RSS is that of one
-read alone. The figure that matters is ``mem_2000_over_200``: peak memory for the long video over
+then streams each through ``iter_chunks`` in a fresh subprocess, so each peak RSS (VmHWM, read
+inside it by scripts/harness.py) is that of one read alone. The figure that matters is ``mem_2000_over_200``: peak memory for the long video over
 that of the short one (target <= 1.2; a reader that kept every frame would be near 10x the frame
 bytes). For contrast, ``read_video`` (everything in one array) is measured on the long video too.
 
@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from harness import run_measured, write_figures
 
 from hypernet.data.video_io import iter_chunks, probe, read_video, write_mp4
 from hypernet.runs import peak_rss_mib
@@ -51,28 +50,14 @@ def child(path: str, *, mode: str, chunk_size: int) -> None:
         video = read_video(path)
         frames, checksum = len(video), int(video[:, ::16, ::16].sum())
     seconds = time.perf_counter() - start
-    print(
-        json.dumps(
-            {"frames": frames, "seconds": seconds, "peak_mib": peak_rss_mib(), "baseline_mib": baseline}
-        )
-    )
+    print(json.dumps({"frames": frames, "seconds": seconds, "baseline_mib": baseline}))
 
 
 def run_child(path: Path, *, mode: str, chunk_size: int) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        str(path),
-        "--mode",
-        mode,
-        "--chunk-size",
-        str(chunk_size),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"benchmark child failed on {path}:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """One read in a fresh interpreter: its figures and its own peak memory."""
+    command = [__file__, "--child", str(path), "--mode", mode, "--chunk-size", str(chunk_size)]
+    run = run_measured(command, what=f"reading {path} ({mode})")
+    return run.last_json() | {"peak_mib": run.peak_mib}
 
 
 def main() -> None:
@@ -131,7 +116,7 @@ def main() -> None:
         f"for contrast, read_video({large} frames) peaks at {results[f'peak_mib_{large}_read_video']:.1f} MiB"
     )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        write_figures(args.json, results)
         print(f"wrote {args.json}")
 
 

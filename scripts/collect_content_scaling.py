@@ -26,6 +26,8 @@ import re
 import shutil
 from pathlib import Path
 
+from hypernet.metrics import gain_summary, mean_stderr
+
 CONTENTS = ("photos", "augmented", "procedural", "mixed")  # in order of content diversity
 CONTROLS = ("mixed_stats", "mixed_static", "mixed_degradation", "photos_on_photo_base")
 GROUPS = ("single", "multishot", "large")
@@ -44,25 +46,15 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def mean_stderr(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n)
-
-
 def group_stats(rows: list[dict], group: str) -> dict[str, float]:
     rows = [r for r in rows if r.get("group", "single") == group]
-    gains = [float(r["gain_y"]) for r in rows]
+    gains = gain_summary([float(r["gain_y"]) for r in rows])
     own = [float(r["psnr_y"]) - float(r["psnr_y_shuffled"]) for r in rows]
-    mean, se = mean_stderr(gains)
     return {
         "n": len(rows),
-        "gain": mean,
-        "se": se,
-        "improved": sum(g > 0 for g in gains),
+        "gain": gains["gain_y"],
+        "se": gains["gain_y_stderr"],
+        "improved": int(gains["videos_improved"]),
         "own_over_shuffled": mean_stderr(own)[0],
         "base": mean_stderr([float(r["psnr_y_base"]) for r in rows])[0],
     }

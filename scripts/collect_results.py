@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from hypernet.metrics import mean_std
 
 
 def lookup(config: dict, dotted: str):
@@ -51,10 +52,7 @@ def summarise(jobs, params: list[str], metrics: list[str]) -> list[dict]:
     for key in sorted(groups, key=lambda k: tuple(str(v) for v in k)):
         row = dict(zip(params, key, strict=True))
         for metric in metrics:
-            values = [v[metric] for v in groups[key] if metric in v]
-            n = len(values)
-            mean = sum(values) / n if n else math.nan
-            std = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1)) if n > 1 else 0.0
+            mean, std = mean_std([v[metric] for v in groups[key] if metric in v])
             row |= {f"{metric} mean": mean, f"{metric} std": std}
         row["seeds"] = len(groups[key])
         rows.append(row)

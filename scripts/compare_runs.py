@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 from pathlib import Path
+
+from hypernet.metrics import gain_summary, mean_stderr
 
 
 def read_rows(run_dir: Path, split: str = "test") -> dict[str, dict[str, float]]:
@@ -31,13 +32,6 @@ def read_rows(run_dir: Path, split: str = "test") -> dict[str, dict[str, float]]
         }
 
 
-def mean_stderr(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n)
-
-
 def table(runs: dict[str, Path], split: str = "test") -> str:
     data = {label: read_rows(d, split) for label, d in runs.items()}
     metrics = {label: json.loads((d / "metrics.json").read_text()) for label, d in runs.items()}
@@ -52,11 +46,12 @@ def table(runs: dict[str, Path], split: str = "test") -> str:
     for v in videos:
         gains = " | ".join(f"{data[lb][v]['gain_y']:+.3f}" for lb in labels)
         lines.append(f"| {v} | {first[v]['psnr_y_base']:.2f} | {gains} |")
+    gains = {lb: gain_summary([data[lb][v]["gain_y"] for v in videos]) for lb in labels}
     summary = {
-        "mean gain +- s.e. (dB)": lambda lb: "{:+.3f} +- {:.3f}".format(
-            *mean_stderr([data[lb][v]["gain_y"] for v in videos])
+        "mean gain +- s.e. (dB)": lambda lb: (
+            f"{gains[lb]['gain_y']:+.3f} +- {gains[lb]['gain_y_stderr']:.3f}"
         ),
-        "videos improved": lambda lb: f"{sum(data[lb][v]['gain_y'] > 0 for v in videos)}/{len(videos)}",
+        "videos improved": lambda lb: f"{int(gains[lb]['videos_improved'])}/{len(videos)}",
         "shuffled-context gain (dB)": lambda lb: "{:+.3f}".format(
             mean_stderr([data[lb][v]["psnr_y_shuffled"] - data[lb][v]["psnr_y_base"] for v in videos])[0]
         ),

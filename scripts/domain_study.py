@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 
 from hypernet.data import video_io
+from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import load_adapters, load_merge_columns, scale_adapters
 from hypernet.runs import atomic_write_text, write_table_csv
-from hypernet.systems.common import adapted_sr, bicubic_upscale, gain_summary, video_metrics
+from hypernet.systems.common import adapted_sr, bicubic_upscale
 from hypernet.systems.hyper_lora import load_hypernet
 from hypernet.systems.per_video import clip_starts, finetune_adapters, stack_under_hypernet
 

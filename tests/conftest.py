@@ -1,12 +1,13 @@
-"""Shared fixtures: small configs composed through Hydra's compose API (as the entry point
-composes them), a CPU with two threads, wandb never touching the network."""
+"""Shared fixtures, and fixtures only: tiny runs trained once per session, an LR video file, a
+CPU with two threads, wandb never touching the network. The plain helpers (TINY_BASE,
+compose_train, one_line_error, moving_texture, ...) live in tests/helpers.py; import them from
+there (`from tests.helpers import ...`), never from this file."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,62 +15,17 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(2)
 
-from hypernet.config import compose_config  # noqa: E402 (after the environment is set)
-
-# A stage-1 run that takes seconds: tiny frames, few samples, one epoch.
-TINY_BASE = [
-    "data.hr_size=32",
-    "data.num_frames=8",
-    "data.clip_len=3",
-    "data.context_frames=0",
-    "data.patch_size=null",
-    "data.samples_per_epoch=8",
-    "data.batch_size=4",
-    "data.val_videos_per_image=1",
-    "data.val_procedural_videos=4",
-    "data.val_batch_size=5",
-    "model.channels=8",
-    "model.num_blocks=1",
-    "trainer.max_epochs=1",
-    "logger=csv",
-    "~callbacks.rich_progress_bar",
-    "~callbacks.lr_monitor",
-]
-
-
-# A stage-2 run on top of it that takes seconds.
-TINY_HYPER = [
-    "stage=hyper",
-    "hypernet.encoder.dim=16",
-    "hypernet.encoder.num_latents=4",
-    "hypernet.encoder.num_heads=2",
-    "hypernet.encoder.num_blocks=1",
-    "hypernet.encoder.conv_channels=8",
-    "hypernet.lora.rank=2",
-    "optim=hyper",
-    "data.context_frames=3",
-    "data.patch_size=null",
-    "data.batch_size=2",
-    "data.samples_per_epoch=4",
-]
-
-
-# the LR video of the command-line tests (specialise, finetune, hardening): small, with real motion
-FRAMES, HEIGHT, WIDTH, FPS = 12, 16, 20, 12.0
-
-
-def moving_texture(num_frames: int, height: int, width: int, *, seed: int = 0) -> np.ndarray:
-    """(T, H, W, 3) uint8: a random texture drifting one pixel per frame over a colour ramp: real
-    motion, not noise, for tests that need a video."""
-    rng = np.random.default_rng(seed)
-    texture = rng.integers(0, 256, (height, width + num_frames, 3))
-    ramp = np.linspace(0, 80, width)[None, :, None]
-    frames = [0.6 * texture[:, t : t + width] + ramp for t in range(num_frames)]
-    return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
-
-
-def compose_train(overrides: list[str], output_dir: Path):
-    return compose_config("train", [*overrides, f"paths.output_dir={output_dir}"])
+from hypernet.checkpointing import read_checkpoint  # noqa: E402 (after the environment is set)
+from tests.helpers import (  # noqa: E402
+    FPS,
+    FRAMES,
+    HEIGHT,
+    TINY_BASE,
+    TINY_HYPER,
+    WIDTH,
+    compose_train,
+    moving_texture,
+)
 
 
 @pytest.fixture
@@ -93,22 +49,11 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
 def gated_checkpoint(tiny_checkpoints, tmp_path_factory) -> Path:
     """The tiny stage-2 checkpoint with the generator's gates opened: adapters clearly non-zero
     (one short training run leaves them near the identity)."""
-    state = torch.load(tiny_checkpoints["hyper"], map_location="cpu", weights_only=False)
+    state = read_checkpoint(tiny_checkpoints["hyper"], option="--checkpoint")
     state["state_dict"]["generator.gates"].fill_(0.5)
     path = tmp_path_factory.mktemp("gated") / "gated.ckpt"
     torch.save(state, path)
     return path
-
-
-def one_line_error(capsys, *names: str) -> str:
-    """stderr of a refused command: one line `error: ...` holding every one of `names`."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="session")

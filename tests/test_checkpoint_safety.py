@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BASE, TINY_HYPER, compose_train, one_line_error
 
 from hypernet.checkpointing import CheckpointError, read_checkpoint
+from tests.helpers import TINY_BASE, TINY_HYPER, compose_train, one_line_error
 
 
 class Payload:

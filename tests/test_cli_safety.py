@@ -31,7 +31,7 @@ from hypernet.models.lora import (
 )
 from hypernet.specialise import main as specialise_main
 from hypernet.systems.hyper_lora import load_hypernet
-from tests.conftest import one_line_error
+from tests.helpers import one_line_error
 
 REPO = Path(__file__).resolve().parent.parent
 FIRST = "conv_first"  # the first LoRA target of the tiny base (checked in the test)
@@ -271,7 +271,7 @@ def test_a_folder_given_as_an_adapter_file_is_called_a_folder(checkpoint, video,
 
 
 def degradation_ceiling(monkeypatch) -> None:
-    """load_hypernet gives the degradation-ceiling control (hypernet.source=degradation), which
+    """load_hypernet gives the degradation-ceiling control (hypernet.encoder.source=degradation), which
     cannot read a real video (training one takes longer than this test)."""
     import hypernet.systems.hyper_lora as hyper_lora
 

@@ -24,7 +24,7 @@ from hypernet.config import CONFIG_DIR, compose_config
 from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import HYPERNET_PARTS
 from hypernet.systems.hyper_lora import HyperLoRASystem, load_base, load_hypernet
-from tests.conftest import one_line_error
+from tests.helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 # the last commit whose systems took one flat `hypernet` group (and log_inner_lr)

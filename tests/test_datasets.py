@@ -14,7 +14,7 @@ from hypernet.data.datasets import (
     spread_indices,
 )
 from hypernet.data.video_io import write_mp4, write_png_folder
-from tests.conftest import moving_texture
+from tests.helpers import moving_texture
 
 
 def fresh_dataset(**kw) -> FreshVideoDataset:

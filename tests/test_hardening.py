@@ -33,7 +33,7 @@ from hypernet.runs import atomic_write_bytes, default_file_mode
 from hypernet.specialise import main as specialise_main
 from hypernet.systems.hyper_lora import load_hypernet
 from hypernet.train import run
-from tests.conftest import (
+from tests.helpers import (
     FPS,
     HEIGHT,
     TINY_BASE,

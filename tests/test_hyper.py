@@ -11,7 +11,7 @@ from hypernet.config import compose_config
 from hypernet.models.lora import apply_adapters
 from hypernet.systems.hyper_lora import HyperLoRASystem
 from hypernet.train import run
-from tests.conftest import TINY_BASE, TINY_HYPER, compose_train
+from tests.helpers import TINY_BASE, TINY_HYPER, compose_train, tiny_batch
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +24,6 @@ def tiny_system(base_ckpt: Path, *overrides: str) -> HyperLoRASystem:
     as on the command line (hypernet.encoder.source=conv)."""
     cfg = compose_config("train", [*TINY_HYPER, *overrides])
     return HyperLoRASystem(base_ckpt=str(base_ckpt), model=None, hypernet=cfg.hypernet, optim=cfg.optim)
-
-
-def tiny_batch(v: int = 2, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "context": torch.rand(v, 3, 3, 8, 8, generator=g),
-        "context_times": torch.tensor([[0.1, 0.5, 0.9]] * v),
-        "lr": torch.rand(v, 3, 3, 8, 8, generator=g),
-        "hr": torch.rand(v, 3, 3, 32, 32, generator=g),
-        # scale, blur sigma, noise sigma, crf (-1: none): what the degradation-ceiling control reads
-        "degradation": torch.stack([torch.tensor([4.0, 0.5 + i, 0.01 * i, -1.0]) for i in range(v)]),
-    }
 
 
 @pytest.mark.parametrize(

@@ -7,13 +7,13 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import FRAMES, TINY_BASE, TINY_HYPER, compose_train
 
 from hypernet import eval as evaluation
 from hypernet.checkpointing import InputMismatchWarning, read_checkpoint
 from hypernet.config import compose_config
 from hypernet.models import encoder as encoder_module
 from hypernet.systems.hyper_lora import Refine
+from tests.helpers import FRAMES, TINY_BASE, TINY_HYPER, compose_train
 
 # eval on five 8-frame videos of 64x64 HR (16x16 LR), the base and the hypernet only
 EVAL = ["data.hr_size=64", "data.num_frames=8", "data.val_videos_per_image=1", "methods=[base,hypernet]"]

@@ -10,13 +10,14 @@
 """
 
 import math
+import statistics
 
 import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from hypernet.metrics import psnr, rgb_to_y, ssim, video_psnr_ssim
+from hypernet.metrics import gain_summary, mean_std, mean_stderr, psnr, rgb_to_y, ssim, video_metrics
 
 
 def _y_numpy(img: np.ndarray) -> np.ndarray:
@@ -141,11 +142,38 @@ def test_errors_name_both_shapes_and_the_option():
         ssim(torch.rand(3, 10, 20), torch.rand(3, 10, 20))
 
 
-def test_video_psnr_ssim_averages_frames(pair):
-    sr, hr = pair
-    out = video_psnr_ssim(sr, hr, crop_border=2)
+def test_video_metrics_score_each_video_as_the_mean_of_its_frames(pair):
+    sr, hr = pair  # one video of 4 frames
+    videos_sr, videos_hr = torch.stack([sr, (0.9 * sr).clamp(0, 1)]), torch.stack([hr, hr])
+    out = video_metrics(videos_sr, videos_hr, crop_border=2)
     assert set(out) == {"psnr_y", "ssim_y", "psnr_rgb"}
-    assert out["psnr_y"] == pytest.approx(psnr(sr, hr, crop_border=2).mean().item())
-    assert out["ssim_y"] == pytest.approx(ssim(sr, hr, crop_border=2).mean().item())
-    assert out["psnr_rgb"] == pytest.approx(psnr(sr, hr, y_channel=False, crop_border=2).mean().item())
-    assert all(isinstance(v, float) for v in out.values())
+    assert all(v.shape == (2,) for v in out.values())
+    for i in range(2):
+        frames_sr, frames_hr = videos_sr[i], videos_hr[i]
+        assert out["psnr_y"][i] == psnr(frames_sr, frames_hr, crop_border=2).mean()
+        assert out["ssim_y"][i] == ssim(frames_sr, frames_hr, crop_border=2).mean()
+        assert out["psnr_rgb"][i] == psnr(frames_sr, frames_hr, y_channel=False, crop_border=2).mean()
+    assert out["psnr_y"][0] > out["psnr_y"][1]  # the darkened video scores worse
+    single = video_metrics(sr, hr)
+    assert all(v.shape == () for v in single.values())
+    with pytest.raises(ValueError, match=r"video_metrics: expected \(\.\.\., T, C, H, W\)"):
+        video_metrics(sr[0], hr[0])
+
+
+def test_mean_stderr_is_the_mean_and_the_standard_error_over_videos():
+    mean, stderr = mean_stderr([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert stderr == pytest.approx(statistics.stdev([1.0, 2.0, 3.0, 4.0]) / 2, abs=1e-15)
+    assert mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(math.sqrt(5 / 3), abs=1e-15))
+    assert mean_stderr([0.7]) == (0.7, 0.0)  # one video: no spread to estimate
+    assert all(math.isnan(x) for x in mean_stderr([]))
+
+
+def test_gain_summary_reports_mean_stderr_and_videos_improved():
+    gains = [0.5, -0.1, 0.2, 0.0]
+    summary = gain_summary(gains)
+    assert summary == {
+        "gain_y": pytest.approx(0.15, abs=1e-15),
+        "gain_y_stderr": pytest.approx(mean_stderr(gains)[1], abs=0),
+        "videos_improved": 2.0,  # 0.0 is no improvement
+    }

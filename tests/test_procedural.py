@@ -16,7 +16,7 @@ from hypernet.data.datasets import (
 )
 from hypernet.data.procedural import ProceduralConfig, ProceduralConfigError, procedural_video
 from hypernet.train import run
-from tests.conftest import TINY_BASE, compose_train
+from tests.helpers import TINY_BASE, compose_train
 
 CFG = ProceduralConfig()
 

@@ -14,7 +14,7 @@ import torch
 from hypernet.checkpointing import AtomicCheckpointIO
 from hypernet.systems.common import NonFiniteLossError
 from hypernet.train import run
-from tests.conftest import TINY_BASE, compose_train
+from tests.helpers import TINY_BASE, compose_train
 
 REPO = Path(__file__).resolve().parent.parent
 CLI_TINY = [o for o in TINY_BASE if not o.startswith("~callbacks.lr_monitor")]

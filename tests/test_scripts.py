@@ -11,10 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
+sys.path.insert(0, str(ROOT / "scripts"))  # as when a benchmark runs: its shared module is `harness`
+
+from harness import run_measured  # noqa: E402
+
+from hypernet.runs import peak_rss_mib  # noqa: E402
 
 
 def run_script(*args: str, cwd: Path = ROOT) -> str:
@@ -68,3 +74,23 @@ def test_bench_finetune_writes_its_figures(tiny_checkpoints, tmp_path):
     figures = json.loads(out.read_text())
     assert figures["videos_2_videos"] == 2 and figures["videos_20_videos"] == 20
     assert figures["mem_20_over_2"] > 0 and "mem_20_over_2" in printed
+
+
+def test_harness_reports_the_childs_own_peak_memory_not_the_parents(tmp_path):
+    """A child's ru_maxrss from wait4 starts at the parent's size (fork or vfork, then exec): the
+    harness reads VmHWM inside the child, so a small child of a large parent reports its own
+    size, and what the child allocates shows in full."""
+    script = tmp_path / "allocate.py"
+    script.write_text(
+        "import sys\nimport numpy as np\n"
+        "block = np.ones(int(sys.argv[1]) * 2**20, dtype=np.uint8)\n"
+        "print('{\"mib\": ' + sys.argv[1] + '}')\n"
+    )
+    ballast = np.ones(400 * 2**20, dtype=np.uint8)  # the parent holds 400 MiB while the children run
+    small = run_measured([str(script), "1"], what="a 1 MiB child")
+    large = run_measured([str(script), "200"], what="a 200 MiB child")
+    assert small.last_json() == {"mib": 1} and large.last_json() == {"mib": 200}
+    assert small.peak_mib < peak_rss_mib() - ballast.nbytes / 2**20
+    assert 190 < large.peak_mib - small.peak_mib < 230
+    with pytest.raises(SystemExit, match="error: a failing child failed"):
+        run_measured([str(script), "not-a-number"], what="a failing child")

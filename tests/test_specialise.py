@@ -14,7 +14,7 @@ from hypernet.models.base import WindowVSR
 from hypernet.models.lora import AdapterMismatchError, find_targets, init_adapters, save_adapters
 from hypernet.specialise import main, predict_adapters, specialise, upscale_frames
 from hypernet.systems.hyper_lora import load_hypernet
-from tests.conftest import FPS, FRAMES, HEIGHT, WIDTH, moving_texture
+from tests.helpers import FPS, FRAMES, HEIGHT, WIDTH, moving_texture
 
 
 def decode(path: Path) -> np.ndarray:

@@ -26,7 +26,7 @@ from hypernet.models.lora import (
 from hypernet.specialise import main as specialise_main
 from hypernet.specialise import specialise, upscale_frames
 from hypernet.systems.hyper_lora import load_hypernet
-from tests.conftest import FPS, HEIGHT, WIDTH, moving_texture, one_line_error
+from tests.helpers import FPS, HEIGHT, WIDTH, moving_texture, one_line_error
 
 
 def random_adapter(checkpoint: Path, path: Path, *, layers: slice, seed: int) -> Path:

@@ -6,7 +6,7 @@ import torch
 
 from hypernet.config import CONFIG_DIR
 from hypernet.train import run
-from tests.conftest import TINY_BASE, compose_train
+from tests.helpers import TINY_BASE, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 

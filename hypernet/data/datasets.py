@@ -38,6 +38,7 @@ from hypernet.data.degrade import (
     DegradationRanges,
     bd_downsample,
     degrade,
+    quantise,
     sample_degradation,
 )
 from hypernet.data.procedural import ProceduralConfig, procedural_video
@@ -101,7 +102,7 @@ class DegradationConfig:
     def apply(self, hr: torch.Tensor, d: Degradation, indices: Sequence[int]) -> torch.Tensor:
         if self.mode == "BD":  # the BD protocol subsamples after a fixed 13x13 blur
             lr = bd_downsample(hr, d.scale)
-            return (lr.clamp(0, 1) * 255).round() / 255
+            return quantise(lr)
         return degrade(hr, d, frame_indices=list(indices))
 
 

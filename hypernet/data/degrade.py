@@ -142,6 +142,12 @@ def bicubic_downsample(x: Tensor, factor: int) -> Tensor:
     return imresize(x, scale=1.0 / factor)
 
 
+def quantise(x: Tensor) -> Tensor:
+    """The values an 8-bit frame holds, as a video file stores them: clamped to [0, 1] and
+    rounded to multiples of 1/255. LR videos are 8-bit, so every LR the model sees is quantised."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
 # ---------------------------------------------------------------------------------------------
 # Gaussian blur and the "BD" protocol
 # ---------------------------------------------------------------------------------------------
@@ -362,7 +368,7 @@ def degrade(hr: Tensor, d: Degradation, *, frame_indices: Sequence[int] | None =
     if d.noise_sigma > 0:
         noise = torch.stack([_frame_noise(d.seed, i, tuple(lr.shape[1:])) for i in indices])
         lr = lr + d.noise_sigma * noise.to(dtype=lr.dtype, device=lr.device)
-    lr = torch.round(lr.clamp(0.0, 1.0) * 255.0) / 255.0  # LR videos are 8-bit
+    lr = quantise(lr)
     if d.crf is not None:
         lr = _h264(lr, d.crf)
     return lr[0] if single else lr

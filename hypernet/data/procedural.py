@@ -20,6 +20,7 @@ Colours come from a per-scene palette: random hues, or pixels of the *training* 
 
 from __future__ import annotations
 
+import colorsys
 import math
 import string
 from dataclasses import dataclass
@@ -157,14 +158,7 @@ def scene_palette(rng: np.random.Generator, kind: str, size: int = 6) -> np.ndar
     hues = (rng.uniform(0, 1) + rng.normal(0, 0.15, size=size)) % 1.0
     sat = rng.beta(1.5, 2.0, size=size)
     val = rng.beta(2.0, 1.5, size=size)
-    return np.stack([_hsv_to_rgb(h, s, v) for h, s, v in zip(hues, sat, val, strict=True)]) * 255.0
-
-
-def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
-    i = int(h * 6) % 6
-    f = h * 6 - int(h * 6)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+    return np.array([colorsys.hsv_to_rgb(h, s, v) for h, s, v in zip(hues, sat, val, strict=True)]) * 255.0
 
 
 def fractal_noise(rng: np.random.Generator, size: int, *, beta: float) -> np.ndarray:

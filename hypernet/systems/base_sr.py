@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from hypernet.metrics import video_metrics
 from hypernet.models.base import build_base
 from hypernet.systems.common import (
     EMA,
@@ -17,7 +18,6 @@ from hypernet.systems.common import (
     charbonnier,
     plain,
     split_key,
-    video_metrics,
     warmup_cosine,
 )
 

@@ -17,7 +17,6 @@ from torch import nn
 
 from hypernet.checkpointing import CheckpointError
 from hypernet.data.degrade import imresize
-from hypernet.metrics import psnr, ssim
 from hypernet.models.lora import Adapters, LoRASpec, apply_adapters
 
 
@@ -152,17 +151,6 @@ class EMA(nn.Module):
             ema_b.copy_(b)
 
 
-def video_metrics(sr: torch.Tensor, hr: torch.Tensor, *, crop_border: int) -> dict[str, torch.Tensor]:
-    """Per-video means over frames: sr, hr (B, T, C, H, W) -> each value (B,)."""
-    b, t = sr.shape[:2]
-    sr, hr = sr.flatten(0, 1).clamp(0, 1), hr.flatten(0, 1)
-    return {
-        "psnr_y": psnr(sr, hr, y_channel=True, crop_border=crop_border).view(b, t).mean(1),
-        "ssim_y": ssim(sr, hr, y_channel=True, crop_border=crop_border).view(b, t).mean(1),
-        "psnr_rgb": psnr(sr, hr, y_channel=False, crop_border=crop_border).view(b, t).mean(1),
-    }
-
-
 def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
     """The bicubic baseline: MATLAB-style bicubic of (B, T, C, h, w)."""
     return imresize(lr, scale=scale).clamp(0, 1)
@@ -204,17 +192,6 @@ def split_key(split: str, group: str, key: str) -> str:
     """Logged name of a metric: "val/psnr_y"; test groups other than the main one get their own
     prefix ("test/multishot/psnr_y") so they are reported apart."""
     return f"{split}/{key}" if group == "single" else f"{split}/{group}/{key}"
-
-
-def gain_summary(gains: list[float]) -> dict[str, float]:
-    """Mean gain, its standard error and the number of videos improved."""
-    values = torch.tensor(gains, dtype=torch.float64)
-    n = len(gains)
-    return {
-        "gain_y": values.mean().item(),
-        "gain_y_stderr": (values.std() / math.sqrt(n)).item() if n > 1 else 0.0,
-        "videos_improved": float((values > 0).sum().item()),
-    }
 
 
 class EvaluationTables:

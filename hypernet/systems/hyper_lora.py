@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from hypernet.checkpointing import read_checkpoint
+from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.base import build_base
 from hypernet.models.encoder import frame_times
 from hypernet.models.generator import adapter_spread
@@ -42,11 +43,9 @@ from hypernet.systems.common import (
     bicubic_upscale,
     charbonnier,
     check_layout,
-    gain_summary,
     plain,
     self_supervised_loss,
     split_key,
-    video_metrics,
     warmup_cosine,
 )
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
-from hypernet.data.degrade import bicubic_downsample
+from hypernet.data.degrade import bicubic_downsample, quantise
 from hypernet.metrics import psnr
 from hypernet.models.lora import HYPERNET_PREFIX, Adapters, LoRASpec, init_adapters, stack_adapters
 from hypernet.systems.common import adapted_sr, charbonnier, self_supervised_loss
@@ -149,11 +149,6 @@ def finetune_adapters(
 
 # ----------------------------------------------------------------------------------------------
 # videos on disk, read a clip at a time
-
-
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    """Values of an 8-bit frame, as a video file would store them."""
-    return (x.clamp(0, 1) * 255).round() / 255
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""Plain helpers the tests share (no fixtures: those live in conftest.py): the tiny Hydra
+overrides of a run that takes seconds, a small moving video, composing a training config, a
+stage-2 batch at those tiny shapes, and the check of a refused command's one-line error. New test
+files import them with
+
+    from tests.helpers import TINY_BASE, compose_train, one_line_error
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from hypernet.config import compose_config
+
+# A stage-1 run that takes seconds: tiny frames, few samples, one epoch.
+TINY_BASE = [
+    "data.hr_size=32",
+    "data.num_frames=8",
+    "data.clip_len=3",
+    "data.context_frames=0",
+    "data.patch_size=null",
+    "data.samples_per_epoch=8",
+    "data.batch_size=4",
+    "data.val_videos_per_image=1",
+    "data.val_procedural_videos=4",
+    "data.val_batch_size=5",
+    "model.channels=8",
+    "model.num_blocks=1",
+    "trainer.max_epochs=1",
+    "logger=csv",
+    "~callbacks.rich_progress_bar",
+    "~callbacks.lr_monitor",
+]
+
+
+# A stage-2 run on top of it that takes seconds.
+TINY_HYPER = [
+    "stage=hyper",
+    "hypernet.encoder.dim=16",
+    "hypernet.encoder.num_latents=4",
+    "hypernet.encoder.num_heads=2",
+    "hypernet.encoder.num_blocks=1",
+    "hypernet.encoder.conv_channels=8",
+    "hypernet.lora.rank=2",
+    "optim=hyper",
+    "data.context_frames=3",
+    "data.patch_size=null",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+]
+
+
+# the LR video of the command-line tests (specialise, finetune, hardening): small, with real motion
+FRAMES, HEIGHT, WIDTH, FPS = 12, 16, 20, 12.0
+
+
+def moving_texture(num_frames: int, height: int, width: int, *, seed: int = 0) -> np.ndarray:
+    """(T, H, W, 3) uint8: a random texture drifting one pixel per frame over a colour ramp: real
+    motion, not noise, for tests that need a video."""
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, (height, width + num_frames, 3))
+    ramp = np.linspace(0, 80, width)[None, :, None]
+    frames = [0.6 * texture[:, t : t + width] + ramp for t in range(num_frames)]
+    return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The training config of `overrides`, its run folder at output_dir (as the entry point composes it)."""
+    return compose_config("train", [*overrides, f"paths.output_dir={output_dir}"])
+
+
+def tiny_batch(v: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A stage-2 batch of v videos at TINY_BASE and TINY_HYPER's shapes (CPU tensors): 3 frames of
+    8x8 LR (x4: 32x32 HR), 3 context frames with their times, each video's degradation."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "context": torch.rand(v, 3, 3, 8, 8, generator=g),
+        "context_times": torch.tensor([[0.1, 0.5, 0.9]] * v),
+        "lr": torch.rand(v, 3, 3, 8, 8, generator=g),
+        "hr": torch.rand(v, 3, 3, 32, 32, generator=g),
+        # scale, blur sigma, noise sigma, crf (-1: none): what the degradation-ceiling control reads
+        "degradation": torch.stack([torch.tensor([4.0, 0.5 + i, 0.01 * i, -1.0]) for i in range(v)]),
+    }
+
+
+def one_line_error(capsys, *names: str) -> str:
+    """stderr of a refused command: one line `error: ...` holding every one of `names`."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
