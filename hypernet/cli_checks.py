@@ -163,7 +163,7 @@ def check_reads_videos(system: Any, checkpoint: str | os.PathLike, *, needed_by:
     """Refuse a stage-2 checkpoint that cannot make adapters for a real video: the
     degradation-ceiling control (hypernet.encoder.source=degradation) reads each video's true degradation
     parameters, which a real video does not come with. `needed_by` says which option needs it."""
-    if getattr(system, "source", None) == "degradation":
+    if system.encoder.source == "degradation":
         raise InputError(
             f"--checkpoint {checkpoint}: is the degradation-ceiling control (hypernet.encoder.source=degradation), "
             f"which reads a video's true degradation parameters instead of its frames, so it cannot make "

@@ -1,6 +1,7 @@
 """Convert a checkpoint of an earlier layout to the one this code reads, once.
 
-    python scripts/convert_checkpoint.py old.ckpt -o new.ckpt
+    python scripts/convert_checkpoint.py old.ckpt -o new.ckpt [--config RUN/config.yaml]
+    python scripts/convert_checkpoint.py --check some.ckpt     # exit 0: current, nothing to do
 
 The systems read one layout only (docs/design.md, "Config to objects, one way"); a checkpoint
 written before it is refused on load with the command above. Converted here, stage 1 and stage 2
@@ -15,6 +16,10 @@ alike, each step only where the checkpoint needs it:
 - one flat `hypernet` group (the layout up to commit 48f93e6): split into its parts lora, encoder,
   generator and refine, each with its `_target_`; `log_inner_lr` becomes `refine.log_lr`, and
   a refine-mode run's optimiser state follows it, so the converted checkpoint also resumes.
+
+- no record of how the model was fed (checkpoints before the data module's options were kept,
+  `datamodule_hyper_parameters`): `--config` takes them from the run's own config.yaml, so that
+  eval and specialise feed the model as it was trained (checkpointing.trained_input).
 
 The weights are the same tensors, so the converted checkpoint gives the same outputs and
 adapters. Nothing is written unless the result loads as this code's system; OUT is written
@@ -197,16 +202,51 @@ def moved_step_sizes(optimizer: Mapping[str, Any], step_sizes: torch.Tensor) -> 
     return {**optimizer, "param_groups": [{**group, "params": [*rest, first]}]}
 
 
-def convert(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The checkpoint (as read_checkpoint returned it) in today's layout: a new dict, the same
-    tensors. Raises ConversionError for one already current or of no layout known here."""
+DATA_KEY = "datamodule_hyper_parameters"  # where Lightning keeps the data module's options
+
+
+def run_data_options(config: Path) -> dict[str, Any]:
+    """The data module's options of a run, from its config.yaml (resolved, as train.py wrote it):
+    what the checkpoint would hold had it been written by this code."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from hypernet.data.datamodule import VSRDataModule
+
+    if not config.is_file():
+        raise ConversionError(f"--config {config}: not a file; give the config.yaml of the run that wrote it")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(config).data, resolve=True)
+    except Exception as e:
+        raise ConversionError(
+            f"--config {config}: holds no readable `data` group ({type(e).__name__})"
+        ) from None
+    accepted = inspect.signature(VSRDataModule.__init__).parameters
+    return {k: v for k, v in data.items() if k in accepted}
+
+
+def needs_conversion(checkpoint: Mapping[str, Any]) -> str | None:
+    """Why the checkpoint needs converting (an old layout, or no record of its inputs), or None."""
+    reason = outdated_layout(checkpoint.get("hyper_parameters") or {})
+    if reason is None and DATA_KEY not in checkpoint:
+        return "no record of its data options"
+    return reason
+
+
+def convert(checkpoint: Mapping[str, Any], *, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint (as read_checkpoint returned it) in today's layout, with `data` (a run's data
+    options) recorded where it recorded none: a new dict, the same tensors. Raises
+    ConversionError for one already current or of no layout known here."""
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, Mapping) or not hparams:
         raise ConversionError(
             "it holds no saved options (hyper_parameters): not a checkpoint of a training run"
         )
     if outdated_layout(hparams) is None:
-        raise ConversionError("it is already in the current layout: nothing to convert, use it as it is")
+        if DATA_KEY in checkpoint or data is None:
+            raise ConversionError("it is already in the current layout: nothing to convert, use it as it is")
+        return {**checkpoint, DATA_KEY: dict(data)}
     stage = stage_of(checkpoint)
     hparams = grouped_options(hparams, stage)
     hparams["model"] = model_with_target(hparams.get("model"))
@@ -228,6 +268,8 @@ def convert(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
                 ]
     converted["hyper_parameters"] = hparams
     converted["state_dict"] = state
+    if data is not None and DATA_KEY not in converted:
+        converted[DATA_KEY] = dict(data)
     return converted
 
 
@@ -250,7 +292,7 @@ def check_loads(checkpoint: Mapping[str, Any]) -> None:
         )
 
 
-def convert_file(source: Path, output: Path) -> str:
+def convert_file(source: Path, output: Path, *, config: Path | None = None) -> str:
     """Convert `source` into `output` (atomically; nothing written on any error). Returns what
     was converted, for the user."""
     if same_file(source, output):
@@ -258,9 +300,10 @@ def convert_file(source: Path, output: Path) -> str:
     if output.is_dir():
         raise ConversionError(f"-o {output}: is a folder; give a file name")
     checkpoint = read_checkpoint(source, option="checkpoint")
-    reason = outdated_layout(checkpoint.get("hyper_parameters") or {})
+    reason = needs_conversion(checkpoint)
     try:
-        converted = convert(checkpoint)
+        data = None if config is None else run_data_options(config)
+        converted = convert(checkpoint, data=data)
         check_loads(converted)
     except ConversionError as e:
         raise ConversionError(f"checkpoint {source}: cannot be converted: {e}") from None
@@ -279,12 +322,22 @@ def main(argv: list[str] | None = None) -> int:
         prog="python scripts/convert_checkpoint.py", description=__doc__.splitlines()[0]
     )
     parser.add_argument("input", type=Path, help="a checkpoint of an earlier layout")
+    parser.add_argument("-o", "--output", type=Path, help="where the converted checkpoint goes")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="where the converted checkpoint goes"
+        "--config", type=Path, help="the run's config.yaml: records its data options in the checkpoint"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only say whether it needs converting (exit 1) or not (exit 0)"
     )
     args = parser.parse_args(argv)
     try:
-        print(convert_file(args.input, args.output))
+        if args.check:
+            reason = needs_conversion(read_checkpoint(args.input, option="checkpoint"))
+            print(f"{args.input}: {reason or 'current'}")
+            return 0 if reason is None else 1
+        if args.output is None:
+            raise ConversionError("-o/--output is needed: where the converted checkpoint goes")
+        print(convert_file(args.input, args.output, config=args.config))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -279,7 +279,7 @@ def degradation_ceiling(monkeypatch) -> None:
 
     def load(*args, **kwargs):
         system = real(*args, **kwargs)
-        system.source = "degradation"
+        system.encoder.source = "degradation"
         return system
 
     monkeypatch.setattr(hyper_lora, "load_hypernet", load)

@@ -356,3 +356,34 @@ def test_refusals_write_nothing(gated_checkpoint, tmp_path, capsys):
         "link.ckpt",
         "old.ckpt",
     ]
+
+
+def test_a_checkpoint_without_its_inputs_gets_them_from_its_runs_config(tiny_checkpoints, tmp_path, capsys):
+    """A checkpoint written before the data options were kept: --check says so (exit 1); with the
+    run's config.yaml the converted one feeds the model as trained (eval reads its 3 context
+    frames without being told, and without a warning)."""
+    import warnings
+
+    from hypernet import eval as evaluation
+    from hypernet.checkpointing import InputMismatchWarning
+
+    checkpoint = read_checkpoint(tiny_checkpoints["hyper"], option="--checkpoint")
+    del checkpoint["datamodule_hyper_parameters"]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    run_config = tiny_checkpoints["hyper"].parent.parent / "config.yaml"
+    assert convert_checkpoint.main(["--check", str(old)]) == 1
+    assert "no record of its data options" in capsys.readouterr().out
+    new = tmp_path / "new.ckpt"
+    assert convert_checkpoint.main([str(old), "-o", str(new), "--config", str(run_config)]) == 0
+    assert convert_checkpoint.main(["--check", str(new)]) == 0
+    recorded = read_checkpoint(new, option="--checkpoint")["datamodule_hyper_parameters"]
+    assert recorded["context_frames"] == 3 and recorded["scale"] == 4
+    small = ["data.hr_size=32", "data.num_frames=8", "data.val_videos_per_image=1", "methods=[base,hypernet]"]
+    cfg = compose_config("eval", [*small, f"checkpoint={new}", f"paths.output_dir={tmp_path / 'eval'}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputMismatchWarning)
+        evaluation.run(cfg)
+    cfg.checkpoint, cfg.paths.output_dir = str(old), str(tmp_path / "eval_old")
+    with pytest.warns(InputMismatchWarning, match="does not record its data.context_frames"):
+        evaluation.run(cfg)

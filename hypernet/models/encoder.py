@@ -585,6 +585,8 @@ class DegradationEncoder(nn.Module):
     normalised by running statistics, projected and added to M learned queries, then the same
     latent blocks as the video encoder."""
 
+    source = "degradation"  # what it reads, as VideoEncoder.source says for frames
+
     def __init__(
         self,
         *,
