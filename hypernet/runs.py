@@ -338,7 +338,7 @@ class RunRefused(SystemExit):
 def one_line(error: BaseException) -> str:
     """The message of a bad option as one line: Hydra's and OmegaConf's span several (the
     choices of a config group, the config search path, the key's context)."""
-    from hydra.errors import InstantiationException, MissingConfigException
+    from hydra.errors import InstantiationException, MissingConfigException, OverrideParseException
     from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
@@ -350,7 +350,12 @@ def one_line(error: BaseException) -> str:
         error = error.__cause__
     skipped = ("See https://", "full_key:", "object_type=", "reference_type=")
     lines = [line.strip() for line in str(error).splitlines()]
-    return " ".join(line for line in lines if line and not line.startswith(skipped)) or type(error).__name__
+    message = (
+        " ".join(line for line in lines if line and not line.startswith(skipped)) or type(error).__name__
+    )
+    if isinstance(error, OverrideParseException) and error.override and error.override not in message:
+        message = f"cannot read the override {error.override!r}: {message}"
+    return message
 
 
 @contextlib.contextmanager

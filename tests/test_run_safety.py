@@ -150,6 +150,7 @@ def test_sigterm_exits_143_and_the_run_says_terminated(tmp_path):
     assert record["status"] == "terminated" and record["error"]["type"] == "SIGTERM"
     assert [a["status"] for a in record["attempts"]] == ["terminated"] and record["ended"]
     assert not (out / "metrics.json").exists()
+    assert not (out / ".hydra").exists() and not list(out.glob("*.log"))  # Hydra wrote nothing there
 
 
 def test_a_killed_run_reads_as_killed_and_its_resume_keeps_every_attempt(tmp_path):
@@ -234,6 +235,29 @@ def test_train_refuses_a_bad_option_in_one_line_writing_nothing(override, names,
     no log file: the working folder stays empty."""
     refused("train", [*CLI_TINY, override], tmp_path, *names)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("data=nope", ["data=nope", "choose one of folder, reds, stills"]),
+        ("model=nope", ["model=nope", "window"]),
+        ("nokey=1", ["'nokey'", "+nokey=1"]),
+        ("data.hr_size=[1", ["'data.hr_size=[1'"]),
+        ("data.root", ["'data.root'"]),
+    ],
+)
+def test_hydras_errors_read_as_one_line_naming_the_override(override, names):
+    from hydra.errors import HydraException
+
+    from hypernet.runs import one_line
+
+    with pytest.raises(HydraException) as error:
+        compose_config("train", [override])
+    line = one_line(error.value)
+    assert "\n" not in line and "See https" not in line, line
+    for name in names:
+        assert name in line, (name, line)
 
 
 def test_a_data_folder_without_videos_is_refused_before_anything_is_written(tmp_path):
