@@ -9,8 +9,8 @@ process id and host. A process killed outright (SIGKILL, out of memory) cannot s
 
 The Hydra entry points (`python -m hypernet.train`, `hypernet.eval`) share their command-line
 behaviour here: `run_command` turns a bad override or a refused run into one line `error: ...`
-and exit code 2, with no run folder left behind (`NoteNewRunFolders`), and SIGTERM into exit
-code 143; `check_run_folder` keeps a new run out of a folder that holds another run's results."""
+and exit code 2, with no run folder left behind (`NoteNewRunFolders`), and SIGTERM and Ctrl-C
+into one line and exit code 143 or 130; `check_run_folder` keeps a new run out of a folder that holds another run's results."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from hypernet.cli_checks import SIGTERM_EXIT, sigterm_unwinds
+from hypernet.cli_checks import SIGTERM_EXIT, signals_end_in_one_line
 from hypernet.files import atomic_write_bytes, atomic_write_text, default_file_mode  # noqa: F401 (re-exported)
 
 # The stage-2 checkpoint `make quickstart` writes (chosen on the validation scenes), relative to the
@@ -419,17 +419,23 @@ def _remove_new_run_folders() -> None:
 def run_command(hydra_main: Callable[[], Any]) -> None:
     """Run an entry point's @hydra.main function as a command-line tool by the house rules: a bad
     override (an unknown group choice or key, a syntax error) or a refused run (RunRefused) is
-    one line `error: ...` on stderr and exit code 2, with nothing written; SIGTERM unwinds like
-    Ctrl-C, so the run records it, and exits 143 (128 + 15). A crash keeps its traceback (exit
-    1). Hydra would print its own multi-line report of a bad override and exit 1: with
-    HYDRA_FULL_ERROR=1 it raises the error instead, here and in the processes DDP starts."""
+    one line `error: ...` on stderr and exit code 2, with nothing written; SIGTERM and Ctrl-C
+    unwind, so that the run records them, and end in one line and exit code 143 or 130
+    (cli_checks.signals_end_in_one_line). A crash keeps its traceback (exit code 1). Hydra would
+    print its own multi-line report of a bad override and exit 1: with HYDRA_FULL_ERROR=1 it
+    raises the error instead, here and in the processes DDP starts."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        with sigterm_unwinds():
-            hydra_main()
+        with signals_end_in_one_line():
+            try:
+                hydra_main()
+            except SystemExit as e:  # Lightning ends a fit stopped by Ctrl-C with sys.exit(1)
+                if isinstance(e.__context__, KeyboardInterrupt) and not isinstance(e, RunRefused):
+                    raise KeyboardInterrupt from None
+                raise
     except RunRefused as e:
         _remove_new_run_folders()
         print(f"error: {e}", file=sys.stderr)
@@ -437,7 +443,3 @@ def run_command(hydra_main: Callable[[], Any]) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
-    except SystemExit as e:
-        if e.code == SIGTERM_EXIT:
-            print("error: terminated (SIGTERM)", file=sys.stderr)
-        raise

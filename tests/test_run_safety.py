@@ -134,22 +134,32 @@ def test_eval_may_not_write_into_a_run_folder(finished_run, tiny_checkpoints, tm
 # 2. run.json: every attempt, and how it ended
 
 
-def test_sigterm_exits_143_and_the_run_says_terminated(tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "line", "cause"),
+    [
+        (signal.SIGTERM, "error: terminated (SIGTERM)", "SIGTERM"),
+        (signal.SIGINT, "error: interrupted (Ctrl-C)", "KeyboardInterrupt"),
+    ],
+)
+def test_a_signal_ends_training_with_its_exit_code_and_the_run_says_terminated(signum, line, cause, tmp_path):
+    """SIGTERM (a kill, a time limit) exits 143, Ctrl-C 130, each in one line: the run records
+    how it ended and keeps its checkpoint to resume from."""
     out = tmp_path / "run"
     process = command("train", [*CLI_TINY, "trainer.max_epochs=1000", f"hydra.run.dir={out}"], tmp_path)
     try:
         wait_for(out / "checkpoints" / "last.ckpt", process)  # training
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, err
-    assert "error: terminated (SIGTERM)" in err and "Traceback" not in err
+    assert process.returncode == 128 + signum, err
+    errors = [e for e in err.splitlines() if e.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(line) and "Traceback" not in err, err
     record = json.loads((out / "run.json").read_text())
-    assert record["status"] == "terminated" and record["error"]["type"] == "SIGTERM"
+    assert record["status"] == "terminated" and record["error"]["type"] == cause
     assert [a["status"] for a in record["attempts"]] == ["terminated"] and record["ended"]
-    assert not (out / "metrics.json").exists()
+    assert not (out / "metrics.json").exists() and (out / "checkpoints" / "last.ckpt").is_file()
     assert not (out / ".hydra").exists() and not list(out.glob("*.log"))  # Hydra wrote nothing there
 
 
