@@ -27,7 +27,14 @@ from omegaconf import DictConfig
 from hypernet.checkpointing import NOT_RECORDED, trained_input
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
-from hypernet.runs import atomic_write_text, write_metrics, write_table_csv
+from hypernet.runs import (
+    atomic_write_text,
+    check_run_folder,
+    refusals,
+    run_command,
+    write_metrics,
+    write_table_csv,
+)
 from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side
 from hypernet.systems.per_video import finetune_adapters
 
@@ -275,35 +282,60 @@ def fed_as_trained(cfg: DictConfig, system) -> DictConfig:
     return cfg
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    from hypernet.data.datamodule import build_datamodule
-    from hypernet.systems.hyper_lora import load_hypernet
-
+def check_options(cfg: DictConfig) -> None:
+    """eval's own options, before anything is read or written."""
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods={list(cfg.methods)}: {unknown} not known; choose from {list(METHODS)}")
     if "base" not in cfg.methods:
         raise ValueError("methods must include 'base': every gain is measured against it")
-    torch.manual_seed(cfg.seed)
-    output_dir = Path(cfg.paths.output_dir)
-    system = load_hypernet(cfg.checkpoint, option="checkpoint=")
-    cfg = fed_as_trained(cfg, system)
-    if cfg.context_tile != system.hparams["hypernet"]["encoder"].get(
-        "context_tile"
-    ):  # another reading, asked
-        system = load_hypernet(
-            cfg.checkpoint, option="checkpoint=", hypernet={"encoder": {"context_tile": cfg.context_tile}}
-        )
-    datamodule = build_datamodule(cfg)
-    # the test videos (data.test_source, every group), or the validation videos when there are none
-    datamodule.setup("test")
-    groups = dict(datamodule.test_sets)
-    if not groups:
-        datamodule.setup("validate")
-        groups = {"single": datamodule.val_set}
     for strength in cfg.get("strengths") or []:
         check_strength(strength, option="strengths")  # a bad strength fails before any work
     check_strength(cfg.get("strength", 1.0), option="strength")
+    for option, minimum in (
+        ("selfsup_steps", 1),
+        ("oracle_steps", 1),
+        ("crop_border", 0),
+        ("crop_videos", 0),
+    ):
+        value = cfg.get(option)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{option}={value!r} must be an int >= {minimum}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an int, got {cfg.seed!r}")
+
+
+def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, dict[str, Any]]:
+    """Every check before anything is written: the options, the output folder (not another run's
+    or evaluation's), the checkpoint, then the data options and folders (the data module's
+    `check_data`) once the checkpoint has filled in how its model is fed (`fed_as_trained`).
+    Returns that config, the system and the groups of videos to evaluate: the test videos
+    (data.test_source, every group), or the validation videos when there are none."""
+    from hypernet.data.datamodule import check_data
+    from hypernet.systems.hyper_lora import load_hypernet
+
+    check_options(cfg)
+    check_run_folder(cfg.paths.output_dir, resumable=False)
+    system = load_hypernet(cfg.checkpoint, option="checkpoint=")
+    cfg = fed_as_trained(cfg, system)
+    if cfg.context_tile != system.hparams["hypernet"]["encoder"].get("context_tile"):
+        tile = {"encoder": {"context_tile": cfg.context_tile}}  # another reading, asked for
+        system = load_hypernet(cfg.checkpoint, option="checkpoint=", hypernet=tile)
+    datamodule = check_data(cfg, stages=("test", "validate"))  # data.scale and context_frames filled
+    groups = dict(datamodule.test_sets) or {"single": datamodule.val_set}
+    return cfg, system, groups
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate cfg.checkpoint against every method of cfg.methods; a bad option, folder or
+    checkpoint raises its error (naming it) before anything is written."""
+    return evaluate(*prepare(cfg))
+
+
+def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, float]:
+    """Every method on every video of every group; writes the tables, plots and metrics.json."""
+    torch.manual_seed(cfg.seed)
+    output_dir = Path(cfg.paths.output_dir)
     rows, crops, strength_rows = [], [], []
     for group, videos in groups.items():
         for i in range(len(videos)):
@@ -349,9 +381,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def hydra_main(cfg: DictConfig) -> None:
+    """The task Hydra runs: a refusal in `prepare` ends the command with one line (RunRefused)
+    before anything is written."""
+    with refusals():
+        prepared = prepare(cfg)
+    evaluate(*prepared)
     print((Path(cfg.paths.output_dir) / "results.md").read_text())
+
+
+def main() -> None:
+    """`python -m hypernet.eval ...` and the hypernet-eval script (runs.run_command)."""
+    run_command(hydra_main)
 
 
 if __name__ == "__main__":

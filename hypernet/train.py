@@ -1,23 +1,38 @@
 """`python -m hypernet.train experiment=...`: stage 1 (base) or stage 2 (hypernet) training.
 
 Hydra composes the config; `run(cfg)` does the work and returns the final metrics, so tests
-and scripts call it directly through Hydra's compose API."""
+and scripts call it directly through Hydra's compose API. `run` is `prepare` (every check, and
+everything built from the config, before anything is written: a bad option, data folder, run
+folder or checkpoint raises its error, naming it) then `start` (the run's folder, training, the
+test score). `main` is the command: a refused run or a bad override is one line `error: ...` and
+exit code 2 with nothing written, SIGTERM exits 143 (`runs.run_command`)."""
 
 from __future__ import annotations
 
 import contextlib
+import types
+import typing
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from hypernet.checkpointing import AtomicCheckpointIO, read_checkpoint
-from hypernet.data.datamodule import build_datamodule
-from hypernet.runs import mark_run, write_metrics, write_run_metadata, write_table_csv
+from hypernet.data.datamodule import check_data
+from hypernet.runs import (
+    check_run_folder,
+    end_attempt,
+    launched_as_rank_zero,
+    refusals,
+    run_command,
+    start_attempt,
+    write_metrics,
+    write_table_csv,
+)
 
 # ckpt_path values Lightning resolves itself (not file paths)
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
@@ -41,7 +56,8 @@ def world_size(trainer_cfg: DictConfig) -> int:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Errors a user can fix, raised before any data is read or any step is taken."""
+    """Errors a user can fix in the run's own options, raised before any data is read or any step
+    is taken. The data.* options and folders are checked by the data module (`check_data`)."""
     try:
         from hydra.utils import get_class
 
@@ -56,34 +72,62 @@ def check_config(cfg: DictConfig) -> None:
             f"model.scale={cfg.model.scale} differs from data.scale={cfg.data.scale}: the network must upscale "
             "by the factor the data was degraded with; set both to the same value (2, 3 or 4)"
         )
-    patch = cfg.data.get("patch_size")
-    if patch is not None and patch % cfg.data.scale:
-        raise ValueError(
-            f"data.patch_size={patch} (HR pixels) must be divisible by data.scale={cfg.data.scale}; "
-            f"try {patch - patch % cfg.data.scale} or {patch + cfg.data.scale - patch % cfg.data.scale}"
-        )
-    for option in ("batch_size", "val_batch_size"):
-        value = cfg.data.get(option)
-        if (option == "batch_size" or value is not None) and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(f"data.{option}={value!r} must be a positive int (videos per batch)")
-    processes = world_size(cfg.trainer)
-    if cfg.data.batch_size % processes:
-        raise ValueError(
-            f"data.batch_size={cfg.data.batch_size} is the global batch and must divide by the number of "
-            f"processes ({processes} = trainer.devices x trainer.num_nodes); choose a multiple of {processes}"
-        )
-    if not isinstance(cfg.seed, int):
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be an int, got {cfg.seed!r}")
     if "base_ckpt" in cfg.stage and not cfg.get("base_ckpt"):
         raise ValueError("stage=hyper needs base_ckpt=PATH: the stage-1 checkpoint of the base to specialise")
-    frames = cfg.data.get("num_frames")
-    if cfg.data.source == "stills" and frames is not None and cfg.data.context_frames > frames:
-        raise ValueError(
-            f"data.context_frames={cfg.data.context_frames} is larger than the video ({frames} frames, "
-            "data.num_frames): lower it or make the videos longer"
-        )
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """Each trainer.* option against the type Lightning's Trainer declares for it, so that
+    trainer.max_epochs=abc or +trainer.max_epoch=3 is refused now, naming the option, instead of
+    failing inside fit with a traceback after the run folder is written."""
+    hints = typing.get_type_hints(L.Trainer.__init__)
+    for key in trainer:
+        if key == "_target_":
+            continue
+        if key not in hints or key == "return":
+            raise ValueError(f"trainer.{key} is not an option of Lightning's Trainer: check its spelling")
+        if not _fits(trainer[key], hints[key]):
+            raise ValueError(f"trainer.{key}={trainer[key]!r} must be {_describe(hints[key])}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a type annotation (unions, literals, plain types, lists); a
+    class (Accelerator, Strategy, ...) takes a config node that instantiates one."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint in (bool, int, float, str):
+        numeric = hint is float and isinstance(value, int)
+        return (isinstance(value, hint) or numeric) and (hint is bool or not isinstance(value, bool))
+    if origin is list:
+        return isinstance(value, ListConfig | list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, DictConfig | dict)
+    return isinstance(value, DictConfig)
+
+
+def _describe(hint: Any) -> str:
+    """A type annotation in words, for the message of a value that does not fit it."""
+    words = {type(None): "null", bool: "true or false", int: "an int", float: "a number", str: "a string"}
+    parts, choices = [], []
+    for arg in (
+        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    ):
+        if typing.get_origin(arg) is typing.Literal:
+            choices += typing.get_args(arg)
+        elif arg in words:
+            parts.append(words[arg])
+        elif typing.get_origin(arg) in (list, dict):
+            parts.append(f"a {typing.get_origin(arg).__name__}")
+    if choices:
+        parts.append("one of " + ", ".join(repr(c) for c in choices))
+    return " or ".join(parts)
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -128,7 +172,7 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
-def test_selected(
+def score_test_videos(
     cfg: DictConfig, trainer: L.Trainer, system: L.LightningModule, datamodule: L.LightningDataModule
 ) -> dict[str, float]:
     """Score the test videos once, on the checkpoint validation chose (`test_ckpt`: best | last |
@@ -214,39 +258,74 @@ def point_latest(cfg: DictConfig, output_dir: Path) -> Path | None:
     return link
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def build_trainer(cfg: DictConfig, loggers: list[Any], callbacks: list[Any]) -> L.Trainer:
+    """The Trainer of cfg.trainer; an option Lightning refuses raises its own error rather than
+    Hydra's wrapper around it."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(
+            cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+        )
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError | TypeError | MisconfigurationException):
+            raise ValueError(f"trainer: {e.__cause__}") from None
+        raise
+
+
+class Prepared(NamedTuple):
+    """What `prepare` built for a run, which `start` trains."""
+
+    datamodule: L.LightningDataModule
+    system: L.LightningModule
+    trainer: L.Trainer
+    loggers: list[Any]
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Everything that can refuse the run, before anything is written: its options, Lightning's
+    trainer options, the run folder (not another run's, on the run's first process), the data
+    options and folders (the data module's `check_data`, which reads them now), the checkpoints
+    it names (read without running code, and of this system), then the loggers and the Trainer."""
     check_config(cfg)
+    check_trainer(cfg.trainer)
     check_launch(cfg)
+    if launched_as_rank_zero():  # the others find the folder the first one has begun to fill
+        check_run_folder(cfg.paths.output_dir, ckpt_path=cfg.get("ckpt_path"))
+    datamodule = check_data(cfg, processes=world_size(cfg.trainer))
     L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    datamodule = build_datamodule(cfg)
     system = build_system(cfg)
     if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in LIGHTNING_CKPT_NAMES:
         check_system_checkpoint(cfg.ckpt_path, system, option="ckpt_path")
     if str(cfg.get("test_ckpt", "best")) not in ("best", "last"):
         check_system_checkpoint(cfg.test_ckpt, system, option="test_ckpt")
     loggers = instantiate_group(cfg.get("logger"))
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
-    )
+    trainer = build_trainer(cfg, loggers, instantiate_group(cfg.get("callbacks")))
+    return Prepared(datamodule, system, trainer, loggers)
+
+
+def start(cfg: DictConfig, prepared: Prepared) -> dict[str, float]:
+    """Write the run's record (a new attempt in run.json), train, score the test videos, and
+    record how the attempt ended: finished, failed with its error, or terminated (SIGTERM,
+    Ctrl-C), so that the folder of a crash does not pass for a real run."""
+    datamodule, system, trainer, loggers = prepared
+    output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         for logger in loggers:
             logger.experiment  # noqa: B018 - starts the run, so that its id exists to be recorded
         ids = {type(lg).__name__: str(lg.version) for lg in loggers}
-        write_run_metadata(output_dir, cfg, logger_ids=ids)
+        start_attempt(output_dir, cfg, logger_ids=ids)
 
     try:
         metrics = fit_and_test(cfg, trainer, system, datamodule, output_dir)
     except BaseException as e:  # also Ctrl-C and SIGTERM: the folder must not look like a real run
         if trainer.is_global_zero:
-            # Lightning turns Ctrl-C into sys.exit(1): record the interrupt, not "SystemExit: 1"
-            cause = e.__context__ if isinstance(e, SystemExit) and e.__context__ is not None else e
             with contextlib.suppress(Exception):  # never hide the run's own error behind this one
-                mark_run(output_dir, "failed", error=cause)
+                end_attempt(output_dir, e)
         raise
     if trainer.is_global_zero:
-        mark_run(output_dir, "finished")
+        end_attempt(output_dir)
         link = point_latest(cfg, output_dir)
         where = f" (also {link}/)" if link else ""
         print(f"run folder: {output_dir}{where}; checkpoints: best.ckpt (chosen on val), last.ckpt")
@@ -256,6 +335,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
             wandb.finish()
     return metrics
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train the run of cfg and return its final metrics; a bad option, folder or checkpoint
+    raises its error (naming it) before anything is written."""
+    return start(cfg, prepare(cfg))
 
 
 def fit_and_test(
@@ -270,7 +355,7 @@ def fit_and_test(
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     if trainer.is_global_zero:
-        metrics.update(test_selected(cfg, trainer, system, datamodule))
+        metrics.update(score_test_videos(cfg, trainer, system, datamodule))
         write_metrics(output_dir, metrics)
         write_table_csv(output_dir / "val_videos.csv", system.tables.last["val"])
         if system.tables.last["test"]:
@@ -279,9 +364,17 @@ def fit_and_test(
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
-    return metrics.get(cfg.get("optimized_metric", "val/psnr_y"))
+def hydra_main(cfg: DictConfig) -> float | None:
+    """The task Hydra runs: a refusal in `prepare` ends the command with one line (RunRefused)
+    before the run writes anything; the value is what a Hydra sweeper optimises."""
+    with refusals():
+        prepared = prepare(cfg)
+    return start(cfg, prepared).get(cfg.get("optimized_metric", "val/psnr_y"))
+
+
+def main() -> None:
+    """`python -m hypernet.train ...` and the hypernet-train script (runs.run_command)."""
+    run_command(hydra_main)
 
 
 if __name__ == "__main__":

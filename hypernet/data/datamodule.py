@@ -17,14 +17,17 @@ Three splits, so that nothing is chosen on the test videos:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
 
+from hypernet.cli_checks import MIN_SIZE
 from hypernet.data.camera import StillsVideo, builtin_images, image_pyramid, list_images, load_image
 from hypernet.data.datasets import (
+    FRESH_SOURCES,
     DegradationConfig,
     FreshIndexSampler,
     FreshVideoDataset,
@@ -60,15 +63,73 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def per_rank_batch_size(batch_size: int, world_size: int, *, option: str = "data.batch_size") -> int:
+def per_rank_batch_size(
+    batch_size: int, world_size: int, *, option: str = "data.batch_size", world: str | None = None
+) -> int:
+    """The batch of each process. `world` says where the number of processes comes from."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{option}={batch_size!r} must be a positive int (the global batch, in videos)")
     if batch_size % world_size:
+        processes = f"{world_size} = {world}" if world else f"{world_size}"
         raise ValueError(
             f"{option}={batch_size} is the global batch and must divide by the number of processes "
-            f"({world_size}); choose a multiple of {world_size}"
+            f"({processes}); choose a multiple of {world_size}"
         )
     return batch_size // world_size
+
+
+def check_count(option: str, value: Any, minimum: int, meaning: str) -> None:
+    """A data.* option that counts something: an int (not a bool) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        at_least = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"data.{option}={value!r} must be {at_least} ({meaning})")
+
+
+def check_frame_options(
+    *,
+    scale: int,
+    hr_size: int,
+    num_frames: int,
+    clip_len: int,
+    context_frames: int,
+    patch_size: int | None,
+    fresh_videos: bool,
+    fresh_training: bool,
+) -> None:
+    """The sizes and lengths of the videos and samples, checked together: a zero or negative one
+    would otherwise fail deep inside training (empty reductions, torch.stack of nothing).
+    `fresh_videos`: some split draws the built-in videos, whose frames are data.hr_size square
+    and data.num_frames long; `fresh_training`: the training split does."""
+    check_count(
+        "hr_size", hr_size, MIN_SIZE * scale, f"HR frame side; LR frames of at least {MIN_SIZE} pixels"
+    )
+    if hr_size % scale:
+        raise ValueError(f"data.hr_size={hr_size} must be divisible by data.scale={scale}")
+    check_count("num_frames", num_frames, 1, "frames per video")
+    check_count("clip_len", clip_len, 1, "consecutive frames per sample")
+    check_count("context_frames", context_frames, 0, "LR frames from across the video for the hypernetwork")
+    if clip_len > num_frames:
+        raise ValueError(
+            f"data.clip_len={clip_len} is longer than the videos (data.num_frames={num_frames}): lower it "
+            "or make the videos longer"
+        )
+    if fresh_videos and context_frames > num_frames:
+        raise ValueError(
+            f"data.context_frames={context_frames} is larger than the video ({num_frames} frames, "
+            "data.num_frames): lower it or make the videos longer"
+        )
+    if patch_size is None:
+        return
+    check_count("patch_size", patch_size, scale, "HR patch side, or null for whole frames")
+    if patch_size % scale:
+        raise ValueError(
+            f"data.patch_size={patch_size} (HR pixels) must be divisible by data.scale={scale}; "
+            f"try {patch_size - patch_size % scale} or {patch_size + scale - patch_size % scale}"
+        )
+    if fresh_training and patch_size > hr_size:
+        raise ValueError(
+            f"data.patch_size={patch_size} is larger than the frames it is cut from (data.hr_size={hr_size})"
+        )
 
 
 def degradation_config(*, scale: int, degradation: dict[str, Any] | None) -> DegradationConfig:
@@ -138,6 +199,34 @@ class VSRDataModule(L.LightningDataModule):
         self.source = source
         self.val_source = val_source or source
         self.test_source = test_source
+        self.degradation = degradation_config(scale=scale, degradation=degradation)  # checks data.scale
+        splits = {*self.sources, self.val_source, test_source}
+        check_frame_options(
+            scale=scale,
+            hr_size=hr_size,
+            num_frames=num_frames,
+            clip_len=clip_len,
+            context_frames=context_frames,
+            patch_size=patch_size,
+            fresh_videos=bool(splits & set(FRESH_SOURCES)),
+            fresh_training=bool(set(self.sources) & set(FRESH_SOURCES)),
+        )
+        for option, value, minimum, meaning in (
+            ("samples_per_epoch", samples_per_epoch, 1, "training videos per epoch"),
+            ("batch_size", batch_size, 1, "videos per batch, over all processes"),
+            ("val_batch_size", val_batch_size, 1, "videos per evaluation batch"),
+            ("val_procedural_videos", val_procedural_videos, 1, "procedural validation scenes"),
+            ("val_videos_per_image", val_videos_per_image, 1, "test videos per held-out photograph"),
+            ("val_videos", val_videos, 1, "videos or images of data.root held out"),
+            ("test_shots", test_shots, 0, "shots of the multi-shot test videos, 0 for none"),
+            ("num_workers", num_workers, 0, "data loading processes"),
+        ):
+            check_count(option, value, minimum, meaning)
+        if samples_per_epoch < batch_size:
+            raise ValueError(
+                f"data.samples_per_epoch={samples_per_epoch} is fewer than data.batch_size={batch_size}: "
+                "an epoch would hold no batch"
+            )
         self.procedural = ProceduralConfig.from_options(procedural)
         self.photo_augment = PhotoAugment(**dict(photo_augment or {}))
         self.shots = (shots, shots) if isinstance(shots, int) else tuple(shots)
@@ -146,8 +235,14 @@ class VSRDataModule(L.LightningDataModule):
             check_shots(
                 (test_shots, test_shots), num_frames=num_frames, clip_len=clip_len, option="data.test_shots"
             )
-        if test_large_hr is not None and test_large_hr % scale:
-            raise ValueError(f"data.test_large_hr={test_large_hr} must be divisible by data.scale={scale}")
+        if test_large_hr is not None:
+            check_count(
+                "test_large_hr", test_large_hr, MIN_SIZE * scale, "HR frame side of the large test videos"
+            )
+            if test_large_hr % scale:
+                raise ValueError(
+                    f"data.test_large_hr={test_large_hr} must be divisible by data.scale={scale}"
+                )
         self.val_procedural_videos = val_procedural_videos
         self.test_shots = test_shots
         self.test_large_hr = test_large_hr
@@ -165,11 +260,6 @@ class VSRDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.val_seed = val_seed
-        if patch_size is not None and patch_size % scale:
-            raise ValueError(
-                f"data.patch_size={patch_size} (HR pixels) must be divisible by data.scale={scale}"
-            )
-        self.degradation = degradation_config(scale=scale, degradation=degradation)
         lr_patch = None if patch_size is None else patch_size // scale
         self.sample = SampleConfig(clip_len=clip_len, context_frames=context_frames, patch_size=lr_patch)
         self.train_set = None
@@ -394,3 +484,26 @@ def build_datamodule(cfg: Any) -> VSRDataModule:
         if isinstance(e.__cause__, ValueError):
             raise e.__cause__ from None
         raise
+
+
+def check_data(cfg: Any, *, processes: int = 1, stages: Sequence[str] = ("fit", "test")) -> VSRDataModule:
+    """The one home of the data checks, which train and eval call before they write anything:
+    every data.* option (VSRDataModule's constructor), the global batch and the epoch against the
+    number of processes, and the data folders, read now by building the datasets of `stages`: a
+    missing or empty folder, one of junk files, a file where a folder belongs, a video that does
+    not open. Each is one error naming the option. The data module keeps those datasets, so its
+    setup() reads nothing twice."""
+    datamodule = build_datamodule(cfg)
+    per_rank_batch_size(datamodule.batch_size, processes, world="trainer.devices x trainer.num_nodes")
+    FreshIndexSampler(num_samples=datamodule.samples_per_epoch, world_size=processes)  # splits the epoch
+    for stage in stages:
+        try:
+            datamodule.setup(stage)
+        except (ValueError, OSError) as e:
+            if "data." in str(e):
+                raise
+            folders = [f"data.root={datamodule.root}"] if datamodule.root is not None else []
+            if datamodule.val_root_given:
+                folders.append(f"data.val_root={datamodule.val_root}")
+            raise ValueError(f"{' / '.join(folders) or 'data'}: {e}") from e
+    return datamodule
