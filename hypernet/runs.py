@@ -272,18 +272,16 @@ def check_run_folder(output_dir: str | Path, *, ckpt_path: str | None = None, re
     found = [name for name in RUN_MARKERS if (folder / name).exists()]
     if not found:
         return
+    record = read_run(folder) if (folder / "run.json").is_file() else None
+    if record is not None and record["status"] == "running" and record.get("host") == socket.gethostname():
+        raise ValueError(
+            f"{where} holds a run that is still running (process {record.get('pid')}): stop it "
+            "before resuming it, or choose another folder"
+        )
     if resumable and ckpt_path is not None and resumes_in_place(folder, ckpt_path):
-        record = read_run(folder)
-        if (
-            record is not None
-            and record["status"] == "running"
-            and record.get("host") == socket.gethostname()
-        ):
-            raise ValueError(
-                f"{where} holds a run that is still running (process {record.get('pid')}): stop it "
-                "before resuming it, or choose another folder"
-            )
         return
+    if resumable and not holds_results(folder, record):
+        return  # an attempt that ended before any result (a job requeued early): start again, its record kept
     resume = (
         f", or resume that run in place with ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"
         if resumable
@@ -292,6 +290,18 @@ def check_run_folder(output_dir: str | Path, *, ckpt_path: str | None = None, re
     raise ValueError(
         f"{where} already holds a run ({', '.join(found)}), which a new run would overwrite: choose another "
         f"folder{resume}"
+    )
+
+
+def holds_results(folder: Path, record: dict | None) -> bool:
+    """Whether a run folder holds what a new run would destroy: a finished run, its metrics, or
+    any checkpoint. An attempt killed before its first checkpoint holds only its record, which a
+    new attempt keeps (run.json's attempts)."""
+    checkpoints = folder / "checkpoints"
+    return (
+        (record is not None and record["status"] == "finished")
+        or (folder / "metrics.json").exists()
+        or (checkpoints.is_dir() and any(checkpoints.iterdir()))
     )
 
 

@@ -22,7 +22,7 @@ from hypernet import eval as evaluation
 from hypernet import train
 from hypernet.config import compose_config
 from hypernet.runs import check_run_folder, read_run
-from tests.conftest import TINY_BASE, compose_train
+from tests.helpers import TINY_BASE, compose_train
 
 REPO = Path(__file__).resolve().parent.parent
 # on the command line as in tests/test_scale_out.py
@@ -104,16 +104,41 @@ def test_the_command_leaves_another_runs_folder_untouched(finished_run, tmp_path
 
 
 def test_folders_with_any_result_of_a_run_are_refused(tmp_path):
-    """A failed run's run.json, an evaluation's metrics.json, a checkpoints/ folder: each marks
-    a folder a new run would overwrite; an empty folder, or one of other files, does not."""
-    for marker in ("run.json", "metrics.json", "checkpoints"):
+    """An evaluation's metrics.json, a checkpoint, a finished run: each marks a folder a new run
+    would overwrite; an empty folder, or one of other files, does not. Eval writes into none that
+    holds any run record."""
+    for marker in ("finished", "metrics.json", "checkpoints"):
         folder = tmp_path / marker.replace(".", "_")
-        folder.mkdir()
-        (folder / "checkpoints").mkdir() if marker == "checkpoints" else (folder / marker).write_text("{}")
-        with pytest.raises(ValueError, match=rf"{folder} .*already holds a run \({marker}\)"):
+        (folder / "checkpoints").mkdir(parents=True)
+        if marker == "finished":
+            attempt = {"status": "finished", "pid": 1, "host": "elsewhere"}
+            (folder / "run.json").write_text(
+                json.dumps({"seed": 0, "environment": {}, "attempts": [attempt]})
+            )
+        elif marker == "metrics.json":
+            (folder / marker).write_text("{}")
+        else:
+            (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        with pytest.raises(ValueError, match=rf"{folder} .*already holds a run"):
             check_run_folder(folder)
         with pytest.raises(ValueError, match="choose another folder$"):
             check_run_folder(folder, resumable=False)  # eval cannot resume
+
+
+def test_an_attempt_that_ended_before_any_result_may_start_again(tmp_path):
+    """A job killed or requeued before its first checkpoint (SLURM) leaves run.json and an empty
+    checkpoints/: training may start again there, and run.json keeps the ended attempt."""
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    attempt = {"status": "killed", "pid": 1, "host": "elsewhere", "started": "then"}
+    (folder / "run.json").write_text(json.dumps({"seed": 0, "environment": {}, "attempts": [attempt]}))
+    check_run_folder(folder)
+    with pytest.raises(ValueError, match="choose another folder$"):
+        check_run_folder(folder, resumable=False)
+    train.run(compose_train(TINY_BASE, folder))
+    record = read_run(folder)
+    assert [a["status"] for a in record["attempts"]] == ["killed", "finished"]
+
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x")
     check_run_folder(tmp_path / "other")
