@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,11 @@ def adapter_kib(adapters: Adapters | None) -> float:
 
 
 def evaluate_video(
-    system, item: dict, cfg: DictConfig
+    system, item: dict, cfg: DictConfig, *, every_frame: Callable[[], torch.Tensor] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], list[dict[str, Any]]]:
     """All methods on one video: rows for the table, each method's SR frames, and the hypernet's
-    PSNR-Y at every strength of cfg.strengths (its adapters' delta scaled)."""
+    PSNR-Y at every strength of cfg.strengths (its adapters' delta scaled). `every_frame()` gives
+    the whole LR video (T, C, h, w) that `hypernet_stream` reads."""
     base, spec = system.base, system.spec
     lr, hr = item["lr"][None], item["hr"][None]
     rows, outputs, strength_rows = [], {}, []
@@ -67,8 +69,9 @@ def evaluate_video(
                 base, spec, lr, hr=hr, steps=cfg.oracle_steps, learning_rate=cfg.finetune_lr, seed=cfg.seed
             )
         elif method == "hypernet_stream":
+            whole = every_frame()[None]  # (1, T, C, h, w): the video, not the scored clip
             adapters = system.adapters_from_stream(
-                lr.split(32, dim=1), num_frames=lr.shape[1], refine_context=item["context"][None]
+                whole.split(32, dim=1), num_frames=whole.shape[1], refine_context=item["context"][None]
             )
             adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "hypernet":
@@ -339,7 +342,9 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
     rows, crops, strength_rows = [], [], []
     for group, videos in groups.items():
         for i in range(len(videos)):
-            video_rows, outputs, video_strengths = evaluate_video(system, videos[i], cfg)
+            video_rows, outputs, video_strengths = evaluate_video(
+                system, videos[i], cfg, every_frame=lambda videos=videos, i=i: videos.every_frame(i)
+            )
             rows += [{**row, "group": group} for row in video_rows]
             strength_rows += [{**row, "group": group} for row in video_strengths]
             if group == "single" and i < cfg.crop_videos:
@@ -375,7 +380,15 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
             torch.stack(padded), output_dir / "crops.png", nrow=1, padding=4, pad_value=1.0
         )
     atomic_write_text(
-        output_dir / "eval.json", json.dumps({"checkpoint": str(cfg.checkpoint), "methods": methods})
+        output_dir / "eval.json",
+        json.dumps(
+            {
+                "checkpoint": str(cfg.checkpoint),
+                "methods": methods,
+                "context_frames": int(cfg.data.context_frames),  # how the model was fed, as used
+                "context_tile": cfg.context_tile,
+            }
+        ),
     )
     return summary
 

@@ -251,7 +251,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
 
     init = None
     if args.init_from_hypernet:
-        init = system.adapters_from_stream(train[0].lr_chunks(scale=scale), num_frames=train[0].num_frames)
+        init = video_adapters(system, train[0], checkpoint=args.checkpoint)
     batches = random_clips(train, clips=args.clips, clip_len=args.clip_len, scale=scale, seed=args.seed)
     started = time.perf_counter()
     summary: dict = {"adapter": str(args.output), "videos": len(train), "held_out": len(held_out)}
@@ -320,6 +320,16 @@ def check_converged(adapters: dict, columns: dict | None, args: argparse.Namespa
         )
 
 
+def video_adapters(system, video: VideoPair, *, checkpoint: Path):
+    """The hypernetwork's adapters for one video, read as it trained (its checkpoint's count of
+    frames spread over the video)."""
+    from hypernet.systems.hyper_lora import trained_context_frames
+
+    count = trained_context_frames(system, None, option="data.context_frames", checkpoint=checkpoint)
+    read = lambda indices: video.lr_frames(indices, scale=system.scale)  # noqa: E731
+    return system.adapters_for_video(read, num_frames=video.num_frames, context_frames=count)
+
+
 def learn_merge(system, adapters, train, held_out, args, *, bar) -> tuple[dict, dict]:
     """The per-column merge of the fitted adapter with the hypernetwork's, learned on the
     training videos (the hypernet's adapter predicted for each from its LR video) and kept at
@@ -328,7 +338,7 @@ def learn_merge(system, adapters, train, held_out, args, *, bar) -> tuple[dict, 
     task = bar.add_task("reading the videos (hypernet)", total=len(train) + len(held_out), status="")
 
     def predict(video: VideoPair):
-        predicted = system.adapters_from_stream(video.lr_chunks(scale=scale), num_frames=video.num_frames)
+        predicted = video_adapters(system, video, checkpoint=args.checkpoint)
         bar.advance(task)
         return predicted
 

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hypernet.checkpointing import NOT_RECORDED, InputMismatchWarning, trained_input
+from hypernet.checkpointing import InputMismatchWarning
 from hypernet.cli_checks import (
     InputError,
     check_device,
@@ -71,7 +71,6 @@ from hypernet.cli_checks import (
     progress_bar,
     signals_end_in_one_line,
 )
-from hypernet.data.datasets import spread_indices
 from hypernet.data.video_io import (
     TruncatedVideoWarning,
     VideoInfo,
@@ -238,44 +237,22 @@ def _check_options(
 # adapters
 
 
-def refine_frames(
-    system: nn.Module, given: int | None, *, checkpoint: str | os.PathLike = "(in memory)"
-) -> int:
-    """How many frames the refine mode's steps read: the checkpoint's data.context_frames unless
-    --context-frames says otherwise (then with a warning when they differ)."""
-    trained = (system.trained_data or {}).get("context_frames", NOT_RECORDED)
-    return trained_input("--context-frames", given, trained, checkpoint=checkpoint, fallback=8)
-
-
 def predict_adapters(
     system: nn.Module,
     input_path: str | os.PathLike,
     *,
     num_frames: int,
-    chunk_size: int = 32,
-    context_frames: int | None = None,
+    context_frames: int,
     device: torch.device | str = "cpu",
-    advance=None,
     allow_truncated: bool = False,
 ) -> Adapters:
-    """The hypernetwork's adapters for the whole video, streamed chunk by chunk through its
-    encoder. Refine mode also takes its inner steps on `context_frames` frames spread over the
-    video (decoded once more, only those frames kept): by default as many as the model was
-    trained with (its checkpoint's data.context_frames)."""
-    chunks = iter_chunks(input_path, chunk_size=chunk_size, allow_truncated=allow_truncated)
-    if advance is not None:
-        chunks = _counted(chunks, advance)
-    refine_context = None
-    if system.refine.mode == "refine":
-        count = context_frames if context_frames is not None else refine_frames(system, None)
-        indices = spread_indices(num_frames, min(count, num_frames), rng=None)
-        frames = read_frames(input_path, indices, allow_truncated=allow_truncated)
-        refine_context = to_tensor(frames, device=device)
-    return system.adapters_from_stream(
-        (to_tensor(chunk, device=device) for chunk in chunks),
-        num_frames=num_frames,
-        refine_context=refine_context,
-    )
+    """The hypernetwork's adapters for the video, read as it trained: `context_frames` frames
+    spread over the whole video (decoded once, only those frames kept), with their times."""
+
+    def read(indices: list[int]) -> torch.Tensor:
+        return to_tensor(read_frames(input_path, indices, allow_truncated=allow_truncated), device=device)
+
+    return system.adapters_for_video(read, num_frames=num_frames, context_frames=context_frames)
 
 
 class AdapterFile:
@@ -474,13 +451,17 @@ def specialise(
     if save_adapter is not None:
         check_output(save_adapter, option="--save-adapter", suffix=None)
 
-    from hypernet.systems.hyper_lora import load_hypernet  # Lightning: slow to import, so only now
+    from hypernet.systems.hyper_lora import (  # Lightning: slow to import, so only now
+        load_hypernet,
+        trained_context_frames,
+    )
 
     system = load_hypernet(checkpoint, map_location=device)
     if hypernet and not base_only:
         check_reads_videos(system, checkpoint, needed_by="specialise (or pass --no-hypernet --adapter FILE)")
-        if system.refine.mode == "refine":
-            context_frames = refine_frames(system, context_frames, checkpoint=checkpoint)
+        context_frames = trained_context_frames(
+            system, context_frames, option="--context-frames", checkpoint=checkpoint
+        )
     base, scale = system.base, system.scale
     # a sliding-window base needs its window radius as context to be exact at chunk boundaries
     overlap = max(overlap, getattr(base, "num_frames", 1) // 2)
@@ -491,20 +472,19 @@ def specialise(
             stack_files(files, None)
         predicted: tuple[LoRASpec, Adapters] | None = None
         if hypernet and not base_only:
-            task = bar.add_task("reading the video (adapters)", total=info.num_frames)
+            task = bar.add_task(f"reading {context_frames} frames across the video (adapters)", total=1)
             predicted = (
                 system.spec,
                 predict_adapters(
                     system,
                     input_path,
                     num_frames=info.num_frames,
-                    chunk_size=chunk_size,
                     context_frames=context_frames,
                     device=device,
-                    advance=lambda n: bar.advance(task, n),
                     allow_truncated=allow_truncated,
                 ),
             )
+            bar.advance(task)
         plan = None if base_only else stack_plan(files, predicted, strength=strength, merge=merge)
         if plan is not None:  # the last check: the adapters leave a picture
             sample = first_frames(
@@ -611,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-frames",
         type=int,
         default=None,
-        help="frames spread over the video for the refine mode's steps (default: as many as the model trained on)",
+        help="frames spread over the video that the hypernetwork reads (default: as many as it trained on)",
     )
     parser.add_argument(
         "--overlap", type=int, default=2, help="extra frames of context on each side of a chunk"

@@ -8,7 +8,8 @@ training (a few frames spread over the video) against its encoder streaming ever
 Reads the eval folder (results.csv, metrics.json, eval.json) and writes beside the study's run.sh:
 
     results.md      per test group: the base, each reading's gain over it (mean +- s.e., videos
-                    improved) and their paired difference
+                    improved) and their paired difference; with --frames, the gain when the
+                    encoder reads more spread frames than it trained on
     per_video.csv   every video's PSNR-Y with the base and with each reading
     metrics.json    the eval's own figures, copied
 """
@@ -26,10 +27,44 @@ from hypernet.metrics import gain_summary, mean_stderr
 READINGS = {"hypernet": "spread frames (training's reading)", "hypernet_stream": "every frame (specialise's)"}
 
 
+def frames_table(eval_dir: Path, others: list[Path], groups: list[str], trained: int) -> list[str]:
+    """The gain with K spread frames read (K = what each eval folder used), paired per video with
+    the trained count's."""
+
+    def gains(folder: Path) -> dict[tuple[str, str], float]:
+        with (folder / "results.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        psnr = {(r["group"], r["video_id"], r["method"]): float(r["psnr_y"]) for r in rows}
+        return {(g, v): psnr[(g, v, "hypernet")] - psnr[(g, v, "base")] for g, v, m in psnr if m == "base"}
+
+    reference = gains(eval_dir)
+    lines = [
+        "",
+        "| spread frames read | test group | gain over the base | against the trained count |",
+        "|---|---|---|---|",
+    ]
+    for folder in [eval_dir, *others]:
+        count = json.loads((folder / "eval.json").read_text())["context_frames"]
+        these = gains(folder)
+        for group in groups:
+            keys = [k for k in reference if k[0] == group]
+            s = gain_summary([these[k] for k in keys])
+            d = gain_summary([these[k] - reference[k] for k in keys])
+            label = f"{count} (trained)" if count == trained else str(count)
+            lines.append(
+                f"| {label} | {group} | {s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} "
+                f"({int(s['videos_improved'])}/{len(keys)}) | {d['gain_y']:+.3f} +- {d['gain_y_stderr']:.3f} |"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("eval_dir", type=Path, help="the hypernet.eval output folder")
     parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument(
+        "--frames", type=Path, nargs="*", default=[], help="eval folders at other context_frames"
+    )
     args = parser.parse_args()
     with (args.eval_dir / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -48,6 +83,7 @@ def main() -> None:
         "|---|---|---|" + "---|" * len(READINGS) + "---|",
     ]
     per_video = []
+    trained = json.loads((args.eval_dir / "eval.json").read_text())["context_frames"]
     for group in groups:
         videos = list(dict.fromkeys(r["video_id"] for r in rows if r["group"] == group))
         base = [psnr[(group, v, "base")] for v in videos]
@@ -70,6 +106,8 @@ def main() -> None:
                 {"group": group, "video_id": v, "base": f"{b:.4f}"}
                 | {m: f"{psnr[(group, v, m)]:.4f}" for m in READINGS}
             )
+    if args.frames:
+        lines += frames_table(args.eval_dir, args.frames, groups, trained)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.md").write_text("\n".join(lines) + "\n")
     with (args.output / "per_video.csv").open("w", newline="") as f:

@@ -33,7 +33,7 @@ from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import load_adapters, load_merge_columns, scale_adapters
 from hypernet.runs import atomic_write_text, write_table_csv
 from hypernet.systems.common import adapted_sr, bicubic_upscale
-from hypernet.systems.hyper_lora import load_hypernet
+from hypernet.systems.hyper_lora import load_hypernet, trained_context_frames
 from hypernet.systems.per_video import clip_starts, finetune_adapters, stack_under_hypernet
 
 METHODS = (
@@ -53,7 +53,8 @@ def read_video(path: Path) -> torch.Tensor:
 
 def score_video(system, spec_d, domain, columns, lr, hr, args) -> tuple[dict, list[dict]]:
     base, spec_h = system.base, system.spec
-    predicted = system.adapters_from_stream([lr], num_frames=lr.shape[1])
+    count = trained_context_frames(system, None, option="data.context_frames", checkpoint=args.checkpoint)
+    predicted = system.adapters_for_video(lambda i: lr[:, i], num_frames=lr.shape[1], context_frames=count)
 
     def psnr_y(spec, adapters) -> float:
         with torch.no_grad():

@@ -134,3 +134,14 @@ def test_specialise_refine_steps_read_the_checkpoints_count(
         assert warned == []
     else:  # one line naming both values
         assert len(warned) == 1 and "--context-frames=5" in warned[0] and "3" in warned[0]
+
+
+def test_specialise_reads_the_checkpoints_count_as_its_tiles(tiled, video, tmp_path, encoder_reads, capsys):
+    """Direct mode too: the encoder gets the 3 frames spread over the video that training gave it,
+    cut into the checkpoint's 8x8 tiles, and nothing warns."""
+    from hypernet import specialise
+
+    specialise.main([str(video), "-o", str(tmp_path / "x.mp4"), "--checkpoint", str(tiled), "--no-progress"])
+    assert [(frames[1], tile) for frames, tile, _ in encoder_reads] == [(3, 8)]
+    assert encoder_reads[0][2][-2:] == (8, 8)
+    assert "warning" not in capsys.readouterr().err

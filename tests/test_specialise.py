@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hypernet.cli_checks import MIN_SIZE, InputError
+from hypernet.data.datasets import spread_indices
 from hypernet.data.video_io import probe, read_video, to_tensor, to_uint8, write_mp4
 from hypernet.models.base import WindowVSR
 from hypernet.models.lora import AdapterMismatchError, find_targets, init_adapters, save_adapters
@@ -98,7 +99,7 @@ def test_hypernet_output_is_the_base_with_this_videos_adapters(gated_checkpoint,
     assert (ours["mode"], alone["mode"]) == ("hypernet", "base-only")
     # independent reference: adapters applied by forward hooks (not merged), whole video at once
     system = load_hypernet(gated_checkpoint)
-    adapters = predict_adapters(system, video, num_frames=FRAMES, chunk_size=5)
+    adapters = predict_adapters(system, video, num_frames=FRAMES, context_frames=3)
     with torch.no_grad():
         lr = to_tensor(read_video(video))
         with_adapters = luma(to_uint8(system.sr(lr, adapters)))
@@ -128,11 +129,25 @@ def test_saved_adapter_applied_again_gives_the_same_video(gated_checkpoint, vide
 
 def test_refine_mode_steps_on_frames_spread_over_the_video(gated_checkpoint, video):
     system = load_hypernet(gated_checkpoint)
-    direct = predict_adapters(system, video, num_frames=FRAMES, chunk_size=5)
+    direct = predict_adapters(system, video, num_frames=FRAMES, context_frames=3)
     system.refine.mode = "refine"
-    refined = predict_adapters(system, video, num_frames=FRAMES, chunk_size=5, context_frames=4)
+    refined = predict_adapters(system, video, num_frames=FRAMES, context_frames=4)
     assert refined.keys() == direct.keys()
     assert any(not torch.allclose(refined[k][0], direct[k][0]) for k in direct)
+
+
+def test_the_video_is_read_as_training_read_it(gated_checkpoint, video):
+    """specialise's adapters are the system's own for the frames a training sample of this video
+    would hold as context: K frames spread over it (the middle of each segment) at their times."""
+    system = load_hypernet(gated_checkpoint)
+    frames = to_tensor(read_video(video))
+    indices = spread_indices(FRAMES, 3, rng=None)
+    times = torch.tensor(indices, dtype=torch.float32)[None] / (FRAMES - 1)
+    with torch.no_grad():
+        expected = system.adapters_for(frames[:, indices], times)
+    got = predict_adapters(system, video, num_frames=FRAMES, context_frames=3)
+    for name, (a, b) in expected.items():
+        assert torch.equal(got[name][0], a) and torch.equal(got[name][1], b)
 
 
 # ----------------------------------------------------------------------------------------------

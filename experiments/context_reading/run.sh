@@ -27,6 +27,14 @@ if ! $py scripts/convert_checkpoint.py --check "$checkpoint"; then
     --config $out/mixed_s0/config.yaml
   checkpoint=$out/mixed_s0/checkpoints/best_recorded.ckpt
 fi
-OMP_NUM_THREADS=2 $py -m hypernet.eval checkpoint=$checkpoint data.test_shots=3 \
-  methods=[bicubic,base,hypernet,hypernet_stream] crop_videos=0 paths.output_dir=$out/eval_context_reading
-$py scripts/collect_context_reading.py $out/eval_context_reading -o experiments/context_reading
+[ -f $out/eval_context_reading/metrics.json ] || OMP_NUM_THREADS=2 $py -m hypernet.eval checkpoint=$checkpoint \
+  data.test_shots=3 methods=[bicubic,base,hypernet,hypernet_stream] crop_videos=0 \
+  paths.output_dir=$out/eval_context_reading
+# the diagnosis: more spread frames than the 4 it trained on (used as asked, with a warning)
+for k in 8 16 30; do
+  [ -f $out/eval_context_reading_k$k/metrics.json ] || OMP_NUM_THREADS=2 $py -m hypernet.eval checkpoint=$checkpoint \
+    data.test_shots=3 data.context_frames=$k methods=[bicubic,base,hypernet] crop_videos=0 \
+    paths.output_dir=$out/eval_context_reading_k$k
+done
+$py scripts/collect_context_reading.py $out/eval_context_reading -o experiments/context_reading \
+  --frames $out/eval_context_reading_k8 $out/eval_context_reading_k16 $out/eval_context_reading_k30

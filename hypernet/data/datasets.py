@@ -21,6 +21,7 @@ docs/design.md: content diversity is the largest lever; a small fixed pool memor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -399,6 +400,9 @@ class VideoListDataset(Dataset):
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict:
+        return self._item(index, self.sample)
+
+    def _item(self, index: int, sample: SampleConfig) -> dict:
         video = self.videos[index % len(self.videos)]
         rng = np.random.default_rng(stable_seed(self.seed, "draw", index)) if self.train else None
         return make_sample(
@@ -406,8 +410,16 @@ class VideoListDataset(Dataset):
             degradation=self.degradation,
             video_seed=stable_seed(self.seed, "video", video.video_id),
             rng=rng,
-            **vars(self.sample),
+            **vars(sample),
         )
+
+    def every_frame(self, index: int) -> torch.Tensor:
+        """Every LR frame of video `index`, (T, C, h, w), degraded as its items are: the whole
+        video a tool that reads it from start to end sees (eval's `hypernet_stream`)."""
+        every = dataclasses.replace(
+            self.sample, context_frames=self.videos[index % len(self.videos)].num_frames
+        )
+        return self._item(index, every)["context"]
 
 
 class FreshIndexSampler(Sampler[int]):

@@ -167,21 +167,19 @@ class VideoPair:
     def clips(self, clips: Sequence[Sequence[int]], *, scale: int) -> Clips:
         """Clips of frame indices, read from disk now: LR (B, T, C, h, w), HR or None."""
         indices = [i for clip in clips for i in clip]
+        shape = (len(clips), len(clips[0]))
+        hr = None if self.hr is None else video_io.to_tensor(video_io.read_frames(self.hr, indices))
+        lr = self.lr_frames(indices, scale=scale, hr=hr)
+        return lr.view(*shape, *lr.shape[2:]), None if hr is None else hr.view(*shape, *hr.shape[2:])
 
-        def read(path: Path) -> torch.Tensor:
-            frames = video_io.to_tensor(video_io.read_frames(path, indices))[0]
-            return frames.view(len(clips), len(clips[0]), *frames.shape[1:])
-
-        hr = None if self.hr is None else read(self.hr)
-        lr = read(self.lr) if self.lr is not None else quantise(bicubic_downsample(hr, scale))
-        return lr, hr
-
-    def lr_chunks(self, *, scale: int, chunk_size: int = 32) -> Iterator[torch.Tensor]:
-        """The whole LR video as chunks (1, n, C, h, w), for the hypernetwork's encoder."""
-        source = self.lr if self.lr is not None else self.hr
-        for chunk in video_io.iter_chunks(source, chunk_size=chunk_size):
-            frames = video_io.to_tensor(chunk)
-            yield frames if self.lr is not None else quantise(bicubic_downsample(frames, scale))
+    def lr_frames(
+        self, indices: Sequence[int], *, scale: int, hr: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """LR frames at `indices`, (1, n, C, h, w): read, or made from the HR ones (given, or read)."""
+        if self.lr is not None:
+            return video_io.to_tensor(video_io.read_frames(self.lr, indices))
+        hr = video_io.to_tensor(video_io.read_frames(self.hr, indices)) if hr is None else hr
+        return quantise(bicubic_downsample(hr, scale))
 
 
 def clip_starts(num_frames: int, clip_len: int, count: int) -> list[list[int]]:
