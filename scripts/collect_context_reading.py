@@ -24,7 +24,7 @@ from pathlib import Path
 
 from hypernet.metrics import gain_summary, mean_stderr
 
-READINGS = {"hypernet": "spread frames (training's reading)", "hypernet_stream": "every frame (specialise's)"}
+READINGS = {"hypernet": "{k} spread frames, as trained", "hypernet_stream": "every frame, streamed"}
 
 
 def frames_table(eval_dir: Path, others: list[Path], groups: list[str], trained: int) -> list[str]:
@@ -70,20 +70,20 @@ def main() -> None:
         rows = list(csv.DictReader(f))
     psnr = {(r["group"], r["video_id"], r["method"]): float(r["psnr_y"]) for r in rows}
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    checkpoint = json.loads((args.eval_dir / "eval.json").read_text())["checkpoint"]
+    recorded = json.loads((args.eval_dir / "eval.json").read_text())
+    checkpoint, trained = recorded["checkpoint"], recorded["context_frames"]
     lines = [
         "# context reading: spread frames against every frame",
         "",
-        f"Model: `{Path(checkpoint).name}` of content_scaling's mixed_s0; PSNR-Y gains over the base (dB), "
+        f"Model: `{Path(checkpoint).name}` of content_scaling's mixed_s0. PSNR-Y gains over the base (dB), "
         "mean +- s.e. over the videos of each group, videos improved; the difference is paired per video.",
         "",
         "| test group | videos | base PSNR-Y | "
-        + " | ".join(f"gain, {d}" for d in READINGS.values())
+        + " | ".join(f"gain, {d.format(k=trained)}" for d in READINGS.values())
         + " | every frame - spread |",
         "|---|---|---|" + "---|" * len(READINGS) + "---|",
     ]
     per_video = []
-    trained = json.loads((args.eval_dir / "eval.json").read_text())["context_frames"]
     for group in groups:
         videos = list(dict.fromkeys(r["video_id"] for r in rows if r["group"] == group))
         base = [psnr[(group, v, "base")] for v in videos]
