@@ -36,8 +36,25 @@ def read_checkpoint(path: str | Path, *, option: str, map_location: Any = "cpu")
     `weights_only=True`: tensors, numbers, strings and containers only, never an object whose
     unpickling runs code. `option` names where the path came from: `ckpt_path=` (a Hydra
     option, written option=PATH in messages) or `--checkpoint` (a command-line flag)."""
+    checkpoint = load_weights_only(path, option=option, map_location=map_location)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(
+            f"{_named(option, path)}: holds no Lightning state_dict, so it is not a checkpoint this "
+            "project's training wrote; give the best.ckpt or last.ckpt of a run"
+        )
+    return checkpoint
+
+
+def _named(option: str, path: str | Path) -> str:
+    return f"{option}{path}" if option.endswith("=") else f"{option} {path}"
+
+
+def load_weights_only(path: str | Path, *, option: str, map_location: Any = "cpu") -> Any:
+    """What torch.save wrote at `path`, loaded with `weights_only=True` (read_checkpoint's first
+    half, also for Lightning's own files, e.g. the weights ddp_spawn hands back to the main
+    process); a file that is missing, a folder, corrupt or holding code is one CheckpointError."""
     path = Path(path)
-    option = f"{option}{path}" if option.endswith("=") else f"{option} {path}"
+    option = _named(option, path)
     if path.is_dir():
         raise CheckpointError(f"{option}: is a folder, not a checkpoint file; {_inside_hint(path)}")
     if not path.is_file():
@@ -45,7 +62,7 @@ def read_checkpoint(path: str | Path, *, option: str, map_location: Any = "cpu")
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write
             warnings.simplefilter("ignore", UserWarning)
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):  # a class or function to call: what a payload needs
             raise CheckpointError(
@@ -67,12 +84,6 @@ def read_checkpoint(path: str | Path, *, option: str, map_location: Any = "cpu")
         TypeError,
     ):
         raise _not_a_checkpoint(option) from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise CheckpointError(
-            f"{option}: holds no Lightning state_dict, so it is not a checkpoint this project's "
-            "training wrote; give the best.ckpt or last.ckpt of a run"
-        )
-    return checkpoint
 
 
 def _not_a_checkpoint(option: str) -> CheckpointError:
@@ -91,8 +102,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(path, buffer.getvalue())
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: Any = None) -> dict:
-        """Lightning's resume reads through here: always weights_only, whatever it asks for."""
-        return read_checkpoint(path, option="ckpt_path=", map_location=map_location or "cpu")
+        """Lightning reads through here (a resume, ddp_spawn's weights): always weights_only,
+        whatever it asks for."""
+        return load_weights_only(path, option="ckpt_path=", map_location=map_location or "cpu")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -217,3 +217,32 @@ def signals_end_in_one_line() -> Iterator[None]:
             if e.code == SIGTERM_EXIT:
                 print("error: terminated (SIGTERM); no partial output was left behind", file=sys.stderr)
             raise
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """While inside: the warnings a user acts on (an input cut short read with --allow-truncated,
+    an option that feeds the model otherwise than it was trained) are one line `warning: ...` on
+    stderr, each text shown once (every pass over a file warns again); other warnings keep
+    Python's format."""
+    import sys
+    import warnings
+
+    from hypernet.checkpointing import InputMismatchWarning
+    from hypernet.data.video_io import TruncatedVideoWarning
+
+    shown: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TruncatedVideoWarning)
+        warnings.simplefilter("always", InputMismatchWarning)
+        show = warnings.showwarning
+
+        def one_line(message, category, *args, **kwargs):
+            if not issubclass(category, TruncatedVideoWarning | InputMismatchWarning):
+                show(message, category, *args, **kwargs)
+            elif str(message) not in shown:
+                shown.add(str(message))
+                print(f"warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = one_line
+        yield

@@ -44,6 +44,7 @@ from hypernet.cli_checks import (
     output_folder,
     progress_bar,
     signals_end_in_one_line,
+    warnings_as_lines,
 )
 from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
@@ -119,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        with signals_end_in_one_line():  # Ctrl-C or a kill while saving leaves no temporary file behind
+        with (
+            signals_end_in_one_line(),
+            warnings_as_lines(),
+        ):  # Ctrl-C or a kill while saving leaves no temporary file behind
             summary = run_finetune(args)
     except (ValueError, OSError) as e:  # bad input, output or option: one line, no traceback
         print(error_line(e), file=sys.stderr)

@@ -30,7 +30,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from hypernet.cli_checks import SIGTERM_EXIT, signals_end_in_one_line
+from hypernet.cli_checks import SIGTERM_EXIT, signals_end_in_one_line, warnings_as_lines
 from hypernet.files import atomic_write_bytes, atomic_write_text, default_file_mode  # noqa: F401 (re-exported)
 
 # The stage-2 checkpoint `make quickstart` writes (chosen on the validation scenes), relative to the
@@ -431,7 +431,8 @@ def run_command(hydra_main: Callable[[], Any]) -> None:
     override (an unknown group choice or key, a syntax error) or a refused run (RunRefused) is
     one line `error: ...` on stderr and exit code 2, with nothing written; SIGTERM and Ctrl-C
     unwind, so that the run records them, and end in one line and exit code 143 or 130
-    (cli_checks.signals_end_in_one_line). A crash keeps its traceback (exit code 1). Hydra would
+    (cli_checks.signals_end_in_one_line); a warning the user acts on is one line too
+    (cli_checks.warnings_as_lines). A crash keeps its traceback (exit code 1). Hydra would
     print its own multi-line report of a bad override and exit 1: with HYDRA_FULL_ERROR=1 it
     raises the error instead, here and in the processes DDP starts."""
     from hydra.errors import HydraException
@@ -439,7 +440,7 @@ def run_command(hydra_main: Callable[[], Any]) -> None:
 
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        with signals_end_in_one_line():
+        with signals_end_in_one_line(), warnings_as_lines():
             try:
                 hydra_main()
             except SystemExit as e:  # Lightning ends a fit stopped by Ctrl-C with sys.exit(1)

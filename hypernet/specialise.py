@@ -48,7 +48,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from hypernet.checkpointing import InputMismatchWarning
 from hypernet.cli_checks import (
     InputError,
     check_device,
@@ -70,9 +68,9 @@ from hypernet.cli_checks import (
     output_folder,
     progress_bar,
     signals_end_in_one_line,
+    warnings_as_lines,
 )
 from hypernet.data.video_io import (
-    TruncatedVideoWarning,
     VideoInfo,
     iter_chunks,
     probe,
@@ -606,27 +604,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
-
-
-@contextlib.contextmanager
-def warnings_as_lines() -> Iterator[None]:
-    """While inside: the warnings a user acts on (an input cut short read with --allow-truncated,
-    an option that feeds the model otherwise than it was trained) are one line `warning: ...` on
-    stderr, each shown once (every pass over the file warns again); other warnings keep Python's
-    format."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("once", TruncatedVideoWarning)
-        warnings.simplefilter("once", InputMismatchWarning)
-        show = warnings.showwarning
-
-        def one_line(message, category, *args, **kwargs):
-            if issubclass(category, TruncatedVideoWarning | InputMismatchWarning):
-                print(f"warning: {message}", file=sys.stderr)
-            else:
-                show(message, category, *args, **kwargs)
-
-        warnings.showwarning = one_line
-        yield
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
