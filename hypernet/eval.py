@@ -31,6 +31,7 @@ from hypernet.models.lora import Adapters, check_strength, scale_adapters
 from hypernet.runs import (
     atomic_write_text,
     check_run_folder,
+    command_overrides,
     refusals,
     run_command,
     write_metrics,
@@ -387,6 +388,7 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
                 "methods": methods,
                 "context_frames": int(cfg.data.context_frames),  # how the model was fed, as used
                 "context_tile": cfg.context_tile,
+                "overrides": command_overrides(),
             }
         ),
     )

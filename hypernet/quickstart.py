@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from hypernet.data.preview import write_preview
+from hypernet.runs import read_run
 
 DEFAULT_OUT = Path("outputs/quickstart")
 # the study's recipes at the quickstart's budget (the study: 48 and 40 epochs)
@@ -31,13 +32,32 @@ QUICKSTART_HYPER = ["experiment=hyper_content", "trainer.max_epochs=16"]
 QUICKSTART_EVAL = ["data.test_shots=0"]  # the 20 videos; the model's inputs come from its checkpoint
 
 
-def step(module: str, overrides: list[str], output_dir: Path) -> dict:
+def step(module: str, overrides: list[str], output_dir: Path, *, reuse: bool = True) -> tuple[dict, bool]:
     """One of the README's commands, `python -m hypernet.<module> OVERRIDES`, run as a user runs
-    it (its own process, its own Hydra run); returns the metrics.json it wrote."""
-    command = [sys.executable, "-m", f"hypernet.{module}", *overrides, f"paths.output_dir={output_dir}"]
+    it (its own process, its own Hydra run); returns the metrics.json it wrote and whether an
+    earlier one was kept. With `reuse` (the steps before it were kept), a step an earlier
+    quickstart finished with the same command (run.json, or eval.json for the evaluation) is kept,
+    not run again: `make quickstart` twice picks up where it stopped."""
+    overrides = [*overrides, f"paths.output_dir={output_dir}"]
+    if reuse and finished_before(module, overrides, output_dir):
+        print(f"  kept: {output_dir} (finished by an earlier quickstart with the same command)")
+        return json.loads((output_dir / "metrics.json").read_text()), True
+    command = [sys.executable, "-m", f"hypernet.{module}", *overrides]
     if subprocess.run(command).returncode != 0:
         raise SystemExit(f"quickstart: `{' '.join(command[1:])}` failed (its messages are above)")
-    return json.loads((output_dir / "metrics.json").read_text())
+    return json.loads((output_dir / "metrics.json").read_text()), False
+
+
+def finished_before(module: str, overrides: list[str], output_dir: Path) -> bool:
+    """Whether `output_dir` holds this very step, finished: a training run whose run.json says
+    finished with these overrides, or an evaluation whose eval.json records them."""
+    if not (output_dir / "metrics.json").is_file():
+        return False
+    if module == "train":
+        record = read_run(output_dir)
+        return record is not None and record["status"] == "finished" and record.get("overrides") == overrides
+    recorded = output_dir / "eval.json"
+    return recorded.is_file() and json.loads(recorded.read_text()).get("overrides") == overrides
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,19 +71,20 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out
     print(f"[1/4] data preview: {write_preview(out / 'preview.png')}")
 
-    base = step("train", [*QUICKSTART_BASE, *args.overrides], out / "base")
+    base, kept = step("train", [*QUICKSTART_BASE, *args.overrides], out / "base")
     print(
         f"[2/4] stage 1 (base): test PSNR-Y {base['test/psnr_y']:.2f} dB vs bicubic {base['test/psnr_y_bicubic']:.2f} dB "
         f"({base['test/psnr_y'] - base['test/psnr_y_bicubic']:+.2f}); {out / 'base'}"
     )
     base_ckpt = out / "base" / "checkpoints" / "best.ckpt"  # chosen on the procedural validation scenes
-    hyper = step("train", [*QUICKSTART_HYPER, f"base_ckpt={base_ckpt}", *args.overrides], out / "hyper")
+    overrides = [*QUICKSTART_HYPER, f"base_ckpt={base_ckpt}", *args.overrides]
+    hyper, kept = step("train", overrides, out / "hyper", reuse=kept)  # a new base: a new stage 2
     print(
         f"[3/4] stage 2 (hypernet): test PSNR-Y {hyper['test/psnr_y']:.3f} dB vs base {hyper['test/psnr_y_base']:.3f} dB "
         f"({hyper['test/gain_y']:+.3f}); {out / 'hyper'}"
     )
     hyper_ckpt = out / "hyper" / "checkpoints" / "best.ckpt"
-    summary = step("eval", [f"checkpoint={hyper_ckpt}", *QUICKSTART_EVAL], out / "eval")
+    summary, _ = step("eval", [f"checkpoint={hyper_ckpt}", *QUICKSTART_EVAL], out / "eval", reuse=kept)
     print(f"[4/4] evaluation: {out / 'eval'}\n")
     print((out / "eval" / "results.md").read_text())
     result = {"seconds": round(time.time() - started, 1), "base": base, "hyper": hyper, "eval": summary}

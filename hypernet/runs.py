@@ -113,6 +113,17 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")  # local time, with its offset
 
 
+def command_overrides() -> list[str]:
+    """The overrides of the command line that started this Hydra run; [] when composed without
+    @hydra.main (tests, notebooks)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
 def start_attempt(output_dir: str | Path, cfg: DictConfig, *, logger_ids: Mapping[str, str]) -> None:
     """Record a new attempt of the run (rank 0, before training): config.yaml, git.diff and
     run.json. A resume in place keeps the earlier attempts of run.json (`read_run`: one that was
@@ -120,13 +131,7 @@ def start_attempt(output_dir: str | Path, cfg: DictConfig, *, logger_ids: Mappin
     output_dir = Path(output_dir)
     earlier = read_run(output_dir)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    overrides = []
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # composed without @hydra.main (tests, notebooks)
-        pass
+    overrides = command_overrides()
     attempt = {
         "status": "running",  # rewritten by end_attempt: "finished", "terminated", or "failed" with the error
         "started": _now(),
