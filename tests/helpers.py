@@ -73,6 +73,15 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     return compose_config("train", [*overrides, f"paths.output_dir={output_dir}"])
 
 
+def train_tiny_hyper(base_ckpt: Path, output_dir: Path, *overrides: str) -> Path:
+    """Train a tiny stage-2 run (TINY_BASE, TINY_HYPER and `overrides`) on base_ckpt through the real
+    entry point, into output_dir; returns its last checkpoint."""
+    from hypernet.train import run  # imported when a test trains, not when a test file is collected
+
+    run(compose_train([*TINY_BASE, *TINY_HYPER, f"base_ckpt={base_ckpt}", *overrides], output_dir))
+    return output_dir / "checkpoints" / "last.ckpt"
+
+
 def tiny_batch(v: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     """A stage-2 batch of v videos at TINY_BASE and TINY_HYPER's shapes (CPU tensors): 3 frames of
     8x8 LR (x4: 32x32 HR), 3 context frames with their times, each video's degradation."""
