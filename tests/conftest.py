@@ -21,10 +21,10 @@ from tests.helpers import (  # noqa: E402
     FRAMES,
     HEIGHT,
     TINY_BASE,
-    TINY_HYPER,
     WIDTH,
     compose_train,
     moving_texture,
+    train_tiny_hyper,
 )
 
 
@@ -41,8 +41,7 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("tiny_runs")
     run(compose_train(TINY_BASE, out / "base"))
     base_ckpt = out / "base" / "checkpoints" / "last.ckpt"
-    run(compose_train([*TINY_BASE, *TINY_HYPER, f"base_ckpt={base_ckpt}"], out / "hyper"))
-    return {"base": base_ckpt, "hyper": out / "hyper" / "checkpoints" / "last.ckpt"}
+    return {"base": base_ckpt, "hyper": train_tiny_hyper(base_ckpt, out / "hyper")}
 
 
 @pytest.fixture(scope="session")

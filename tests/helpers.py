@@ -1,20 +1,28 @@
 """Plain helpers the tests share (no fixtures: those live in conftest.py): the tiny Hydra
-overrides of a run that takes seconds, a small moving video, composing a training config, a
-stage-2 batch at those tiny shapes, and the check of a refused command's one-line error. New test
-files import them with
+overrides of a run that takes seconds, a small moving video, composing a training config, training
+a tiny stage-2 run, a stage-2 batch at those tiny shapes, the check of a refused command's one-line
+error, specialise's exit code, and a signal sent to specialise mid-encode. New test files import
+them with
 
     from tests.helpers import TINY_BASE, compose_train, one_line_error
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import DictConfig
 
 from hypernet.config import compose_config
+
+REPO = Path(__file__).resolve().parent.parent
 
 # A stage-1 run that takes seconds: tiny frames, few samples, one epoch.
 TINY_BASE = [
@@ -73,6 +81,15 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     return compose_config("train", [*overrides, f"paths.output_dir={output_dir}"])
 
 
+def train_tiny_hyper(base_ckpt: Path, output_dir: Path, *overrides: str) -> Path:
+    """Train a tiny stage-2 run (TINY_BASE, TINY_HYPER and `overrides`) on base_ckpt through the real
+    entry point, into output_dir; returns its last checkpoint."""
+    from hypernet.train import run  # imported when a test trains, not when a test file is collected
+
+    run(compose_train([*TINY_BASE, *TINY_HYPER, f"base_ckpt={base_ckpt}", *overrides], output_dir))
+    return output_dir / "checkpoints" / "last.ckpt"
+
+
 def tiny_batch(v: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     """A stage-2 batch of v videos at TINY_BASE and TINY_HYPER's shapes (CPU tensors): 3 frames of
     8x8 LR (x4: 32x32 HR), 3 context frames with their times, each video's degradation."""
@@ -96,3 +113,56 @@ def one_line_error(capsys, *names: str) -> str:
     for name in names:
         assert name in lines[0], (name, lines[0])
     return lines[0]
+
+
+def specialise_exit(argv: list[str]) -> int:
+    """The exit code of `specialise argv`, which ends in SystemExit where main() returns figures."""
+    from hypernet.specialise import main  # imported when a test runs the command
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+# `specialise` whose upscale never ends: a signal comes mid-encode, with a temporary output on disk
+ENDLESS_UPSCALE = """
+import sys, time
+import numpy as np
+import hypernet.specialise as sp
+
+def endless(base, chunks, **kwargs):
+    frame = np.zeros((1, 64, 64, 3), np.uint8)
+    while True:
+        yield frame
+        time.sleep(0.01)
+
+sp.upscale_frames = endless
+sp.main(sys.argv[1:])
+"""
+
+
+def signal_mid_encode(argv: list[str], out_dir: Path, signum: int) -> tuple[int, str]:
+    """Run `specialise argv` in a real process whose upscale never ends, send it `signum` once its
+    encode has begun (a temporary in out_dir), and return its exit code and stderr: how a signal
+    ends a command is process behaviour, not something a call in this process can show."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", ENDLESS_UPSCALE, *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out_dir.is_dir() and list(out_dir.glob(".*.tmp*"))):  # the encode has begun
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the encode never started"
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, err

@@ -5,11 +5,7 @@ naming the file or option, exit code 2 (130 for Ctrl-C), nothing written, no inp
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,16 +27,9 @@ from hypernet.models.lora import (
 )
 from hypernet.specialise import main as specialise_main
 from hypernet.systems.hyper_lora import load_hypernet
-from tests.helpers import one_line_error
+from tests.helpers import one_line_error, signal_mid_encode, specialise_exit
 
-REPO = Path(__file__).resolve().parent.parent
 FIRST = "conv_first"  # the first LoRA target of the tiny base (checked in the test)
-
-
-def specialise_exit(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        specialise_main(argv)
-    return exit_info.value.code
 
 
 def tree(folder: Path) -> dict[Path, bytes | None]:
@@ -319,40 +308,35 @@ def test_finetune_that_diverges_writes_nothing(checkpoint, video, tmp_path, caps
 # 4. numeric options
 
 
+# each tool: how it is run (its exit code), its input option and its output's name
+TOOLS = {
+    "specialise": (specialise_exit, [], "sr.mp4"),
+    "finetune": (finetune_main, ["--lr"], "a.safetensors"),
+}
+
+
 @pytest.mark.parametrize(
-    "option, value",
+    "tool, option, value",
     [
-        ("--context-frames", "-3"),
-        ("--context-frames", "0"),
-        ("--chunk-size", "0"),
-        ("--overlap", "-1"),
-        ("--crf", "52"),
+        ("specialise", "--context-frames", "-3"),
+        ("specialise", "--context-frames", "0"),
+        ("specialise", "--chunk-size", "0"),
+        ("specialise", "--overlap", "-1"),
+        ("specialise", "--crf", "52"),
+        ("finetune", "--val-every", "0"),
+        ("finetune", "--val-clips", "0"),
+        ("finetune", "--val-videos", "-1"),
+        ("finetune", "--merge-steps", "-1"),
+        ("finetune", "--learning-rate", "inf"),
+        ("finetune", "--learning-rate", "-0.1"),
     ],
 )
-def test_specialise_refuses_out_of_range_numbers(option, value, checkpoint, video, tmp_path, capsys):
-    out = tmp_path / "out" / "sr.mp4"
-    argv = [str(video), "-o", str(out), "--checkpoint", str(checkpoint), "--no-progress", option, value]
-    assert specialise_exit(argv) == 2
+def test_out_of_range_numbers_are_refused(tool, option, value, checkpoint, video, tmp_path, capsys):
+    exit_code, input_option, name = TOOLS[tool]
+    out = tmp_path / "out" / name
+    argv = [*input_option, str(video), "-o", str(out), "--checkpoint", str(checkpoint), "--no-progress"]
+    assert exit_code([*argv, option, value]) == 2
     one_line_error(capsys, option, value)
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize(
-    "option, value",
-    [
-        ("--val-every", "0"),
-        ("--val-clips", "0"),
-        ("--val-videos", "-1"),
-        ("--merge-steps", "-1"),
-        ("--learning-rate", "inf"),
-        ("--learning-rate", "-0.1"),
-    ],
-)
-def test_finetune_refuses_out_of_range_numbers(option, value, checkpoint, video, tmp_path, capsys):
-    out = tmp_path / "out" / "a.safetensors"
-    argv = ["--lr", str(video), "-o", str(out), "--checkpoint", str(checkpoint), option, value]
-    assert finetune_main(argv) == 2
-    one_line_error(capsys, option)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -360,45 +344,10 @@ def test_finetune_refuses_out_of_range_numbers(option, value, checkpoint, video,
 # 5. Ctrl-C: a process behaviour, so a real process
 
 
-ENDLESS_UPSCALE = """
-import sys, time
-import numpy as np
-import hypernet.specialise as sp
-
-def endless(base, chunks, **kwargs):  # an upscale that never ends: Ctrl-C comes mid-encode
-    frame = np.zeros((1, 64, 64, 3), np.uint8)
-    while True:
-        yield frame
-        time.sleep(0.01)
-
-sp.upscale_frames = endless
-sp.main(sys.argv[1:])
-"""
-
-
 def test_ctrl_c_mid_encode_is_one_line_exit_130_and_leaves_nothing(checkpoint, video, tmp_path):
     out = tmp_path / "new" / "sr.mp4"  # the run makes the folder, and must take it away again
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     argv = [str(video), "-o", str(out), "--checkpoint", str(checkpoint), "--no-progress"]
-    process = subprocess.Popen(
-        [sys.executable, "-c", ENDLESS_UPSCALE, *argv],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (out.parent.is_dir() and list(out.parent.glob(".*.tmp*"))):  # the encode has begun
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the encode never started"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 128 + signal.SIGINT, err
+    code, err = signal_mid_encode(argv, out.parent, signal.SIGINT)
+    assert code == 128 + signal.SIGINT, err
     assert err.splitlines() == ["error: interrupted (Ctrl-C); no partial output was left behind"], err
     assert list(tmp_path.iterdir()) == []  # no temporary, no output, no folder

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,30 @@ def fresh_dataset(**kw) -> FreshVideoDataset:
         degradation=DegradationConfig(mode="random", scale=4),
         seed=kw.pop("seed", 0),
     )
+
+
+def png_video(folder: Path, num_frames: int, height: int, width: int, *, seed: int) -> FileVideo:
+    """A frame-folder video of a moving texture at `folder`, as the datasets read it."""
+    write_png_folder(folder, moving_texture(num_frames, height, width, seed=seed))
+    return FileVideo(folder)
+
+
+def one_video_dataset(
+    video: FileVideo, sample: SampleConfig, mode: str = "BI", **options
+) -> VideoListDataset:
+    """A dataset of the one video, degraded by `mode` (x4), seed 0."""
+    return VideoListDataset(
+        [video], sample=sample, degradation=DegradationConfig(mode=mode), seed=0, **options
+    )
+
+
+def fit_datamodule(**options) -> VSRDataModule:
+    """A datamodule set up for fitting: clips of 3 frames, 2 context frames, batches of 2 and 4
+    samples an epoch unless `options` say otherwise."""
+    small = {"clip_len": 3, "context_frames": 2, "batch_size": 2, "samples_per_epoch": 4}
+    dm = VSRDataModule(**{**small, **options})
+    dm.setup("fit")
+    return dm
 
 
 def test_item_layout_and_shapes():
@@ -69,17 +95,10 @@ def test_context_covers_the_whole_video():
 
 
 def test_file_video_degradation_is_fixed_per_video(tmp_path):
-    write_png_folder(tmp_path / "clip", moving_texture(10, 32, 40, seed=0))
-    video = FileVideo(tmp_path / "clip")
+    video = png_video(tmp_path / "clip", 10, 32, 40, seed=0)
     assert video.num_frames == 10 and video.hr_size == (32, 40)
-    ds = VideoListDataset(
-        [video],
-        sample=SampleConfig(clip_len=3, context_frames=2, patch_size=4),
-        degradation=DegradationConfig(mode="random", scale=4),
-        seed=0,
-        train=True,
-        num_samples=6,
-    )
+    sample = SampleConfig(clip_len=3, context_frames=2, patch_size=4)
+    ds = one_video_dataset(video, sample, mode="random", train=True, num_samples=6)
     items = [ds[i] for i in range(6)]
     assert all(torch.equal(it["degradation"], items[0]["degradation"]) for it in items)
     assert len({(it["start"], it["lr"].sum().item()) for it in items}) > 1  # different clips and crops
@@ -88,34 +107,18 @@ def test_file_video_degradation_is_fixed_per_video(tmp_path):
 def test_bi_mode_matches_plain_bicubic(tmp_path):
     from hypernet.data.degrade import bicubic_downsample
 
-    write_png_folder(tmp_path / "clip", moving_texture(6, 32, 32, seed=1))
-    video = FileVideo(tmp_path / "clip")
-    ds = VideoListDataset(
-        [video],
-        sample=SampleConfig(clip_len=2, context_frames=0),
-        degradation=DegradationConfig(mode="BI"),
-        seed=0,
-    )
-    item = ds[0]
+    video = png_video(tmp_path / "clip", 6, 32, 32, seed=1)
+    item = one_video_dataset(video, SampleConfig(clip_len=2, context_frames=0))[0]
     expected = (bicubic_downsample(item["hr"], 4).clamp(0, 1) * 255).round() / 255
     assert torch.allclose(item["lr"], expected, atol=1e-6)
 
 
 def test_too_short_or_too_small_videos_name_the_video(tmp_path):
-    write_png_folder(tmp_path / "short", moving_texture(3, 32, 32, seed=2))
-    video = FileVideo(tmp_path / "short")
-    degr = DegradationConfig(mode="BI")
+    video = png_video(tmp_path / "short", 3, 32, 32, seed=2)
     with pytest.raises(ValueError, match="short has 3 frames.*clip_len=5"):
-        VideoListDataset(
-            [video], sample=SampleConfig(clip_len=5, context_frames=0), degradation=degr, seed=0
-        )[0]
+        one_video_dataset(video, SampleConfig(clip_len=5, context_frames=0))[0]
     with pytest.raises(ValueError, match="short: LR frames are 8x8.*patch_size=16"):
-        VideoListDataset(
-            [video],
-            sample=SampleConfig(clip_len=2, context_frames=0, patch_size=16),
-            degradation=degr,
-            seed=0,
-        )[0]
+        one_video_dataset(video, SampleConfig(clip_len=2, context_frames=0, patch_size=16))[0]
 
 
 def _make_reds(root, clips):
@@ -125,17 +128,7 @@ def _make_reds(root, clips):
 
 def test_reds_layout_splits_by_clip(tmp_path):
     _make_reds(tmp_path, ["000", "001", "011", "002"])
-    dm = VSRDataModule(
-        source="reds",
-        root=str(tmp_path),
-        clip_len=3,
-        context_frames=2,
-        patch_size=16,
-        batch_size=2,
-        samples_per_epoch=4,
-        degradation={"mode": "BI"},
-    )
-    dm.setup("fit")
+    dm = fit_datamodule(source="reds", root=str(tmp_path), patch_size=16, degradation={"mode": "BI"})
     train_ids = {v.video_id for v in dm.train_set.videos}
     val_ids = {v.video_id for v in dm.val_set.videos}
     assert train_ids == {"reds-001", "reds-002"} and val_ids == {"reds-000", "reds-011"}
@@ -156,16 +149,14 @@ def test_vimeo_and_vid4_layouts(tmp_path):
             Image.fromarray(frame).save(folder / f"im{i}.png")
     (vimeo / "sep_trainlist.txt").write_text("00001/0001\n00002/0001\n")
     (vimeo / "sep_testlist.txt").write_text("00001/0002\n")
-    dm = VSRDataModule(
+    dm = fit_datamodule(
         source="vimeo90k",
         root=str(vimeo),
         clip_len=7,
         context_frames=7,
-        batch_size=2,
         samples_per_epoch=2,
         degradation={"mode": "BI"},
     )
-    dm.setup("fit")
     assert len(dm.train_set.videos) == 2 and [v.video_id for v in dm.val_set.videos] == ["vimeo-00001-0002"]
     item = dm.val_set[0]
     assert item["lr"].shape == (7, 3, 8, 12) and item["hr"].shape == (7, 3, 32, 48)
@@ -173,18 +164,9 @@ def test_vimeo_and_vid4_layouts(tmp_path):
     vid4 = tmp_path / "vid4"
     for name in ("calendar", "city"):
         write_png_folder(vid4 / "GT" / name, moving_texture(6, 32, 32, seed=3))
-    dm = VSRDataModule(
-        source="stills",
-        val_source="vid4",
-        val_root=str(vid4),
-        clip_len=3,
-        context_frames=2,
-        hr_size=32,
-        num_frames=8,
-        batch_size=2,
-        samples_per_epoch=2,
+    dm = fit_datamodule(
+        source="stills", val_source="vid4", val_root=str(vid4), hr_size=32, num_frames=8, samples_per_epoch=2
     )
-    dm.setup("fit")
     assert [v.video_id for v in dm.val_set.videos] == ["vid4-calendar", "vid4-city"]
 
 
@@ -192,18 +174,7 @@ def test_folder_of_videos_holds_out_whole_videos(tmp_path):
     for i in range(3):
         write_mp4(tmp_path / f"v{i}.mp4", moving_texture(8, 32, 32, seed=i), crf=10)
     write_png_folder(tmp_path / "v3_frames", moving_texture(8, 32, 32, seed=9))
-    dm = VSRDataModule(
-        source="folder",
-        root=str(tmp_path),
-        clip_len=3,
-        context_frames=2,
-        patch_size=16,
-        batch_size=2,
-        samples_per_epoch=4,
-        val_videos=1,
-        val_batch_size=1,
-    )
-    dm.setup("fit")
+    dm = fit_datamodule(source="folder", root=str(tmp_path), patch_size=16, val_videos=1, val_batch_size=1)
     assert [v.video_id for v in dm.train_set.videos] == ["v0", "v1", "v2"]
     assert [v.video_id for v in dm.val_set.videos] == ["v3_frames"]
     assert next(iter(dm.val_dataloader()))["hr"].shape == (1, 3, 3, 32, 32)
@@ -222,18 +193,9 @@ def test_datamodule_bad_options():
 
 
 def test_builtin_datamodule_batches():
-    dm = VSRDataModule(
-        hr_size=32,
-        num_frames=8,
-        clip_len=3,
-        context_frames=4,
-        patch_size=16,
-        samples_per_epoch=4,
-        batch_size=2,
-        val_videos_per_image=1,
-        val_batch_size=5,
+    dm = fit_datamodule(
+        hr_size=32, num_frames=8, context_frames=4, patch_size=16, val_videos_per_image=1, val_batch_size=5
     )
-    dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["lr"].shape == (2, 3, 3, 4, 4) and batch["context"].shape == (2, 4, 3, 8, 8)
     val = next(iter(dm.val_dataloader()))

@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import av
@@ -41,16 +38,9 @@ from tests.helpers import (
     compose_train,
     moving_texture,
     one_line_error,
+    signal_mid_encode,
+    specialise_exit,
 )
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def specialise_exit(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        specialise_main(argv)
-    return exit_info.value.code
-
 
 # ----------------------------------------------------------------------------------------------
 # 1. no output option may name an input
@@ -404,47 +394,12 @@ def test_finetune_refuses_frames_specialise_refuses(checkpoint, tmp_path, capsys
 # 7. SIGTERM, file permissions, failed runs
 
 
-ENDLESS_UPSCALE = """
-import sys, time
-import numpy as np
-import hypernet.specialise as sp
-
-def endless(base, chunks, **kwargs):  # an upscale that never ends: SIGTERM comes mid-encode
-    frame = np.zeros((1, 64, 64, 3), np.uint8)
-    while True:
-        yield frame
-        time.sleep(0.01)
-
-sp.upscale_frames = endless
-sp.main(sys.argv[1:])
-"""
-
-
 def test_sigterm_mid_encode_leaves_no_temporary(checkpoint, video, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     argv = [str(video), "-o", str(out_dir / "sr.mp4"), "--checkpoint", str(checkpoint)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", ENDLESS_UPSCALE, *argv, "--base-only", "--no-progress"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out_dir.glob(".*.tmp*")):  # the encode has begun
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the encode never started"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, err
+    code, err = signal_mid_encode([*argv, "--base-only", "--no-progress"], out_dir, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
     assert list(out_dir.iterdir()) == []  # no temporary, no output
 

@@ -13,7 +13,7 @@ from hypernet.checkpointing import InputMismatchWarning, read_checkpoint
 from hypernet.config import compose_config
 from hypernet.models import encoder as encoder_module
 from hypernet.systems.hyper_lora import Refine
-from tests.helpers import FRAMES, TINY_BASE, TINY_HYPER, compose_train
+from tests.helpers import FRAMES, train_tiny_hyper
 
 # eval on five 8-frame videos of 64x64 HR (16x16 LR), the base and the hypernet only
 EVAL = ["data.hr_size=64", "data.num_frames=8", "data.val_videos_per_image=1", "methods=[base,hypernet]"]
@@ -22,17 +22,8 @@ EVAL = ["data.hr_size=64", "data.num_frames=8", "data.val_videos_per_image=1", "
 @pytest.fixture(scope="module")
 def tiled(tiny_checkpoints, tmp_path_factory):
     """A tiny stage-2 run whose encoder reads 3 context frames as 8x8 tiles."""
-    from hypernet.train import run
-
     out = tmp_path_factory.mktemp("tiled")
-    overrides = [
-        *TINY_BASE,
-        *TINY_HYPER,
-        f"base_ckpt={tiny_checkpoints['base']}",
-        "hypernet.encoder.context_tile=8",
-    ]
-    run(compose_train(overrides, out))
-    return out / "checkpoints" / "last.ckpt"
+    return train_tiny_hyper(tiny_checkpoints["base"], out, "hypernet.encoder.context_tile=8")
 
 
 @pytest.fixture
@@ -89,17 +80,9 @@ def test_eval_refuses_another_scale(tiled, tmp_path):
 
 @pytest.fixture(scope="module")
 def refine_checkpoint(tiny_checkpoints, tmp_path_factory):
-    from hypernet.train import run
-
+    """A tiny stage-2 run in refine mode."""
     out = tmp_path_factory.mktemp("refine")
-    overrides = [
-        *TINY_BASE,
-        *TINY_HYPER,
-        f"base_ckpt={tiny_checkpoints['base']}",
-        "hypernet.refine.mode=refine",
-    ]
-    run(compose_train(overrides, out))
-    return out / "checkpoints" / "last.ckpt"
+    return train_tiny_hyper(tiny_checkpoints["base"], out, "hypernet.refine.mode=refine")
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, 3), (5, 5)])

@@ -111,6 +111,13 @@ def random_adapters(spec: LoRASpec, num_videos: int, seed: int = 0, requires_gra
     }
 
 
+def adapted_output(model: nn.Module, spec: LoRASpec, x: torch.Tensor, num_videos: int = 1):
+    """The model's output on x under random adapters (num_videos of them), and those adapters."""
+    adapters = random_adapters(spec, num_videos)
+    with apply_adapters(model, spec, adapters):
+        return model(x), adapters
+
+
 def reference_merged(model: nn.Module, spec: LoRASpec, adapters, video: int) -> nn.Module:
     """An independent reference: a copy of the model whose weights are W + (alpha/r) * B @ A for
     one video, computed here directly (conv: contraction over the rank of B (o, r) and A (r, i, kh, kw))."""
@@ -221,10 +228,8 @@ def test_conv_lora_equals_peft(conv_kwargs):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(5, 7, **conv_kwargs))
     spec = find_targets(model, rank=3, alpha=5.0)
-    adapters = random_adapters(spec, num_videos=1)
     x = torch.randn(2, 5, 11, 11)
-    with apply_adapters(model, spec, adapters):
-        ours = model(x)
+    ours, adapters = adapted_output(model, spec, x)
     pm = peft_model_with(model, spec, adapters)
     torch.testing.assert_close(ours, pm(x), atol=ATOL, rtol=0)
     assert (ours - model(x)).abs().max() > 1e-2  # the adapter does change the output
@@ -237,10 +242,8 @@ def test_dilated_conv_lora_equals_peft_weights():
     torch.manual_seed(4)
     model = nn.Sequential(nn.Conv2d(5, 7, 3, padding=2, dilation=2))
     spec = find_targets(model, rank=3, alpha=6.0)
-    adapters = random_adapters(spec, num_videos=1)
     x = torch.randn(2, 5, 12, 12)
-    with apply_adapters(model, spec, adapters):
-        ours = model(x)
+    ours, adapters = adapted_output(model, spec, x)
     pm = peft_model_with(model, spec, adapters)
     pm.base_model.model[0].lora_A["default"].dilation = (2, 2)
     torch.testing.assert_close(ours, pm(x), atol=ATOL, rtol=0)
@@ -251,10 +254,8 @@ def test_dilated_conv_lora_equals_peft_weights():
 def test_linear_lora_equals_peft():
     model = TokenToy()
     spec = find_targets(model, include=["fc*"], rank=3, alpha=1.5)
-    adapters = random_adapters(spec, num_videos=1)
     x = torch.randn(2, 3, 4, 4)
-    with apply_adapters(model, spec, adapters):
-        ours = model(x)
+    ours, adapters = adapted_output(model, spec, x)
     torch.testing.assert_close(ours, peft_model_with(model, spec, adapters)(x), atol=ATOL, rtol=0)
 
 
@@ -282,10 +283,8 @@ def test_batched_videos_equal_separate_calls_and_reference(toy):
     model = toy()
     spec = find_targets(model, rank=2, alpha=3.0)
     num_videos = 3
-    adapters = random_adapters(spec, num_videos)
     x = torch.randn(num_videos, 4, 3, 10, 10)
-    with apply_adapters(model, spec, adapters):
-        batched = model(x)
+    batched, adapters = adapted_output(model, spec, x, num_videos)
     for v in range(num_videos):
         single = {n: (a[v : v + 1], b[v : v + 1]) for n, (a, b) in adapters.items()}
         with apply_adapters(model, spec, single):
@@ -302,10 +301,8 @@ def test_batched_videos_equal_separate_calls_and_reference(toy):
 def test_batched_linear_videos_equal_reference():
     model = TokenToy()
     spec = find_targets(model, rank=2)
-    adapters = random_adapters(spec, num_videos=2)
     x = torch.randn(4, 3, 5, 5)  # video-major: samples 0, 1 -> video 0; 2, 3 -> video 1
-    with apply_adapters(model, spec, adapters):
-        batched = model(x)
+    batched, adapters = adapted_output(model, spec, x, num_videos=2)
     for v in range(2):
         torch.testing.assert_close(
             batched[2 * v : 2 * v + 2],
@@ -326,22 +323,9 @@ def test_layers_called_with_a_keyword_input_are_adapted():
 
     model = KeywordCall()
     spec = find_targets(model, rank=2)
-    adapters = random_adapters(spec, num_videos=2)
     x = torch.randn(2, 3, 6, 6)
-    with apply_adapters(model, spec, adapters):
-        out = model(x)
+    out, adapters = adapted_output(model, spec, x, num_videos=2)
     torch.testing.assert_close(out[1:], reference_merged(model, spec, adapters, 1)(x[1:]), atol=ATOL, rtol=0)
-
-
-def test_batch_not_a_multiple_of_videos_is_a_clear_error():
-    model = conv_net()
-    spec = find_targets(model, rank=1)
-    adapters = random_adapters(spec, num_videos=2)
-    with (
-        pytest.raises(ValueError, match=r"layer '0'.*batch of 3 samples.*2 videos"),
-        apply_adapters(model, spec, adapters),
-    ):
-        model(torch.randn(3, 3, 8, 8))
 
 
 def test_hooks_are_removed_on_exit_and_on_error():
@@ -356,10 +340,13 @@ def test_hooks_are_removed_on_exit_and_on_error():
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_adapters_that_do_not_fit_the_model_are_rejected():
+def test_adapters_that_do_not_fit_the_model_or_the_batch_are_rejected():
     model = conv_net()
     spec = find_targets(model, rank=2)
     adapters = random_adapters(spec, num_videos=2)
+    batch = r"layer '0'.*batch of 3 samples.*2 videos"
+    with pytest.raises(ValueError, match=batch), apply_adapters(model, spec, adapters):
+        model(torch.randn(3, 3, 8, 8))  # not a multiple of the 2 videos
     with (
         pytest.raises(ValueError, match=r"missing \['8'\]"),
         apply_adapters(model, spec, {k: v for k, v in adapters.items() if k != "8"}),
@@ -430,10 +417,8 @@ def test_second_order_gradients_flow_through_the_adapters():
 def test_merge_matches_the_adapters_and_unmerge_restores_the_weights():
     model = WindowToy()
     spec = find_targets(model, rank=2, alpha=3.0)
-    adapters = random_adapters(spec, num_videos=2)
     x = torch.randn(2, 2, 3, 9, 9)
-    with apply_adapters(model, spec, adapters):
-        batched = model(x)
+    batched, adapters = adapted_output(model, spec, x, num_videos=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     merge_adapters(model, spec, adapters, video=1)
     assert not torch.equal(model.net[0].weight, before["net.0.weight"])

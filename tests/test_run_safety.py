@@ -309,21 +309,31 @@ def test_a_data_folder_without_videos_is_refused_before_anything_is_written(tmp_
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        # the data's sizes
         (["data.clip_len=-5"], r"data.clip_len=-5 must be a positive int"),
         (["data.clip_len=9"], r"data.clip_len=9 is longer than the videos \(data.num_frames=8\)"),
         (["data.hr_size=34"], r"data.hr_size=34 must be divisible by data.scale=4"),
         (["data.patch_size=64"], r"data.patch_size=64 is larger than .*data.hr_size=32"),
-        (["data.samples_per_epoch=2"], r"data.samples_per_epoch=2 is fewer than data.batch_size=4"),
-        (["data.val_batch_size=0"], r"data.val_batch_size=0 must be a positive int"),
+        (["data.patch_size=30"], r"data.patch_size=30 .* divisible by data.scale=4"),
+        # where the data is
         (["data=folder", "data.root=EMPTY"], r"data.root=\S*empty holds no video files"),
         (["data=folder", "data.root=FILE"], r"data.root=\S*a_file is not a folder"),
         (["data.root=EMPTY"], r"data.root=\S*empty: .*holds no images"),  # the stills of a folder
+        # how much of it, in batches of what size, on how many devices
+        (["data.samples_per_epoch=2"], r"data.samples_per_epoch=2 is fewer than data.batch_size=4"),
+        (["data.batch_size=0"], r"data.batch_size=0 must be a positive int"),
+        (["data.batch_size=-2"], r"data.batch_size=-2 must be a positive int"),
+        (["data.val_batch_size=0"], r"data.val_batch_size=0 must be a positive int"),
         (["trainer.devices=3"], r"data.batch_size=4 .* \(3 = trainer.devices x trainer.num_nodes\)"),
+        # the trainer, the model and the stage
         (["+trainer.max_epoch=3"], r"trainer.max_epoch is not an option of Lightning's Trainer"),
         (["+trainer.precision=17"], r"trainer.precision=17 must be null or one of 64, 32, 16"),
+        (["model._target_=hypernet.models.base.EDVR"], r"model._target_=hypernet.models.base.EDVR"),
+        (["model.scale=2"], r"model.scale=2 differs from data.scale=4"),
+        (["stage=hyper"], r"stage=hyper needs base_ckpt"),
     ],
 )
-def test_data_and_trainer_options_are_checked_before_anything_is_written(overrides, message, tmp_path):
+def test_bad_options_are_refused_in_one_line_before_anything_is_written(overrides, message, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "a_file").write_text("x")
     overrides = [

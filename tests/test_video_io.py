@@ -345,6 +345,13 @@ def test_grayscale_16bit_palette_and_alpha_frames_become_rgb(tmp_path):
 # read errors: always a VideoReadError that names the path
 
 
+def probe_and_read_refuse(path: Path, message: str) -> None:
+    """probe and read_video both refuse `path` with a VideoReadError matching `message`."""
+    for call in (probe, read_video):
+        with pytest.raises(VideoReadError, match=message):
+            call(path)
+
+
 def test_missing_path(tmp_path):
     path = tmp_path / "nope.mp4"
     for call in (probe, read_video, lambda p: read_frames(p, [0]), lambda p: next(iter_chunks(p))):
@@ -368,37 +375,37 @@ def test_truncated_mp4(tmp_path, mp4):
         read_video(path)
 
 
-def test_empty_file(tmp_path):
-    path = tmp_path / "empty.mkv"
-    path.touch()
-    with pytest.raises(VideoReadError, match=r"empty\.mkv.*empty"):
-        probe(path)
-    with pytest.raises(VideoReadError, match=r"empty\.mkv.*empty"):
-        read_video(path)
-
-
-def test_video_with_zero_frames(tmp_path):
-    path = tmp_path / "zero.avi"
+def zero_frames(path: Path) -> None:
+    """A video stream opened and closed without a frame."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=25)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         container.start_encoding()
-    with pytest.raises(VideoReadError, match=r"zero\.avi.*no frames"):
-        probe(path)
-    with pytest.raises(VideoReadError, match=r"zero\.avi.*no frames"):
-        read_video(path)
 
 
-def test_file_without_video_stream(tmp_path):
-    path = tmp_path / "sound.mka"
+def audio_only(path: Path) -> None:
+    """A file of sound, with no video stream."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("pcm_s16le", rate=8000)
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
         frame.sample_rate = 8000
         container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    with pytest.raises(VideoReadError, match=r"sound\.mka.*no video stream"):
-        probe(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "message"),
+    [
+        ("empty.mkv", Path.touch, r"empty\.mkv.*empty"),
+        ("zero.avi", zero_frames, r"zero\.avi.*no frames"),
+        ("sound.mka", audio_only, r"sound\.mka.*no video stream"),
+    ],
+    ids=["empty-file", "zero-frames", "no-video-stream"],
+)
+def test_file_without_a_video_frame(tmp_path, name, write, message):
+    path = tmp_path / name
+    write(path)
+    probe_and_read_refuse(path, message)
 
 
 def test_empty_folder(tmp_path):
@@ -412,9 +419,7 @@ def test_empty_folder(tmp_path):
 def test_folder_with_mixed_sizes_names_the_file_and_both_sizes(tmp_path, frames):
     write_png_folder(tmp_path, frames[:3])
     Image.fromarray(frames[3, :40, :50]).save(tmp_path / "00000003.png")
-    for call in (probe, read_video):
-        with pytest.raises(VideoReadError, match=r"00000003\.png.*40x50.*00000000\.png.*48x64"):
-            call(tmp_path)
+    probe_and_read_refuse(tmp_path, r"00000003\.png.*40x50.*00000000\.png.*48x64")
 
 
 def test_corrupt_frame_in_folder(tmp_path, frames):
