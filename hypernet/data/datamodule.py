@@ -25,13 +25,19 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from hypernet.cli_checks import MIN_SIZE
-from hypernet.data.camera import StillsVideo, builtin_images, image_pyramid, list_images, load_image
+from hypernet.data.camera import (
+    PhotoAugment,
+    StillsVideo,
+    builtin_images,
+    image_pyramid,
+    list_images,
+    load_image,
+)
 from hypernet.data.datasets import (
     FRESH_SOURCES,
     DegradationConfig,
     FreshIndexSampler,
     FreshVideoDataset,
-    PhotoAugment,
     SampleConfig,
     VideoListDataset,
     check_shots,
