@@ -36,7 +36,7 @@ from hypernet.runs import (
     write_metrics,
     write_table_csv,
 )
-from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side
+from hypernet.sr import adapted_sr, bicubic_upscale, side_by_side
 from hypernet.systems.per_video import finetune_adapters
 
 METHODS = ("bicubic", "base", "selfsup", "hypernet", "hypernet_stream", "oracle")

@@ -162,7 +162,7 @@ def stage_step_times(
     import lightning as L
     from hydra.utils import instantiate
 
-    from hypernet.systems.common import charbonnier
+    from hypernet.sr import charbonnier
 
     torch.manual_seed(0)
     stage1 = instantiate(compose_config("train", ["model.upsampler=direct"]).stage)

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hypernet.config import compose_config
 from hypernet.models.base import BASE_MODELS, build_base
-from hypernet.systems.common import charbonnier
+from hypernet.sr import charbonnier
 
 
 def count_flops(fn) -> int:

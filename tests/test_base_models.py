@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hypernet.models.base import BASE_MODELS, WindowVSR, build_base, count_parameters, model_config
-from hypernet.systems.common import charbonnier
+from hypernet.sr import charbonnier
 
 SMALL = {
     "window": {"channels": 8, "num_blocks": 1},

@@ -10,16 +10,8 @@ import torch
 
 from hypernet.metrics import video_metrics
 from hypernet.models.base import build_base
-from hypernet.systems.common import (
-    EMA,
-    EvaluationTables,
-    SRSystem,
-    bicubic_upscale,
-    charbonnier,
-    plain,
-    split_key,
-    warmup_cosine,
-)
+from hypernet.sr import bicubic_upscale, charbonnier
+from hypernet.systems.common import EMA, EvaluationTables, SRSystem, plain, split_key, warmup_cosine
 
 
 class BaseSRSystem(SRSystem):

@@ -34,17 +34,14 @@ from hypernet.models.base import build_base
 from hypernet.models.encoder import frame_times
 from hypernet.models.generator import adapter_spread
 from hypernet.models.lora import Adapters, LoRASpec
+from hypernet.sr import adapted_sr, bicubic_upscale, charbonnier, self_supervised_loss
 from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
     HYPERNET_PARTS,
     EvaluationTables,
     SRSystem,
-    adapted_sr,
-    bicubic_upscale,
-    charbonnier,
     check_layout,
     plain,
-    self_supervised_loss,
     split_key,
     warmup_cosine,
 )

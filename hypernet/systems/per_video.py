@@ -21,7 +21,7 @@ from hypernet.data.datasets import spread_indices
 from hypernet.data.degrade import bicubic_downsample, quantise
 from hypernet.metrics import psnr
 from hypernet.models.lora import HYPERNET_PREFIX, Adapters, LoRASpec, init_adapters, stack_adapters
-from hypernet.systems.common import adapted_sr, charbonnier, self_supervised_loss
+from hypernet.sr import adapted_sr, charbonnier, self_supervised_loss
 
 Clips = tuple[torch.Tensor, torch.Tensor | None]  # LR (B, T, C, h, w), HR (B, T, C, sh, sw) or None
 
