@@ -34,6 +34,15 @@ from pathlib import Path
 
 import torch
 
+from hypernet.adaptation import (
+    VideoPair,
+    clip_starts,
+    fit_adapters,
+    fit_merge,
+    psnr_on,
+    random_clips,
+    stack_under_hypernet,
+)
 from hypernet.cli_checks import (
     InputError,
     check_frame_size,
@@ -49,15 +58,6 @@ from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
 from hypernet.models.lora import save_adapters
 from hypernet.runs import DEFAULT_CHECKPOINT
-from hypernet.systems.per_video import (
-    VideoPair,
-    clip_starts,
-    fit_adapters,
-    fit_merge,
-    psnr_on,
-    random_clips,
-    stack_under_hypernet,
-)
 
 
 def main(argv: list[str] | None = None) -> int:

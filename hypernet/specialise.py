@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hypernet.adaptation import merge_weight
 from hypernet.checkpointing import InputMismatchWarning
 from hypernet.cli_checks import (
     InputError,
@@ -95,7 +96,6 @@ from hypernet.models.lora import (
     stack_adapters,
 )
 from hypernet.runs import DEFAULT_CHECKPOINT, peak_rss_mib
-from hypernet.systems.per_video import merge_weight
 
 MODES = ("hypernet", "adapter", "adapter+hypernet", "base-only")
 MERGES = ("learned", "naive")

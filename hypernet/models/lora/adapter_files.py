@@ -65,7 +65,7 @@ def save_adapters(
     """Write adapters as safetensors (keys "<layer>.lora_A" / "<layer>.lora_B", leading video dim
     kept) with the spec and the base's fingerprint as metadata, atomically. video=None saves all.
     `merge_columns` (a domain adapter's learned merge with the hypernetwork's adapter, from
-    `per_video.fit_merge`) are stored beside them as "merge.<key>"."""
+    `adaptation.fit_merge`) are stored beside them as "merge.<key>"."""
     path = Path(path)
     num_videos = _num_videos(spec, adapters)
     if video is not None and not 0 <= video < num_videos:

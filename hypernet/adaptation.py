@@ -2,7 +2,8 @@
 oracle (on a video's own HR frames), the self-supervised baseline (on its LR frames alone), a
 domain adapter (one LoRA for many videos of one kind, read from disk clip by clip), and the
 learned merge that puts the hypernetwork's per-video adapter on top of a domain adapter. The
-engine of `python -m hypernet.finetune` and of the oracle in `python -m hypernet.eval`."""
+engine of `python -m hypernet.finetune` and of the oracle in `python -m hypernet.eval`; a
+library, not a LightningModule, so it lives outside systems/."""
 
 from __future__ import annotations
 
