@@ -41,7 +41,6 @@ from hypernet.adaptation import (
     fit_merge,
     psnr_on,
     random_clips,
-    stack_under_hypernet,
 )
 from hypernet.cli_checks import (
     InputError,
@@ -56,7 +55,7 @@ from hypernet.cli_checks import (
 )
 from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
-from hypernet.models.lora import save_adapters
+from hypernet.models.lora import save_adapters, stack_under_hypernet
 from hypernet.runs import DEFAULT_CHECKPOINT
 
 

@@ -57,7 +57,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from hypernet.adaptation import merge_weight
 from hypernet.checkpointing import InputMismatchWarning
 from hypernet.cli_checks import (
     InputError,
@@ -92,6 +91,7 @@ from hypernet.models.lora import (
     load_adapters,
     load_merge_columns,
     merge_adapters,
+    merge_weight,
     save_adapters,
     stack_adapters,
 )

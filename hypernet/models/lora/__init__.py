@@ -21,7 +21,7 @@ linear and the up-projection is 1 x 1, the pair folds exactly into the layer's w
 
 Layout: `spec` (targets, spec, fresh adapters, the checks of adapters against a spec), `forward`
 (the batched per-video forward, `apply_adapters`), `merge` (into the weights and out again),
-`stack` (strength, stacking), `adapter_files` (the file format: save, load, fingerprint) and
+`stack` (strength, stacking, a domain adapter under the hypernetwork's), `adapter_files` (the file format: save, load, fingerprint) and
 `peft_export`. Every public name is imported from here, `hypernet.models.lora`.
 """
 
@@ -47,7 +47,14 @@ from hypernet.models.lora.spec import (
     find_targets,
     init_adapters,
 )
-from hypernet.models.lora.stack import check_strength, scale_adapters, stack_adapters
+from hypernet.models.lora.stack import (
+    check_strength,
+    merge_columns,
+    merge_weight,
+    scale_adapters,
+    stack_adapters,
+    stack_under_hypernet,
+)
 
 __all__ = [
     "FORMAT",
@@ -71,8 +78,11 @@ __all__ = [
     "load_adapters",
     "load_merge_columns",
     "merge_adapters",
+    "merge_columns",
+    "merge_weight",
     "save_adapters",
     "scale_adapters",
     "stack_adapters",
+    "stack_under_hypernet",
     "unmerge_adapters",
 ]

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hypernet.models.lora.adapter_files import HYPERNET_PREFIX
 from hypernet.models.lora.spec import Adapters, LoRASpec, LoRATarget, _describe_target, _num_videos
 
 
@@ -98,3 +99,48 @@ def stack_adapters(
         stacked[name] = (torch.cat(a_parts, dim=1), torch.cat(b_parts, dim=2))
     spec = LoRASpec(targets=tuple(targets), base_num_params=parts[0][0].base_num_params)
     return spec, stacked
+
+
+# ----------------------------------------------------------------------------------------------
+# a domain adapter under the hypernetwork's adapter
+
+
+def merge_columns(spec: LoRASpec, *, hypernet_spec: LoRASpec) -> dict[str, torch.Tensor]:
+    """Per-column merge weights of the naive sum: one factor per output channel of every layer,
+    for the domain adapter ("<layer>") and the hypernetwork's ("hypernet:<layer>"), all 1."""
+    columns = {t.name: torch.ones(t.out_features) for t in spec.targets}
+    columns |= {f"{HYPERNET_PREFIX}{t.name}": torch.ones(t.out_features) for t in hypernet_spec.targets}
+    return columns
+
+
+def merge_weight(
+    spec: LoRASpec, strength: float, columns: Mapping[str, torch.Tensor] | None = None, *, prefix: str = ""
+) -> float | dict[str, torch.Tensor]:
+    """The weight of one adapter in a stack (`stack_adapters`): its strength, times its
+    learned per-column factors ("<prefix><layer>" in `columns`) when it has them."""
+    if columns is None:
+        return strength
+    return {t.name: columns[prefix + t.name] * strength for t in spec.targets}
+
+
+def stack_under_hypernet(
+    spec: LoRASpec,
+    under: Adapters,
+    hypernet_spec: LoRASpec,
+    hypernet: Adapters,
+    *,
+    columns: Mapping[str, torch.Tensor] | None = None,
+    strength: float = 1.0,
+    hypernet_strength: float = 1.0,
+) -> tuple[LoRASpec, Adapters]:
+    """A domain adapter with the hypernetwork's on top: the naive sum of their deltas, or with
+    `columns` (from `adaptation.fit_merge`) each output channel of each weighted by its learned factor."""
+    weights = [
+        merge_weight(spec, strength, columns),
+        merge_weight(hypernet_spec, hypernet_strength, columns, prefix=HYPERNET_PREFIX),
+    ]
+    return stack_adapters(
+        [(spec, under), (hypernet_spec, hypernet)],
+        weights=weights,
+        names=["the domain adapter", "the hypernet's"],
+    )
