@@ -91,7 +91,7 @@ from hypernet.models.lora import (
     load_adapters,
     load_merge_columns,
     merge_adapters,
-    merge_weight,
+    parts_under_hypernet,
     save_adapters,
     stack_adapters,
 )
@@ -291,15 +291,16 @@ def stack_plan(
                 f"--adapter {learned[0].path}: its learned merge was fitted for a hypernetwork that adapts "
                 "other layers than this checkpoint's: pass --merge naive, or fit it again with this checkpoint"
             )
-    parts = [(f.spec, f.adapters) for f in files]
-    weights = [
-        merge_weight(f.spec, f.strength * strength, f.columns if learned and f is learned[0] else None)
-        for f in files
-    ]
+    parts, weights = parts_under_hypernet(
+        [(f.spec, f.adapters) for f in files],
+        [f.strength * strength for f in files],
+        hypernet,
+        hypernet_strength=strength,
+        columns=columns,
+        columns_of=files.index(learned[0]) if learned else 0,
+    )
     names = [f"--adapter {f.path}" for f in files]
     if hypernet is not None:
-        parts.append(hypernet)
-        weights.append(merge_weight(hypernet[0], strength, columns, prefix=HYPERNET_PREFIX))
         merged_by = f" (weighted by --adapter {learned[0].path}'s learned merge)" if learned else ""
         names.append(f"the hypernetwork's adapter{merged_by}")
     return parts, weights, names

@@ -123,6 +123,33 @@ def merge_weight(
     return {t.name: columns[prefix + t.name] * strength for t in spec.targets}
 
 
+def parts_under_hypernet(
+    parts: Sequence[tuple[LoRASpec, Adapters]],
+    strengths: Sequence[float],
+    hypernet: tuple[LoRASpec, Adapters] | None,
+    *,
+    hypernet_strength: float = 1.0,
+    columns: Mapping[str, Tensor] | None = None,
+    columns_of: int = 0,
+) -> tuple[list[tuple[LoRASpec, Adapters]], list[float | dict[str, Tensor]]]:
+    """The parts of a stack and their weights, for `stack_adapters`: `parts` in order, each at its
+    strength, then the hypernetwork's adapter (when given) on top at `hypernet_strength`. A
+    learned merge, `columns` held by parts[columns_of] ("<layer>" for its own layers,
+    "hypernet:<layer>" for the hypernetwork's), weights that part's output channels and the
+    hypernetwork's; otherwise the deltas add as they are (the naive sum). The one place a
+    domain adapter goes under the hypernetwork's: `specialise` stacks its adapter files here,
+    `stack_under_hypernet` (the learned merge's fit, the domain study) its one domain adapter."""
+    weights = [
+        merge_weight(spec, strength, columns if i == columns_of else None)
+        for i, ((spec, _), strength) in enumerate(zip(parts, strengths, strict=True))
+    ]
+    parts = list(parts)
+    if hypernet is not None:
+        parts.append(hypernet)
+        weights.append(merge_weight(hypernet[0], hypernet_strength, columns, prefix=HYPERNET_PREFIX))
+    return parts, weights
+
+
 def stack_under_hypernet(
     spec: LoRASpec,
     under: Adapters,
@@ -135,12 +162,11 @@ def stack_under_hypernet(
 ) -> tuple[LoRASpec, Adapters]:
     """A domain adapter with the hypernetwork's on top: the naive sum of their deltas, or with
     `columns` (from `adaptation.fit_merge`) each output channel of each weighted by its learned factor."""
-    weights = [
-        merge_weight(spec, strength, columns),
-        merge_weight(hypernet_spec, hypernet_strength, columns, prefix=HYPERNET_PREFIX),
-    ]
-    return stack_adapters(
-        [(spec, under), (hypernet_spec, hypernet)],
-        weights=weights,
-        names=["the domain adapter", "the hypernet's"],
+    parts, weights = parts_under_hypernet(
+        [(spec, under)],
+        [strength],
+        (hypernet_spec, hypernet),
+        hypernet_strength=hypernet_strength,
+        columns=columns,
     )
+    return stack_adapters(parts, weights=weights, names=["the domain adapter", "the hypernet's"])
