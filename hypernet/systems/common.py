@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +186,9 @@ def align_logging_step(checkpoint: dict) -> None:
 class SRSystem(L.LightningModule):
     """What both stages' LightningModules share: the loss step's bookkeeping, validation and test
     through one `evaluate(batch, batch_idx, split=, group=)` of their own, per-video tables logged
-    at each epoch's end (`log_tables`), the first validation batch's image row, and an exact
-    resume. Subclasses set `self.tables` and define `evaluate` and `log_tables`."""
+    at each epoch's end (`log_tables`, with `add_rows` and `log_means`), the first validation
+    batch's image row, the learning-rate schedule (`with_schedule`) and an exact resume.
+    Subclasses set `self.tables` and `self.optim` and define `evaluate` and `log_tables`."""
 
     # the data options the checkpoint's model was trained with (checkpointing.trained_inputs);
     # None for a system not loaded from a checkpoint, or one written before they were kept
@@ -215,6 +216,34 @@ class SRSystem(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_tables("test")
+
+    def add_rows(
+        self, split: str, group: str, video_ids: list[str], columns: dict[str, torch.Tensor]
+    ) -> None:
+        """One table row per video of the batch: its id, its group, then each column's value for
+        it (`columns`: name -> a (V,) tensor of per-video figures), in the order given."""
+        for i, video_id in enumerate(video_ids):
+            row = {"video_id": video_id, "group": group}
+            self.tables.add(split, row | {key: values[i].item() for key, values in columns.items()})
+
+    def log_means(self, split: str, group: str, rows: list[dict], keys: Sequence[str]) -> None:
+        """The mean over `rows` of each of `keys`, logged as split/[group/]key; validation's
+        psnr_y on the progress bar."""
+        for key in keys:
+            value = sum(r[key] for r in rows) / len(rows)
+            self.log(split_key(split, group, key), value, prog_bar=split == "val" and key == "psnr_y")
+
+    def with_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """What configure_optimizers returns for `optimizer`: its learning rate warmed up over
+        optim.warmup_steps, then cosine decay to optim.min_lr_ratio of it at the run's last step
+        (`warmup_cosine`), stepped every batch. Both stages schedule this way."""
+        schedule = warmup_cosine(
+            warmup_steps=self.optim["warmup_steps"],
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            min_ratio=self.optim["min_lr_ratio"],
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def log_first_images(self, split: str, batch_idx: int, *, key: str, images: list, caption: str) -> None:
         """The middle frame of the first validation video, side by side (`images`: (V, T, C, H, W)
