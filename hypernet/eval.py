@@ -25,6 +25,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from hypernet.adaptation import finetune_adapters
 from hypernet.checkpointing import NOT_RECORDED, trained_input
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
@@ -37,8 +38,7 @@ from hypernet.runs import (
     write_metrics,
     write_table_csv,
 )
-from hypernet.systems.common import adapted_sr, bicubic_upscale, side_by_side
-from hypernet.systems.per_video import finetune_adapters
+from hypernet.sr import adapted_sr, bicubic_upscale, side_by_side
 
 METHODS = ("bicubic", "base", "selfsup", "hypernet", "hypernet_stream", "oracle")
 

@@ -31,9 +31,18 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from hypernet.adaptation import (
+    VideoPair,
+    clip_starts,
+    fit_adapters,
+    fit_merge,
+    psnr_on,
+    random_clips,
+)
 from hypernet.cli_checks import (
     InputError,
     check_frame_size,
@@ -48,17 +57,8 @@ from hypernet.cli_checks import (
 )
 from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
-from hypernet.models.lora import save_adapters
+from hypernet.models.lora import save_adapters, stack_under_hypernet
 from hypernet.runs import DEFAULT_CHECKPOINT
-from hypernet.systems.per_video import (
-    VideoPair,
-    clip_starts,
-    fit_adapters,
-    fit_merge,
-    psnr_on,
-    random_clips,
-    stack_under_hypernet,
-)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +260,6 @@ def run_finetune(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     summary: dict = {"adapter": str(args.output), "videos": len(train), "held_out": len(held_out)}
     with progress_bar(not args.no_progress, status=True) as bar:
-        task = bar.add_task("fitting the adapter", total=args.steps, status="")
         adapters, history = fit_adapters(
             base,
             spec,
@@ -269,9 +268,7 @@ def run_finetune(args: argparse.Namespace) -> dict:
             learning_rate=args.learning_rate,
             init=init,
             seed=args.seed,
-            validate=score if held_out else None,
-            validate_every=args.val_every,
-            on_step=lambda step, loss: bar.update(task, completed=step, status=f"loss {loss:.4f}"),
+            **watched(bar, "fitting the adapter", args.steps, score=score if held_out else None, args=args),
         )
         seconds = time.perf_counter() - started
         if history:
@@ -307,6 +304,17 @@ def run_finetune(args: argparse.Namespace) -> dict:
         | {"steps": args.steps, "seconds": round(seconds, 2), "mode": metadata["method"]}
         | ({"frames": frames} if frames else {})
     )
+
+
+def watched(bar, description: str, steps: int, *, score, args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a fit (`fit_adapters`, `fit_merge`) that show its loss on a progress-bar task
+    of `steps` steps and, given `score` (held-out videos), keep its best every --val-every steps."""
+    task = bar.add_task(description, total=steps, status="")
+    return {
+        "validate": score,
+        "validate_every": args.val_every,
+        "on_step": lambda step, loss: bar.update(task, completed=step, status=f"loss {loss:.4f}"),
+    }
 
 
 def check_converged(adapters: dict, columns: dict | None, args: argparse.Namespace) -> None:
@@ -356,7 +364,6 @@ def learn_merge(system, adapters, train, held_out, args, *, bar) -> tuple[dict, 
 
         return psnr_on(base, held_out, merged, **sizes)
 
-    merge_task = bar.add_task("learning the merge", total=args.merge_steps, status="")
     columns, history = fit_merge(
         base,
         spec,
@@ -369,9 +376,7 @@ def learn_merge(system, adapters, train, held_out, args, *, bar) -> tuple[dict, 
         clip_len=args.clip_len,
         scale=scale,
         seed=args.seed,
-        validate=score if held_out else None,
-        validate_every=args.val_every,
-        on_step=lambda step, loss: bar.update(merge_task, completed=step, status=f"loss {loss:.4f}"),
+        **watched(bar, "learning the merge", args.merge_steps, score=score if held_out else None, args=args),
     )
     summary = {}
     if history:

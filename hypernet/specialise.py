@@ -33,11 +33,9 @@ Why the pieces look the way they do:
 - A file cut short (an interrupted download) would otherwise decode into a shorter video without
   complaint; the input is read once by `probe(verify=True)` to compare its frames with what its
   container announces, before any work (`--allow-truncated` accepts it with a warning).
-- Chunks are upscaled with `overlap` frames of context on each side whose outputs are dropped.
-  A sliding-window base whose window radius is at most `overlap` then gives exactly the frames
-  it gives on the whole video at once. A recurrent base is approximate at chunk boundaries: its
-  propagation restarts in every chunk and sees only `overlap` frames beyond it (a larger
-  `chunk_size` makes the boundaries rarer).
+- Chunks are upscaled with `overlap` frames of context on each side (`upscale.upscale_frames`):
+  exact for a sliding-window base whose window radius is at most `overlap`, approximate at
+  chunk boundaries for a recurrent one (a larger `chunk_size` makes them rarer).
 """
 
 from __future__ import annotations
@@ -56,6 +54,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from hypernet.adapter_stack import (
+    SAMPLE_FRAMES,
+    AdapterFile,
+    check_adapted_output,
+    stack_files,
+    stack_parts,
+    stack_plan,
+)
 from hypernet.cli_checks import (
     InputError,
     check_device,
@@ -77,62 +83,24 @@ from hypernet.data.video_io import (
     read_frames,
     read_video,
     to_tensor,
-    to_uint8,
     write_mp4,
 )
 from hypernet.models.lora import (
-    HYPERNET_PREFIX,
     Adapters,
     LoRASpec,
-    apply_adapters,
     check_strength,
-    load_adapters,
-    load_merge_columns,
     merge_adapters,
     save_adapters,
-    stack_adapters,
 )
 from hypernet.runs import DEFAULT_CHECKPOINT, peak_rss_mib
-from hypernet.systems.per_video import merge_weight
+from hypernet.upscale import upscale_frames
 
 MODES = ("hypernet", "adapter", "adapter+hypernet", "base-only")
 MERGES = ("learned", "naive")
 
 
 # ----------------------------------------------------------------------------------------------
-# streaming upscale
-
-
-def upscale_frames(
-    base: nn.Module,
-    chunks: Iterable[np.ndarray],
-    *,
-    overlap: int = 2,
-    device: torch.device | str = "cpu",
-) -> Iterator[np.ndarray]:
-    """Upscale a video given as uint8 chunks (t, h, w, 3), yielding uint8 chunks (t, s*h, s*w, 3).
-
-    `base` is any VSR network (1, T, 3, h, w) -> (1, T, 3, s*h, s*w), adapters already merged.
-    Each call sees the frames of a chunk plus up to `overlap` frames on each side (fewer at the
-    video's ends, exactly as the whole video would); their outputs are dropped. Memory holds one
-    chunk plus 2 * overlap frames.
-    """
-    if overlap < 0:
-        raise ValueError(f"overlap must be >= 0 frames, got {overlap}")
-    pending: np.ndarray | None = None  # (left + waiting, h, w, 3): left context, then frames to emit
-    left = 0  # leading frames of `pending` already emitted, kept as context only
-    with torch.no_grad():
-        for chunk in chunks:
-            pending = chunk if pending is None else np.concatenate([pending, chunk])
-            ready = len(pending) - left - overlap  # frames whose right context has arrived
-            if ready <= 0:
-                continue
-            sr = base(to_tensor(pending, device=device))  # (1, left + ready + overlap, 3, H, W)
-            yield to_uint8(sr[:, left : left + ready])
-            keep = min(overlap, left + ready)  # the last emitted frames become the next left context
-            pending, left = pending[left + ready - keep :], keep
-        if pending is not None and len(pending) > left:  # the video's last frames: no right context
-            yield to_uint8(base(to_tensor(pending, device=device))[:, left:])
+# progress
 
 
 def _counted(chunks: Iterable[np.ndarray], advance) -> Iterator[np.ndarray]:
@@ -232,7 +200,7 @@ def _check_options(
 
 
 # ----------------------------------------------------------------------------------------------
-# adapters
+# reading the video (adapters, the sample the stack is checked on)
 
 
 def predict_adapters(
@@ -251,137 +219,6 @@ def predict_adapters(
         return to_tensor(read_frames(input_path, indices, allow_truncated=allow_truncated), device=device)
 
     return system.adapters_for_video(read, num_frames=num_frames, context_frames=context_frames)
-
-
-class AdapterFile:
-    """An --adapter file as loaded: checked against the base, with its strength and the
-    learned merge it may hold."""
-
-    def __init__(self, path: Path, strength: float, *, base: nn.Module, device: str):
-        self.path, self.strength = path, strength
-        self.spec, self.adapters, _ = load_adapters(path, base=base, device=device)
-        self.columns = load_merge_columns(path)
-
-
-Plan = tuple[list[tuple[LoRASpec, Adapters]], list[float | dict[str, torch.Tensor]], list[str]]
-
-
-def stack_plan(
-    files: list[AdapterFile],
-    hypernet: tuple[LoRASpec, Adapters] | None,
-    *,
-    strength: float = 1.0,
-    merge: str = "learned",
-) -> Plan:
-    """The parts of the stack `stack_files` makes, with their weights and names (for
-    `stack_adapters`): the adapter files in order, the hypernetwork's adapter on top."""
-    learned = [f for f in files if f.columns is not None] if merge == "learned" and hypernet else []
-    if len(learned) > 1:
-        raise InputError(
-            f"--adapter {learned[0].path} and {learned[1].path} both hold a learned merge with the "
-            "hypernetwork's adapter; only one can weight it: pass --merge naive"
-        )
-    columns = learned[0].columns if learned else None
-    if columns is not None:
-        wanted = {HYPERNET_PREFIX + name for name in hypernet[0].names}
-        if {k for k in columns if k.startswith(HYPERNET_PREFIX)} != wanted:
-            raise InputError(
-                f"--adapter {learned[0].path}: its learned merge was fitted for a hypernetwork that adapts "
-                "other layers than this checkpoint's: pass --merge naive, or fit it again with this checkpoint"
-            )
-    parts = [(f.spec, f.adapters) for f in files]
-    weights = [
-        merge_weight(f.spec, f.strength * strength, f.columns if learned and f is learned[0] else None)
-        for f in files
-    ]
-    names = [f"--adapter {f.path}" for f in files]
-    if hypernet is not None:
-        parts.append(hypernet)
-        weights.append(merge_weight(hypernet[0], strength, columns, prefix=HYPERNET_PREFIX))
-        merged_by = f" (weighted by --adapter {learned[0].path}'s learned merge)" if learned else ""
-        names.append(f"the hypernetwork's adapter{merged_by}")
-    return parts, weights, names
-
-
-def stack_files(
-    files: list[AdapterFile],
-    hypernet: tuple[LoRASpec, Adapters] | None,
-    *,
-    strength: float = 1.0,
-    merge: str = "learned",
-) -> tuple[LoRASpec, Adapters]:
-    """The adapter files in order and the hypernetwork's adapter on top, as one adapter whose
-    delta is their sum, each at its strength, all at `strength`. With the hypernetwork on and
-    merge="learned", a file holding a learned merge (`finetune --merge-steps`) weights its own
-    channels and the hypernetwork's by it; otherwise the deltas add as they are (naive)."""
-    return _stack(*stack_plan(files, hypernet, strength=strength, merge=merge))
-
-
-def _stack(parts, weights, names) -> tuple[LoRASpec, Adapters]:
-    try:
-        return stack_adapters(parts, weights=weights, names=names)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-
-
-# The saturation test (`check_adapted_output`). A value more than half the range beyond black or
-# white comes from no adapter worth applying: clipping flattens it to pure black, white or a
-# primary colour. When that happens to more than half of the values the base alone keeps in range
-# (the base's own overshoot at edges is a few hundredths), the video would be noise: refused.
-FAR_OUTSIDE = 0.5
-SATURATED_SHARE = 0.5
-SAMPLE_FRAMES = 4  # the first frames of the video the test upscales, twice (cheap next to the video)
-
-
-def output_damage(reference: torch.Tensor, adapted: torch.Tensor) -> str | None:
-    """What the adapters did to the base's output `reference` (1, T, 3, H, W, in [0, 1] give or
-    take) that makes `adapted` worthless, in words, or None when they did nothing of the kind:
-    a NaN or inf where the base's value is finite (the frame would be black), or more than
-    SATURATED_SHARE of the values the base keeps near [0, 1] pushed FAR_OUTSIDE of it."""
-    finite = torch.isfinite(reference)
-    if not torch.isfinite(adapted)[finite].all():
-        return "the output turns NaN or inf (a black video)"
-    in_range = finite & (reference >= -FAR_OUTSIDE) & (reference <= 1 + FAR_OUTSIDE)
-    far = (adapted < -FAR_OUTSIDE) | (adapted > 1 + FAR_OUTSIDE)
-    share = (far & in_range).sum().item() / max(in_range.sum().item(), 1)
-    if share > SATURATED_SHARE:
-        return (
-            f"the output saturates ({share:.0%} of its values pushed more than {FAR_OUTSIDE:g} outside "
-            "[0, 1]: a flat black-and-white video)"
-        )
-    return None
-
-
-def check_adapted_output(
-    base: nn.Module, sample: torch.Tensor, plan: Plan, *, strength: float, input_path: str | os.PathLike
-) -> None:
-    """Refuse adapters that would make the video worthless (`output_damage`) before anything is
-    written: the base's output on `sample` (the video's first frames) against the adapted one.
-    Legitimate strengths (0 to a few) pass untouched; an adapter file whose numbers were
-    altered, or a strength of 1e9, fails here naming the part(s) that do it alone, or all."""
-    parts, weights, names = plan
-    with torch.no_grad():
-        reference = base(sample)
-
-        def damage(parts_, weights_, names_) -> str | None:
-            spec, adapters = _stack(parts_, weights_, names_)
-            with apply_adapters(base, spec, adapters):
-                return output_damage(reference, base(sample))
-
-        found = damage(parts, weights, names)
-        if found is None:
-            return
-        guilty = names
-        if len(parts) > 1:
-            guilty = [n for p, w, n in zip(parts, weights, names, strict=True) if damage([p], [w], [n])]
-    who = ", ".join(guilty) or " and ".join(names) + " together"
-    at = f" at --strength {strength:g}" if strength != 1 else ""
-    files = " or a file's own (--adapter FILE:0.5)" if any(n.startswith("--adapter") for n in names) else ""
-    raise InputError(
-        f"{who}{at}: {found} on the first {sample.shape[1]} frame(s) of {input_path}, where the base alone "
-        f"does not; lower --strength (0: the base, 1: as trained){files}; an adapter that does this at "
-        "strength 1 is broken: make it again"
-    )
 
 
 def first_frames(
@@ -502,7 +339,7 @@ def specialise(
                 folders.enter_context(output_folder(save_adapter, option="--save-adapter"))
                 save_adapters(save_adapter, *predicted, base=base, video=0)  # before merging into the base
             if plan is not None:
-                merge_adapters(base, *_stack(*plan), video=0)
+                merge_adapters(base, *stack_parts(*plan), video=0)
 
             task = bar.add_task("upscaling", total=info.num_frames)
             chunks = iter_chunks(input_path, chunk_size=chunk_size, allow_truncated=allow_truncated)

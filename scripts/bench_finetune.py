@@ -16,12 +16,11 @@ Needs a stage-2 checkpoint: the one `make quickstart` trains, or ``--checkpoint`
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from pathlib import Path
 
-from harness import require_checkpoint, run_measured, synthetic_frames, write_figures
+from harness import bench_parser, require_checkpoint, run_measured, synthetic_frames, write_figures
 
 from hypernet.data.video_io import write_mp4
 from hypernet.runs import DEFAULT_CHECKPOINT
@@ -41,12 +40,11 @@ def measure(folder: Path, output: Path, *, checkpoint: Path, steps: int) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="stage-2 checkpoint")
     parser.add_argument("--frames", type=int, default=60, help="frames per HR video")
     parser.add_argument("--size", type=int, default=256, help="HR frame side, pixels")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--json", type=Path, help="also write the figures here as a flat JSON dict")
     args = parser.parse_args()
     require_checkpoint(args.checkpoint)
     rows = {}

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import median_seconds, run_measured, write_figures
+from harness import bench_parser, median_seconds, run_measured, write_figures
 from torch import nn
 
 from hypernet.config import compose_config
@@ -162,7 +162,7 @@ def stage_step_times(
     import lightning as L
     from hydra.utils import instantiate
 
-    from hypernet.systems.common import charbonnier
+    from hypernet.sr import charbonnier
 
     torch.manual_seed(0)
     stage1 = instantiate(compose_config("train", ["model.upsampler=direct"]).stage)
@@ -247,11 +247,7 @@ def data_draw_times(*, batch: int, repeats: int = 3) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--frames-small", type=int, default=200)
-    parser.add_argument("--frames-large", type=int, default=2000)
+    parser = bench_parser(__doc__, lengths=(200, 2000))
     parser.add_argument("--chunk", type=int, default=32, help="frames per streamed chunk")
     parser.add_argument("--size", type=int, default=24, help="LR frame height and width")
     parser.add_argument("--source", default="base", choices=["base", "conv"])
@@ -263,7 +259,6 @@ def main() -> None:
         help="torch threads (default 1: on a shared 2-core machine a 2-thread pool waits out other "
         "jobs' scheduler slices at every op, which made timings 10x slower and erratic)",
     )
-    parser.add_argument("--json", type=Path, help="also write the figures here as a flat JSON dict")
     parser.add_argument("--child-encoder", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_encoder is not None:

@@ -17,7 +17,6 @@ first base's ratios under the issue's keys, every base's figures under "<base>/<
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import statistics
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from harness import write_figures
+from harness import bench_parser, write_figures
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -156,9 +155,7 @@ def bench_base(
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--bases", nargs="+", default=["window", "recurrent"], help="base networks to measure"
     )
@@ -169,7 +166,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as a flat JSON dict")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

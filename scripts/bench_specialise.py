@@ -20,7 +20,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from harness import require_checkpoint, run_measured, synthetic_frames, write_figures
+from harness import bench_parser, require_checkpoint, run_measured, synthetic_frames, write_figures
 
 from hypernet.data.video_io import probe, write_mp4
 from hypernet.runs import DEFAULT_CHECKPOINT
@@ -61,13 +61,10 @@ def measure(num_frames: int, folder: Path, *, size: int, checkpoint: Path, chunk
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__.split("\n\n")[0], lengths=(30, 300))
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="stage-2 checkpoint")
-    parser.add_argument("--frames-small", type=int, default=30)
-    parser.add_argument("--frames-large", type=int, default=300)
     parser.add_argument("--size", type=int, default=32, help="LR frame side, pixels")
     parser.add_argument("--chunk-size", type=int, default=32)
-    parser.add_argument("--json", type=Path, help="also write the figures here as a flat JSON dict")
     parser.add_argument("--child", nargs=2, metavar=("INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

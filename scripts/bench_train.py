@@ -11,17 +11,16 @@ the fastest base (by frames per second)."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from harness import median_seconds, write_figures
+from harness import bench_parser, median_seconds, write_figures
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from hypernet.config import compose_config
 from hypernet.models.base import BASE_MODELS, build_base
-from hypernet.systems.common import charbonnier
+from hypernet.sr import charbonnier
 
 
 def count_flops(fn) -> int:
@@ -59,8 +58,7 @@ def model_bench(model_cfg: dict, *, batch: int, frames: int, lr_size: int) -> di
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the figures to this file")
+    parser = bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="videos per step (base_quickstart: 8)")
     parser.add_argument("--frames", type=int, default=5, help="frames per clip (base_quickstart: 5)")
     parser.add_argument("--lr-size", type=int, default=16, help="LR patch side (base_quickstart: 64/4)")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from harness import run_measured, write_figures
+from harness import bench_parser, run_measured, write_figures
 
 from hypernet.data.video_io import iter_chunks, probe, read_video, write_mp4
 from hypernet.runs import peak_rss_mib
@@ -61,14 +61,9 @@ def run_child(path: Path, *, mode: str, chunk_size: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--frames-small", type=int, default=200)
-    parser.add_argument("--frames-large", type=int, default=2000)
+    parser = bench_parser(__doc__, lengths=(200, 2000))
     parser.add_argument("--size", type=int, default=128, help="frame height and width")
     parser.add_argument("--chunk-size", type=int, default=32)
-    parser.add_argument("--json", type=Path, help="also write the figures here as a flat JSON dict")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="stream", choices=["stream", "read_video"], help=argparse.SUPPRESS)
     args = parser.parse_args()

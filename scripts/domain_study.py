@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
+from hypernet.adaptation import clip_starts, finetune_adapters
 from hypernet.data import video_io
 from hypernet.metrics import gain_summary, video_metrics
-from hypernet.models.lora import load_adapters, load_merge_columns, scale_adapters
+from hypernet.models.lora import load_adapters, load_merge_columns, scale_adapters, stack_under_hypernet
 from hypernet.runs import atomic_write_text, write_table_csv
-from hypernet.systems.common import adapted_sr, bicubic_upscale
+from hypernet.sr import adapted_sr, bicubic_upscale
 from hypernet.systems.hyper_lora import load_hypernet, trained_context_frames
-from hypernet.systems.per_video import clip_starts, finetune_adapters, stack_under_hypernet
 
 METHODS = (
     "bicubic",

@@ -1,5 +1,6 @@
 """What the benchmarks share: a command run in a fresh interpreter with its own peak memory, the
-synthetic videos they write, the stage-2 checkpoint they need, timing and the `--json` figures.
+synthetic videos they write, the stage-2 checkpoint they need, timing, their shared options and
+the `--json` figures.
 
 Peak memory is read inside the measured process, never from the parent: on Linux ``ru_maxrss``
 (``wait4``, ``getrusage(RUSAGE_CHILDREN)``) starts from the parent's high-water mark at fork, so
@@ -18,6 +19,7 @@ scripts/ on its path.
 
 from __future__ import annotations
 
+import argparse
 import json
 import runpy
 import statistics
@@ -97,6 +99,20 @@ def require_checkpoint(path: Path) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+
+
+def bench_parser(description: str, *, lengths: tuple[int, int] | None = None) -> argparse.ArgumentParser:
+    """A benchmark's command line with the options the benchmarks share already on it: `--json PATH`
+    (the figures as a flat dict, `write_figures`) and, for one that compares a short video with a
+    long one, `--frames-small` / `--frames-large` with `lengths` as their defaults."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if lengths is not None:
+        parser.add_argument("--frames-small", type=int, default=lengths[0])
+        parser.add_argument("--frames-large", type=int, default=lengths[1])
+    parser.add_argument("--json", type=Path, help="also write the figures here as a flat JSON dict")
+    return parser
 
 
 def write_figures(path: Path, figures: Mapping[str, float]) -> None:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from hypernet.models.base import BASE_MODELS, WindowVSR, build_base, count_parameters, model_config
-from hypernet.systems.common import charbonnier
+from hypernet.models.base import BASE_MODELS, WindowVSR, build_base, count_parameters
+from hypernet.sr import charbonnier
 
 SMALL = {
     "window": {"channels": 8, "num_blocks": 1},
@@ -76,14 +76,11 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(name):
     assert losses[-1] < 0.88 * losses[0]
 
 
-def test_model_configs_name_a_class_and_old_checkpoints_a_name():
+def test_model_configs_name_a_class():
     config = {"_target_": "hypernet.models.base.WindowVSR", "channels": 8, "num_blocks": 1}
     assert isinstance(build_base(config), WindowVSR)
-    legacy = build_base({"name": "window", "channels": 8, "num_blocks": 1})  # a checkpoint before _target_
-    assert isinstance(legacy, WindowVSR) and model_config({"name": "window"}) == {
-        "_target_": config["_target_"]
-    }
-    with pytest.raises(ValueError, match=r"names no base network.*\['recurrent', 'window'\]"):
-        build_base({"name": "edvr"})
+    # an earlier checkpoint's model.name is converted once by the converter, not translated here
+    with pytest.raises(ValueError, match=r"names no base network.*scripts/convert_checkpoint.py"):
+        build_base({"name": "window", "channels": 8, "num_blocks": 1})
     with pytest.raises(ValueError, match="model.scale must be 2, 3 or 4"):
         WindowVSR(scale=5)

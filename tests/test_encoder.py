@@ -13,14 +13,13 @@ from torch import nn
 
 from hypernet.models.base import WindowVSR
 from hypernet.models.encoder import (
-    BaseActivationTokenizer,
     DegradationEncoder,
     LatentPooler,
-    RunningNorm,
     VideoEncoder,
     build_encoder,
     frame_times,
 )
+from hypernet.models.tokenizers import BaseActivationTokenizer, RunningNorm
 
 SOURCES = ["conv", "base"]
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from hypernet import eval as evaluation
+from hypernet.adaptation import finetune_adapters
 from hypernet.config import compose_config
 from hypernet.metrics import psnr
 from hypernet.models.lora import init_adapters
-from hypernet.systems.common import adapted_sr
+from hypernet.sr import adapted_sr
 from hypernet.systems.hyper_lora import load_hypernet
-from hypernet.systems.per_video import finetune_adapters
 
 TINY_DATA = [
     "data.hr_size=32",

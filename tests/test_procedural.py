@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from hypernet.data.camera import StillsVideo, builtin_images, colour_matrix
+from hypernet.data.camera import PhotoAugment, StillsVideo, builtin_images, colour_matrix
 from hypernet.data.datamodule import VSRDataModule
 from hypernet.data.datasets import (
     DegradationConfig,
     FreshVideoDataset,
-    PhotoAugment,
     SampleConfig,
     parse_sources,
 )

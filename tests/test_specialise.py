@@ -13,8 +13,9 @@ from hypernet.data.datasets import spread_indices
 from hypernet.data.video_io import probe, read_video, to_tensor, to_uint8, write_mp4
 from hypernet.models.base import WindowVSR
 from hypernet.models.lora import AdapterMismatchError, find_targets, init_adapters, save_adapters
-from hypernet.specialise import main, predict_adapters, specialise, upscale_frames
+from hypernet.specialise import main, predict_adapters, specialise
 from hypernet.systems.hyper_lora import load_hypernet
+from hypernet.upscale import upscale_frames
 from tests.helpers import FPS, FRAMES, HEIGHT, WIDTH, moving_texture
 
 

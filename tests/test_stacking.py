@@ -24,8 +24,9 @@ from hypernet.models.lora import (
     stack_adapters,
 )
 from hypernet.specialise import main as specialise_main
-from hypernet.specialise import specialise, upscale_frames
+from hypernet.specialise import specialise
 from hypernet.systems.hyper_lora import load_hypernet
+from hypernet.upscale import upscale_frames
 from tests.helpers import FPS, HEIGHT, WIDTH, moving_texture, one_line_error
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hypernet.data import video_io
 from hypernet.data.video_io import (
     VideoInfo,
     VideoReadError,
@@ -24,6 +23,7 @@ from hypernet.data.video_io import (
     write_mp4,
     write_png_folder,
 )
+from hypernet.data.video_io import decode as video_io  # probe and the decoder it must not call
 
 T, H, W = 16, 48, 64
 

@@ -25,13 +25,19 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from hypernet.cli_checks import MIN_SIZE
-from hypernet.data.camera import StillsVideo, builtin_images, image_pyramid, list_images, load_image
+from hypernet.data.camera import (
+    PhotoAugment,
+    StillsVideo,
+    builtin_images,
+    image_pyramid,
+    list_images,
+    load_image,
+)
 from hypernet.data.datasets import (
     FRESH_SOURCES,
     DegradationConfig,
     FreshIndexSampler,
     FreshVideoDataset,
-    PhotoAugment,
     SampleConfig,
     VideoListDataset,
     check_shots,
@@ -288,16 +294,20 @@ class VSRDataModule(L.LightningDataModule):
             return vimeo_videos(root, split)
         if source == "vid4":
             return vid4_videos(root)
-        videos = folder_videos(root)
-        if self.val_root_given:  # separate folders: each one whole
-            return videos
-        if len(videos) <= self.val_videos:
+        return self._held_out_split(folder_videos(root), split, kind="videos")
+
+    def _held_out_split(self, items: list, split: str, *, kind: str) -> list:
+        """The training or validation part of data.root's videos or images, split by video (or
+        photograph), never by frame: the last data.val_videos (by name) are held out. With a
+        data.val_root of its own, each folder is whole."""
+        if self.val_root_given:
+            return items
+        if len(items) <= self.val_videos:
             raise ValueError(
-                f"data.root={root} holds {len(videos)} videos; holding out data.val_videos={self.val_videos} "
-                "leaves none to train on: add videos or set data.val_root"
+                f"data.root={self.root} holds {len(items)} {kind}; holding out data.val_videos={self.val_videos} "
+                f"leaves none to train on: add {kind} or set data.val_root"
             )
-        # split by video, never by frame: the last val_videos (by name) are held out
-        return videos[: -self.val_videos] if split == "train" else videos[-self.val_videos :]
+        return items[: -self.val_videos] if split == "train" else items[-self.val_videos :]
 
     def build_train_set(self):
         if self.source in ("stills", "procedural", "mix"):
@@ -330,15 +340,7 @@ class VSRDataModule(L.LightningDataModule):
             return list_images(self.val_root)
         if self.root is None:
             return builtin_images(split)
-        images = list_images(self.root)
-        if self.val_root_given:
-            return images
-        if len(images) <= self.val_videos:
-            raise ValueError(
-                f"data.root={self.root} holds {len(images)} images; holding out data.val_videos={self.val_videos} "
-                "leaves none to train on: add images or set data.val_root"
-            )
-        return images[: -self.val_videos] if split == "train" else images[-self.val_videos :]
+        return self._held_out_split(list_images(self.root), split, kind="images")
 
     def held_out_stills(self, *, shots: int = 1, hr_size: int | None = None) -> list[StillsVideo]:
         """val_videos_per_image videos of every held-out photograph, seeded by val_seed: the same

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from hypernet.data import video_io
-from hypernet.data.camera import StillsVideo, colour_matrix, image_pyramid, load_image
+from hypernet.data.camera import PhotoAugment, StillsVideo, collage, colour_matrix, image_pyramid, load_image
 from hypernet.data.degrade import (
     Degradation,
     DegradationRanges,
@@ -217,51 +217,6 @@ def parse_sources(source: str | Mapping[str, float], *, option: str = "data.sour
     if total <= 0:
         raise ValueError(f"{option}={weights}: the weights must sum to a positive number")
     return {k: v / total for k, v in weights.items() if v > 0}
-
-
-@dataclass(frozen=True)
-class PhotoAugment:
-    """Meta-augmentation of the photographs, so that 14 photos stop being 14 recognisable tasks
-    (Rajendran et al. 2020): each video of a photo may get a random colour change (channel
-    order, hue, saturation, contrast, brightness) and may be a collage with pieces of other
-    photographs pasted into it. Applied to the HR scene, so LR and HR change alike."""
-
-    colour: float = 0.0  # probability of a colour change per video
-    collage: float = 0.0  # probability of pasting 1-3 pieces of other photographs
-
-    def __post_init__(self) -> None:
-        for name in ("colour", "collage"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0 <= value <= 1):
-                raise ValueError(f"data.photo_augment.{name}={value!r} is a probability in [0, 1]")
-
-
-def collage(base: torch.Tensor, others: Sequence[torch.Tensor], rng: np.random.Generator) -> torch.Tensor:
-    """base (3, H, W) with a piece of each of `others` pasted in, cut out by an ellipse or a
-    polygon with sharp or soft edges."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    out = base.clone()
-    height, width = base.shape[-2:]
-    for other in others:
-        oh, ow = other.shape[-2:]
-        side = int(rng.uniform(0.3, 0.7) * min(height, width, oh, ow))
-        top, left = int(rng.integers(0, oh - side + 1)), int(rng.integers(0, ow - side + 1))
-        piece = other[:, top : top + side, left : left + side]
-        mask_image = Image.new("L", (side, side), 0)
-        draw = ImageDraw.Draw(mask_image)
-        if rng.random() < 0.5:
-            draw.ellipse((0, side * rng.uniform(0, 0.3), side - 1, side * rng.uniform(0.7, 1.0)), fill=255)
-        else:
-            angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(3, 8))))
-            draw.polygon([(side / 2 * (1 + np.cos(a)), side / 2 * (1 + np.sin(a))) for a in angles], fill=255)
-        if rng.random() < 0.5:
-            mask_image = mask_image.filter(ImageFilter.GaussianBlur(float(rng.uniform(1, 6))))
-        mask = torch.from_numpy(np.asarray(mask_image, dtype=np.float32) / 255.0)
-        y, x = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        region = out[:, y : y + side, x : x + side]
-        out[:, y : y + side, x : x + side] = region * (1 - mask) + piece * mask
-    return out
 
 
 class FreshVideoDataset(Dataset):

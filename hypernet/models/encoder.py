@@ -2,30 +2,18 @@
 
 The hypernetwork has to read a whole video, possibly feature length, to say what *this* video
 looks like. So the encoder is built to stream: every frame is turned into tokens on its own
-(nothing depends on which other frames share its chunk), and M learned latent queries pool
-all tokens of the video by cross-attention computed chunk by chunk with a running maximum and
-running sum per (video, head, latent), the online softmax of FlashAttention. Time is linear in
-the video's length, memory is that of one chunk plus a state of V*H*M*(d+2) numbers, and the
-result equals encoding every frame at once (up to float rounding).
+(models/tokenizers.py), and M learned latent queries pool all tokens of the video by
+cross-attention computed chunk by chunk with a running maximum and running sum per (video,
+head, latent), the online softmax of FlashAttention. Time is linear in the video's length,
+memory is that of one chunk plus a state of V*H*M*(d+2) numbers, and the result equals encoding
+every frame at once (up to float rounding).
 
 What the encoder reads is `hypernet.encoder.source` (docs/design.md, "Interfaces"), and this
 module is its one home: `build_encoder`, the `_target_` of configs/hypernet/default.yaml's
-encoder, makes the encoder a source asks for. Per-frame tokens come from one of three sources:
-
-- "conv": the encoder's own small conv net, one token per position of a stride-4 feature map;
-- "base": the frozen base network's own activations at given layers, pooled to per-channel
-  mean and std, one token per (frame, layer): what the base itself "sees";
-- "stats": no content features, only the LR statistics below (a control).
-
-The fourth, "degradation", reads no frames: `DegradationEncoder` turns the video's true
-degradation parameters into latents (the ceiling control).
-
-Beside them, cheap LR statistics (per-channel mean, std, log mean |Laplacian|, log high-pass
-std) give one more token per frame. The prototype (docs/design.md, "Making the hypernetwork learn") found that a
-learned encoder alone collapsed, producing the same adapter for every video, while these
-statistics, normalised, vary between videos from the first step. Features whose scale is not
-known in advance pass through a `RunningNorm`, so they arrive at unit scale without the
-batch coupling (and train/eval mismatch) of batch norm.
+encoder, makes the encoder a source asks for: "conv" or "base" (their tokens, plus the LR
+statistics), "stats" (the LR statistics alone, a control), or "degradation", which reads no
+frames: `DegradationEncoder` turns the video's true degradation parameters into latents (the
+ceiling control).
 
 Layouts: frames (V, n, C, h, w) in [0, 1], V videos of n frames; times (V, n) in [0, 1], the
 frame's position in its video, index / (num_frames - 1), so its encoding does not depend on
@@ -40,18 +28,21 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from hypernet.models.blocks import Attention, FeedForward
+from hypernet.models.tokenizers import (
+    BaseActivationTokenizer,
+    ConvTokenizer,
+    EncoderInputError,
+    LRStats,
+    RunningNorm,
+    TimeEncoding,
+)
 
 FRAME_SOURCES = ("conv", "base", "stats")  # stats: the LR statistics tokens alone, no content features
 SOURCES = (*FRAME_SOURCES, "degradation")  # degradation: the true degradation parameters, no frames
-
-
-class EncoderInputError(ValueError):
-    """Frames, times or options given to the encoder do not fit together."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,16 +55,6 @@ def check_width(dim: int, num_heads: int) -> None:
         raise EncoderInputError(
             f"hypernet.encoder.dim={dim} must be a multiple of hypernet.encoder.num_heads={num_heads}"
         )
-
-
-def sinusoidal(x: Tensor, *, num_freqs: int) -> Tensor:
-    """(...) values in [0, 1] -> (..., 2 * num_freqs) features sin/cos(pi * 2^k * x).
-
-    Frequencies from half a period over [0, 1] up to 2^(num_freqs-1) periods: the lowest tells
-    the beginning from the end, the highest neighbouring positions apart."""
-    freqs = math.pi * 2.0 ** torch.arange(num_freqs, device=x.device, dtype=x.dtype)
-    angles = x[..., None] * freqs  # (..., F)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 def frame_times(num_frames: int, *, start: int = 0, count: int | None = None) -> Tensor:
@@ -90,249 +71,6 @@ def frame_times(num_frames: int, *, start: int = 0, count: int | None = None) ->
         )
     index = torch.arange(start, start + count, dtype=torch.float32)
     return index / max(num_frames - 1, 1)
-
-
-class RunningNorm(nn.Module):
-    """Per-feature normalisation by running mean and variance (no learned parameters).
-
-    In training mode each call first moves the running statistics towards the batch's (detached)
-    and then normalises with them; in eval mode the statistics are used as they are. A sample's
-    output therefore never depends on the other samples of its batch, and training and inference
-    normalise alike. The first updates are a cumulative average (rate max(momentum, 1/k) at the
-    k-th update), so the first training step already normalises with that batch's statistics
-    rather than with the initial mean 0, var 1.
-    """
-
-    def __init__(self, *, num_features: int, momentum: float = 0.01, eps: float = 1e-5):
-        super().__init__()
-        self.momentum = momentum
-        self.eps = eps
-        self.register_buffer("mean", torch.zeros(num_features))
-        self.register_buffer("var", torch.ones(num_features))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x (..., F) -> (..., F) normalised."""
-        if self.training:
-            flat = x.detach().reshape(-1, x.shape[-1]).to(self.mean.dtype)
-            if flat.shape[0] >= 2:  # a single sample has no variance to learn from
-                rate = max(self.momentum, 1.0 / (int(self.num_updates) + 1))
-                self.mean.lerp_(flat.mean(dim=0), rate)
-                self.var.lerp_(flat.var(dim=0, unbiased=False), rate)
-                self.num_updates += 1
-        return (x - self.mean) * torch.rsqrt(self.var + self.eps)
-
-
-# ----------------------------------------------------------------------------------------------
-# Tokenizers: frames (V, n, C, h, w) -> tokens (V, n, L, dim), L tokens per frame
-
-
-class LRStats(nn.Module):
-    """One token per frame from cheap statistics that differ between videos from the first step:
-    per channel mean, std, log(mean |Laplacian| + eps) and log(std of frame - 3x3 box blur + eps).
-    The last two measure sharpness and noise, i.e. the video's degradation. 4*C numbers, computed
-    on the valid interior (no padding, so borders add nothing), normalised, projected to dim."""
-
-    def __init__(self, *, in_channels: int = 3, dim: int, eps: float = 1e-4):
-        super().__init__()
-        self.in_channels = in_channels
-        self.eps = eps
-        laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-        self.register_buffer("laplacian", laplacian.expand(in_channels, 1, 3, 3).clone(), persistent=False)
-        self.norm = RunningNorm(num_features=4 * in_channels)
-        self.proj = nn.Linear(4 * in_channels, dim)
-
-    def features(self, frames: Tensor) -> Tensor:
-        """frames (V, n, C, h, w) -> raw statistics (V, n, 4C)."""
-        v = frames.shape[0]
-        x = rearrange(frames, "v n c h w -> (v n) c h w").to(self.laplacian.dtype)
-        flat = rearrange(x, "N c h w -> N c (h w)")
-        mean, std = flat.mean(dim=-1), flat.std(dim=-1, unbiased=False)
-        lap = F.conv2d(x, self.laplacian, groups=self.in_channels)  # (N, C, h-2, w-2)
-        log_lap = torch.log(lap.abs().mean(dim=(-2, -1)) + self.eps)
-        high = x[..., 1:-1, 1:-1] - F.avg_pool2d(x, 3, stride=1)  # frame minus its 3x3 box blur
-        log_high = torch.log(high.std(dim=(-2, -1), unbiased=False) + self.eps)
-        stats = torch.cat([mean, std, log_lap, log_high], dim=-1)  # (N, 4C)
-        return rearrange(stats, "(v n) f -> v n f", v=v)
-
-    def forward(self, frames: Tensor) -> Tensor:
-        """frames (V, n, C, h, w) -> tokens (V, n, 1, dim)."""
-        return self.proj(self.norm(self.features(frames)))[:, :, None]
-
-
-class ConvTokenizer(nn.Module):
-    """The encoder's own conv net: stride 4 feature map, one token per position, with a 2-D
-    sinusoidal encoding of the position (y, x) normalised to [0, 1] (so frame size does not
-    change what a position means)."""
-
-    def __init__(self, *, in_channels: int = 3, channels: int = 32, dim: int, num_freqs: int = 4):
-        super().__init__()
-        self.num_freqs = num_freqs
-        self.convs = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, stride=2, padding=1),
-            nn.LeakyReLU(0.1),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
-            nn.LeakyReLU(0.1),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
-        self.norm = RunningNorm(num_features=channels)
-        self.proj = nn.Linear(channels + 4 * num_freqs, dim)
-
-    def position_encoding(self, height: int, width: int, *, device: torch.device) -> Tensor:
-        """(height * width, 4 * num_freqs): sin/cos features of y, then of x, row-major."""
-        ys = torch.linspace(0.0, 1.0, height, device=device) if height > 1 else torch.zeros(1, device=device)
-        xs = torch.linspace(0.0, 1.0, width, device=device) if width > 1 else torch.zeros(1, device=device)
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        pe = torch.cat(
-            [sinusoidal(grid_y, num_freqs=self.num_freqs), sinusoidal(grid_x, num_freqs=self.num_freqs)],
-            dim=-1,
-        )
-        return rearrange(pe, "h w f -> (h w) f")
-
-    def forward(self, frames: Tensor) -> Tensor:
-        """frames (V, n, C, h, w) -> tokens (V, n, h/4 * w/4, dim)."""
-        v, n = frames.shape[:2]
-        x = rearrange(frames, "v n c h w -> (v n) c h w").to(self.proj.weight.dtype)
-        feat = self.convs(x)  # (N, d, h/4, w/4)
-        pe = self.position_encoding(*feat.shape[-2:], device=feat.device)  # (h' w', 4F)
-        tokens = self.norm(rearrange(feat, "N d h w -> N (h w) d"))
-        tokens = torch.cat([tokens, pe.to(tokens.dtype).expand(tokens.shape[0], -1, -1)], dim=-1)
-        return rearrange(self.proj(tokens), "(v n) l d -> v n l d", v=v, n=n)
-
-
-def _output_channels(module: nn.Module) -> int | None:
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return module.out_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    return None
-
-
-class _StopForwardError(Exception):
-    """Raised by the last hook to stop the base's forward early: its remaining layers would run
-    for nothing."""
-
-
-class BaseActivationTokenizer(nn.Module):
-    """What the frozen base "sees": its activations at given layers, one token per (frame, layer).
-
-    The base runs under no_grad on every frame alone, (V*n, 1, C, h, w), so a frame's tokens do
-    not depend on its neighbours in the chunk. Forward hooks pool each listed layer's output to
-    per-channel mean and std over space *inside the hook*: the output may be overwritten in place
-    afterwards (an inplace activation right after a conv). Once every listed layer has run, the
-    forward is cut short: the upsampler at HR size is most of a VSR base's cost (the base must
-    keep no state between calls, as the base networks here do not).
-
-    The base is held in a tuple, so it is neither a submodule nor in state_dict() or parameters():
-    it belongs to whoever owns it (the stage-2 system), and `encoder.to(device)` does not move it.
-    """
-
-    def __init__(self, *, base: nn.Module, layer_names: Sequence[str], dim: int):
-        super().__init__()
-        layer_names = list(layer_names)
-        if not layer_names:
-            raise EncoderInputError(
-                "encoder layer_names (hypernet.encoder.feature_layers) is empty: source 'base' needs the names "
-                "of the base layers whose activations to read (e.g. the LoRA target layers)"
-            )
-        modules = dict(base.named_modules())
-        channels: list[int] = []
-        for name in layer_names:
-            if name not in modules:
-                valid = [n for n, m in modules.items() if n and _output_channels(m) is not None]
-                raise EncoderInputError(
-                    f"encoder layer_names (hypernet.encoder.feature_layers): {name!r} is not a layer of the base "
-                    f"({type(base).__name__}); valid Conv/Linear layers include {valid[:12]}"
-                )
-            count = _output_channels(modules[name])
-            if count is None:
-                raise EncoderInputError(
-                    f"encoder layer_names (hypernet.encoder.feature_layers): {name!r} is a {type(modules[name]).__name__}; "
-                    "choose a Conv2d or Linear layer, whose channel count is known"
-                )
-            channels.append(count)
-        base.requires_grad_(False)  # frozen: the encoder only reads it
-        self._base = (base,)  # a tuple: not registered as a submodule
-        self.layer_names = layer_names
-        self.norms = nn.ModuleList(RunningNorm(num_features=2 * c) for c in channels)
-        self.projs = nn.ModuleList(nn.Linear(2 * c, dim) for c in channels)
-        self.layer_embedding = nn.Parameter(0.02 * torch.randn(len(layer_names), dim))
-
-    @property
-    def base(self) -> nn.Module:
-        return self._base[0]
-
-    def pooled_activations(self, frames: Tensor) -> list[Tensor]:
-        """frames (V, n, C, h, w) -> per layer (V*n, 2*c_l): channel mean and std over space."""
-        num = frames.shape[0] * frames.shape[1]
-        modules = dict(self.base.named_modules())
-        pooled: dict[str, Tensor] = {}
-
-        def make_hook(name: str):
-            def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-                if name in pooled:
-                    raise EncoderInputError(
-                        f"encoder layer_names (hypernet.encoder.feature_layers): base layer {name!r} ran more than once on one "
-                        "frame; choose layers that run once per frame"
-                    )
-                if not isinstance(output, Tensor) or output.dim() < 2 or output.shape[0] != num:
-                    shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                    raise EncoderInputError(
-                        f"encoder layer_names (hypernet.encoder.feature_layers): base layer {name!r} gave output {shape} for "
-                        f"{num} frames; expected a video-major batch of {num} samples, (V*n, ...)"
-                    )
-                out = output.detach().to(torch.promote_types(output.dtype, torch.float32))
-                if isinstance(module, nn.Linear):  # (N, ..., c) -> (N, c, ...)
-                    out = out.movedim(-1, 1)
-                flat = out.reshape(num, out.shape[1], -1)  # (N, c, positions)
-                pooled[name] = torch.cat([flat.mean(dim=-1), flat.std(dim=-1, unbiased=False)], dim=-1)
-                if len(pooled) == len(self.layer_names):
-                    raise _StopForwardError  # the rest of the base (the upsampler, mostly) is not needed
-
-            return hook
-
-        handles = [modules[name].register_forward_hook(make_hook(name)) for name in self.layer_names]
-        try:
-            base_dtype = next(self.base.parameters(), frames).dtype
-            with torch.no_grad():
-                self.base(rearrange(frames, "v n c h w -> (v n) 1 c h w").to(base_dtype))
-        except _StopForwardError:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [name for name in self.layer_names if name not in pooled]
-        if missing:
-            raise EncoderInputError(
-                f"encoder layer_names (hypernet.encoder.feature_layers): base layers {missing} did not run in the base's forward"
-            )
-        return [pooled[name] for name in self.layer_names]
-
-    def forward(self, frames: Tensor) -> Tensor:
-        """frames (V, n, C, h, w) -> tokens (V, n, num_layers, dim)."""
-        v = frames.shape[0]
-        pooled = self.pooled_activations(frames)
-        tokens = torch.stack(
-            [
-                proj(norm(p.to(proj.weight.dtype)))
-                for p, norm, proj in zip(pooled, self.norms, self.projs, strict=True)
-            ],
-            dim=1,
-        )  # (V*n, num_layers, dim)
-        tokens = tokens + self.layer_embedding
-        return rearrange(tokens, "(v n) l d -> v n l d", v=v)
-
-
-class TimeEncoding(nn.Module):
-    """times (V, n) in [0, 1] -> (V, n, dim), added to every token of its frame."""
-
-    def __init__(self, *, dim: int, num_freqs: int = 8):
-        super().__init__()
-        self.num_freqs = num_freqs
-        self.proj = nn.Linear(2 * num_freqs, dim)
-
-    def forward(self, times: Tensor) -> Tensor:
-        return self.proj(sinusoidal(times, num_freqs=self.num_freqs))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,16 +10,8 @@ import torch
 
 from hypernet.metrics import video_metrics
 from hypernet.models.base import build_base
-from hypernet.systems.common import (
-    EMA,
-    EvaluationTables,
-    SRSystem,
-    bicubic_upscale,
-    charbonnier,
-    plain,
-    split_key,
-    warmup_cosine,
-)
+from hypernet.sr import bicubic_upscale, charbonnier
+from hypernet.systems.common import EMA, EvaluationTables, SRSystem, plain
 
 
 class BaseSRSystem(SRSystem):
@@ -77,19 +69,18 @@ class BaseSRSystem(SRSystem):
         bicubic = bicubic_upscale(lr, self.scale)
         ours = video_metrics(sr, hr, crop_border=self.hparams.crop_border)
         ref = video_metrics(bicubic, hr, crop_border=self.hparams.crop_border)
-        for i, video_id in enumerate(batch["video_id"]):
-            self.tables.add(
-                split,
-                {
-                    "video_id": video_id,
-                    "group": group,
-                    "psnr_y": ours["psnr_y"][i].item(),
-                    "ssim_y": ours["ssim_y"][i].item(),
-                    "psnr_rgb": ours["psnr_rgb"][i].item(),
-                    "psnr_y_bicubic": ref["psnr_y"][i].item(),
-                    "ssim_y_bicubic": ref["ssim_y"][i].item(),
-                },
-            )
+        self.add_rows(
+            split,
+            group,
+            batch["video_id"],
+            {
+                "psnr_y": ours["psnr_y"],
+                "ssim_y": ours["ssim_y"],
+                "psnr_rgb": ours["psnr_rgb"],
+                "psnr_y_bicubic": ref["psnr_y"],
+                "ssim_y_bicubic": ref["ssim_y"],
+            },
+        )
         self.log_first_images(
             split,
             batch_idx,
@@ -100,9 +91,9 @@ class BaseSRSystem(SRSystem):
 
     def log_tables(self, split: str) -> None:
         for group, rows in self.tables.finish(split).items():
-            for key in ("psnr_y", "ssim_y", "psnr_rgb", "psnr_y_bicubic", "ssim_y_bicubic"):
-                value = sum(r[key] for r in rows) / len(rows)
-                self.log(split_key(split, group, key), value, prog_bar=split == "val" and key == "psnr_y")
+            self.log_means(
+                split, group, rows, ("psnr_y", "ssim_y", "psnr_rgb", "psnr_y_bicubic", "ssim_y_bicubic")
+            )
 
     def configure_optimizers(self):
         optim = self.optim
@@ -112,10 +103,4 @@ class BaseSRSystem(SRSystem):
             weight_decay=optim["weight_decay"],
             betas=tuple(optim["betas"]),
         )
-        schedule = warmup_cosine(
-            warmup_steps=optim["warmup_steps"],
-            total_steps=int(self.trainer.estimated_stepping_batches),
-            min_ratio=optim["min_lr_ratio"],
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.with_schedule(optimizer)

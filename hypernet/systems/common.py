@@ -1,12 +1,12 @@
-"""Pieces both LightningModules share: the loss, the LR schedule, validation bookkeeping,
-EMA of weights, image logging that works with whichever logger is configured, and the check that
-a checkpoint's saved options are in the layout the systems read."""
+"""Pieces both LightningModules share: the non-finite loss policy, the LR schedule, validation
+bookkeeping, EMA of weights, image logging that works with whichever logger is configured, and
+the check that a checkpoint's saved options are in the layout the systems read."""
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hypernet.checkpointing import CheckpointError
-from hypernet.data.degrade import imresize
-from hypernet.models.lora import Adapters, LoRASpec, apply_adapters
+from hypernet.sr import side_by_side
 
 
 def plain(config: Any) -> dict[str, Any]:
@@ -62,11 +61,6 @@ def check_layout(checkpoint: Mapping[str, Any], path: str | Path, *, option: str
         )
 
 
-def charbonnier(sr: torch.Tensor, hr: torch.Tensor, *, eps: float = 1e-3) -> torch.Tensor:
-    """The robust L1 of BasicVSR / EDVR: sqrt((sr - hr)^2 + eps^2), averaged."""
-    return torch.sqrt((sr - hr) ** 2 + eps * eps).mean()
-
-
 def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float = 0.01):
     """LR multiplier: linear warm-up, then cosine decay to min_ratio at total_steps."""
 
@@ -77,35 +71,6 @@ def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-def adapted_sr(
-    base: nn.Module,
-    spec: LoRASpec,
-    adapters: Adapters | None,
-    lr: torch.Tensor,
-    *,
-    per_video_weights: bool = False,
-) -> torch.Tensor:
-    """The base's SR of lr (V, T, C, h, w), each video with its own adapters (None: the base
-    alone). per_video_weights: fold each adapter into a per-video weight, the cheaper way to
-    train through (equal to float rounding); otherwise LoRA branches by hooks, so that a zero
-    adapter leaves the base's output bit-identical."""
-    if adapters is None:
-        return base(lr)
-    with apply_adapters(base, spec, adapters, per_video_weights=per_video_weights):
-        return base(lr)
-
-
-def self_supervised_loss(
-    base: nn.Module, spec: LoRASpec, adapters: Adapters, lr: torch.Tensor
-) -> torch.Tensor:
-    """ZSSR-style loss from the LR video alone: its frames degraded once more (bicubic down by the
-    scale) and upscaled back by the adapted base should give the LR frames again."""
-    scale = base.scale
-    lower = imresize(lr, scale=1 / scale).clamp(0, 1)
-    height, width = lower.shape[-2] * scale, lower.shape[-1] * scale
-    return charbonnier(adapted_sr(base, spec, adapters, lower), lr[..., :height, :width])
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -151,11 +116,6 @@ class EMA(nn.Module):
             ema_b.copy_(b)
 
 
-def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The bicubic baseline: MATLAB-style bicubic of (B, T, C, h, w)."""
-    return imresize(lr, scale=scale).clamp(0, 1)
-
-
 def log_image_row(
     logger, *, key: str, row: torch.Tensor, caption: str, step: int, fallback_dir: Path | None
 ) -> None:
@@ -174,18 +134,6 @@ def log_image_row(
 
         fallback_dir.mkdir(parents=True, exist_ok=True)
         torchvision.utils.save_image(row, fallback_dir / f"{key.replace('/', '_')}_step{step:07d}.png")
-
-
-def side_by_side(*images: torch.Tensor, size: int = 96) -> torch.Tensor:
-    """Centre crops of equal-size images (C, H, W) joined left to right with a 2-pixel gap."""
-    crops = []
-    for image in images:
-        h, w = image.shape[-2:]
-        s = min(size, h, w)
-        top, left = (h - s) // 2, (w - s) // 2
-        crops.append(image[:, top : top + s, left : left + s])
-        crops.append(torch.ones(image.shape[0], s, 2))
-    return torch.cat(crops[:-1], dim=-1)
 
 
 def split_key(split: str, group: str, key: str) -> str:
@@ -238,8 +186,9 @@ def align_logging_step(checkpoint: dict) -> None:
 class SRSystem(L.LightningModule):
     """What both stages' LightningModules share: the loss step's bookkeeping, validation and test
     through one `evaluate(batch, batch_idx, split=, group=)` of their own, per-video tables logged
-    at each epoch's end (`log_tables`), the first validation batch's image row, and an exact
-    resume. Subclasses set `self.tables` and define `evaluate` and `log_tables`."""
+    at each epoch's end (`log_tables`, with `add_rows` and `log_means`), the first validation
+    batch's image row, the learning-rate schedule (`with_schedule`) and an exact resume.
+    Subclasses set `self.tables` and `self.optim` and define `evaluate` and `log_tables`."""
 
     # the data options the checkpoint's model was trained with (checkpointing.trained_inputs);
     # None for a system not loaded from a checkpoint, or one written before they were kept
@@ -267,6 +216,34 @@ class SRSystem(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_tables("test")
+
+    def add_rows(
+        self, split: str, group: str, video_ids: list[str], columns: dict[str, torch.Tensor]
+    ) -> None:
+        """One table row per video of the batch: its id, its group, then each column's value for
+        it (`columns`: name -> a (V,) tensor of per-video figures), in the order given."""
+        for i, video_id in enumerate(video_ids):
+            row = {"video_id": video_id, "group": group}
+            self.tables.add(split, row | {key: values[i].item() for key, values in columns.items()})
+
+    def log_means(self, split: str, group: str, rows: list[dict], keys: Sequence[str]) -> None:
+        """The mean over `rows` of each of `keys`, logged as split/[group/]key; validation's
+        psnr_y on the progress bar."""
+        for key in keys:
+            value = sum(r[key] for r in rows) / len(rows)
+            self.log(split_key(split, group, key), value, prog_bar=split == "val" and key == "psnr_y")
+
+    def with_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """What configure_optimizers returns for `optimizer`: its learning rate warmed up over
+        optim.warmup_steps, then cosine decay to optim.min_lr_ratio of it at the run's last step
+        (`warmup_cosine`), stepped every batch. Both stages schedule this way."""
+        schedule = warmup_cosine(
+            warmup_steps=self.optim["warmup_steps"],
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            min_ratio=self.optim["min_lr_ratio"],
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def log_first_images(self, split: str, batch_idx: int, *, key: str, images: list, caption: str) -> None:
         """The middle frame of the first validation video, side by side (`images`: (V, T, C, H, W)

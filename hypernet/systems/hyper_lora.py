@@ -34,19 +34,15 @@ from hypernet.models.base import build_base
 from hypernet.models.encoder import frame_times
 from hypernet.models.generator import adapter_spread
 from hypernet.models.lora import Adapters, LoRASpec
+from hypernet.sr import adapted_sr, bicubic_upscale, charbonnier, self_supervised_loss
 from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
     HYPERNET_PARTS,
     EvaluationTables,
     SRSystem,
-    adapted_sr,
-    bicubic_upscale,
-    charbonnier,
     check_layout,
     plain,
-    self_supervised_loss,
     split_key,
-    warmup_cosine,
 )
 
 MODES = ("direct", "refine")
@@ -349,21 +345,20 @@ class HyperLoRASystem(SRSystem):
         )
         if lr.shape[0] > 1:
             self._spreads.setdefault(f"{split}/{group}", []).append(adapter_spread(self.spec, adapters))
-        for i, video_id in enumerate(batch["video_id"]):
-            self.tables.add(
-                split,
-                {
-                    "video_id": video_id,
-                    "group": group,
-                    "psnr_y": ours["psnr_y"][i].item(),
-                    "psnr_y_base": base["psnr_y"][i].item(),
-                    "gain_y": (ours["psnr_y"][i] - base["psnr_y"][i]).item(),
-                    "psnr_y_shuffled": shuf["psnr_y"][i].item(),
-                    "psnr_y_bicubic": bic["psnr_y"][i].item(),
-                    "ssim_y": ours["ssim_y"][i].item(),
-                    "ssim_y_base": base["ssim_y"][i].item(),
-                },
-            )
+        self.add_rows(
+            split,
+            group,
+            batch["video_id"],
+            {
+                "psnr_y": ours["psnr_y"],
+                "psnr_y_base": base["psnr_y"],
+                "gain_y": ours["psnr_y"] - base["psnr_y"],
+                "psnr_y_shuffled": shuf["psnr_y"],
+                "psnr_y_bicubic": bic["psnr_y"],
+                "ssim_y": ours["ssim_y"],
+                "ssim_y_base": base["ssim_y"],
+            },
+        )
         self.log_first_images(
             split,
             batch_idx,
@@ -378,16 +373,8 @@ class HyperLoRASystem(SRSystem):
             del self._spreads[key]
         for group, rows in self.tables.finish(split).items():
             n = len(rows)
-            for key in (
-                "psnr_y",
-                "psnr_y_base",
-                "psnr_y_shuffled",
-                "psnr_y_bicubic",
-                "ssim_y",
-                "ssim_y_base",
-            ):
-                value = sum(r[key] for r in rows) / n
-                self.log(split_key(split, group, key), value, prog_bar=split == "val" and key == "psnr_y")
+            keys = ("psnr_y", "psnr_y_base", "psnr_y_shuffled", "psnr_y_bicubic", "ssim_y", "ssim_y_base")
+            self.log_means(split, group, rows, keys)
             for key, value in gain_summary([r["gain_y"] for r in rows]).items():
                 self.log(split_key(split, group, key), value)
             own_over_shuffled = sum(r["psnr_y"] - r["psnr_y_shuffled"] for r in rows) / n
@@ -401,10 +388,4 @@ class HyperLoRASystem(SRSystem):
         if self.refine.mode == "direct":  # the step sizes take no part
             trainable = [p for p in trainable if p is not self.refine.log_lr]
         optimizer = torch.optim.Adam(trainable, lr=self.optim["lr"], weight_decay=self.optim["weight_decay"])
-        schedule = warmup_cosine(
-            warmup_steps=self.optim["warmup_steps"],
-            total_steps=int(self.trainer.estimated_stepping_batches),
-            min_ratio=self.optim["min_lr_ratio"],
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.with_schedule(optimizer)

@@ -12,35 +12,28 @@ from torch import nn
 from hypernet.models.base.recurrent import RecurrentVSR
 from hypernet.models.base.window import WindowVSR
 
-# The architectures there are, by the short name checkpoints written before configs named their
-# class used (`model.name`); `model_config` translates those.
+# The architectures there are, by their short name (configs/model/<name>.yaml; the `model.name` of
+# checkpoints written before configs named their class, which scripts/convert_checkpoint.py reads)
 BASE_MODELS: dict[str, type[nn.Module]] = {
     "window": WindowVSR,
     "recurrent": RecurrentVSR,
 }
 
 
-def model_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A base's config in today's form, `_target_` and keyword arguments; the `name` of an
-    earlier checkpoint becomes its class path."""
-    config = dict(config)
-    name = config.pop("name", None)
-    if "_target_" not in config:
-        if name not in BASE_MODELS:
-            raise ValueError(
-                f"model config {config} names no base network: give model._target_ (e.g. "
-                f"hypernet.models.base.WindowVSR) or an earlier checkpoint's name, one of {sorted(BASE_MODELS)}"
-            )
-        cls = BASE_MODELS[name]
-        config = {"_target_": f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}", **config}
-    return config
-
-
 def build_base(config: Mapping[str, Any]) -> nn.Module:
-    """A base network from its config (configs/model/*.yaml, or the one a checkpoint holds)."""
+    """A base network from its config (configs/model/*.yaml, or the one a checkpoint holds): its
+    class, `_target_`, and keyword arguments. A config without one (an earlier checkpoint's
+    `model.name`) is refused, not translated: scripts/convert_checkpoint.py converts it once."""
+    config = dict(config)
+    if "_target_" not in config:
+        raise ValueError(
+            f"model config {config} names no base network: give model._target_ (e.g. "
+            "hypernet.models.base.WindowVSR); a checkpoint of an earlier layout (model.name) is converted "
+            "once by scripts/convert_checkpoint.py"
+        )
     from hydra.utils import instantiate
 
-    return instantiate(model_config(config))
+    return instantiate(config)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -2,12 +2,13 @@
 oracle (on a video's own HR frames), the self-supervised baseline (on its LR frames alone), a
 domain adapter (one LoRA for many videos of one kind, read from disk clip by clip), and the
 learned merge that puts the hypernetwork's per-video adapter on top of a domain adapter. The
-engine of `python -m hypernet.finetune` and of the oracle in `python -m hypernet.eval`."""
+engine of `python -m hypernet.finetune` and of the oracle in `python -m hypernet.eval`; a
+library, not a LightningModule, so it lives outside systems/."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from hypernet.data import video_io
 from hypernet.data.datasets import spread_indices
 from hypernet.data.degrade import bicubic_downsample, quantise
 from hypernet.metrics import psnr
-from hypernet.models.lora import HYPERNET_PREFIX, Adapters, LoRASpec, init_adapters, stack_adapters
-from hypernet.systems.common import adapted_sr, charbonnier, self_supervised_loss
+from hypernet.models.lora import Adapters, LoRASpec, init_adapters, merge_columns, stack_under_hypernet
+from hypernet.sr import adapted_sr, charbonnier, self_supervised_loss
 
 Clips = tuple[torch.Tensor, torch.Tensor | None]  # LR (B, T, C, h, w), HR (B, T, C, sh, sw) or None
 
@@ -230,48 +231,7 @@ def psnr_on(
 
 
 # ----------------------------------------------------------------------------------------------
-# a domain adapter under the hypernetwork's
-
-
-def merge_columns(spec: LoRASpec, *, hypernet_spec: LoRASpec) -> dict[str, torch.Tensor]:
-    """Per-column merge weights of the naive sum: one factor per output channel of every layer,
-    for the domain adapter ("<layer>") and the hypernetwork's ("hypernet:<layer>"), all 1."""
-    columns = {t.name: torch.ones(t.out_features) for t in spec.targets}
-    columns |= {f"{HYPERNET_PREFIX}{t.name}": torch.ones(t.out_features) for t in hypernet_spec.targets}
-    return columns
-
-
-def merge_weight(
-    spec: LoRASpec, strength: float, columns: Mapping[str, torch.Tensor] | None = None, *, prefix: str = ""
-) -> float | dict[str, torch.Tensor]:
-    """The weight of one adapter in a stack (`lora.stack_adapters`): its strength, times its
-    learned per-column factors ("<prefix><layer>" in `columns`) when it has them."""
-    if columns is None:
-        return strength
-    return {t.name: columns[prefix + t.name] * strength for t in spec.targets}
-
-
-def stack_under_hypernet(
-    spec: LoRASpec,
-    under: Adapters,
-    hypernet_spec: LoRASpec,
-    hypernet: Adapters,
-    *,
-    columns: Mapping[str, torch.Tensor] | None = None,
-    strength: float = 1.0,
-    hypernet_strength: float = 1.0,
-) -> tuple[LoRASpec, Adapters]:
-    """A domain adapter with the hypernetwork's on top: the naive sum of their deltas, or with
-    `columns` (from `fit_merge`) each output channel of each weighted by its learned factor."""
-    weights = [
-        merge_weight(spec, strength, columns),
-        merge_weight(hypernet_spec, hypernet_strength, columns, prefix=HYPERNET_PREFIX),
-    ]
-    return stack_adapters(
-        [(spec, under), (hypernet_spec, hypernet)],
-        weights=weights,
-        names=["the domain adapter", "the hypernet's"],
-    )
+# the learned merge of a domain adapter with the hypernetwork's
 
 
 def fit_merge(

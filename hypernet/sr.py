@@ -1,0 +1,64 @@
+"""The super-resolution every stage computes and compares: the base's SR with per-video adapters
+(`adapted_sr`), the losses that train it (Charbonnier against HR; self-supervised from the LR
+video alone), the bicubic baseline, and crops of outputs side by side for a person to look at.
+Used by both LightningModules (systems/), per-video fitting (adaptation.py), eval and the
+scripts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hypernet.data.degrade import imresize
+from hypernet.models.lora import Adapters, LoRASpec, apply_adapters
+
+
+def charbonnier(sr: torch.Tensor, hr: torch.Tensor, *, eps: float = 1e-3) -> torch.Tensor:
+    """The robust L1 of BasicVSR / EDVR: sqrt((sr - hr)^2 + eps^2), averaged."""
+    return torch.sqrt((sr - hr) ** 2 + eps * eps).mean()
+
+
+def adapted_sr(
+    base: nn.Module,
+    spec: LoRASpec,
+    adapters: Adapters | None,
+    lr: torch.Tensor,
+    *,
+    per_video_weights: bool = False,
+) -> torch.Tensor:
+    """The base's SR of lr (V, T, C, h, w), each video with its own adapters (None: the base
+    alone). per_video_weights: fold each adapter into a per-video weight, the cheaper way to
+    train through (equal to float rounding); otherwise LoRA branches by hooks, so that a zero
+    adapter leaves the base's output bit-identical."""
+    if adapters is None:
+        return base(lr)
+    with apply_adapters(base, spec, adapters, per_video_weights=per_video_weights):
+        return base(lr)
+
+
+def self_supervised_loss(
+    base: nn.Module, spec: LoRASpec, adapters: Adapters, lr: torch.Tensor
+) -> torch.Tensor:
+    """ZSSR-style loss from the LR video alone: its frames degraded once more (bicubic down by the
+    scale) and upscaled back by the adapted base should give the LR frames again."""
+    scale = base.scale
+    lower = imresize(lr, scale=1 / scale).clamp(0, 1)
+    height, width = lower.shape[-2] * scale, lower.shape[-1] * scale
+    return charbonnier(adapted_sr(base, spec, adapters, lower), lr[..., :height, :width])
+
+
+def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The bicubic baseline: MATLAB-style bicubic of (B, T, C, h, w)."""
+    return imresize(lr, scale=scale).clamp(0, 1)
+
+
+def side_by_side(*images: torch.Tensor, size: int = 96) -> torch.Tensor:
+    """Centre crops of equal-size images (C, H, W) joined left to right with a 2-pixel gap."""
+    crops = []
+    for image in images:
+        h, w = image.shape[-2:]
+        s = min(size, h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        crops.append(image[:, top : top + s, left : left + s])
+        crops.append(torch.ones(image.shape[0], s, 2))
+    return torch.cat(crops[:-1], dim=-1)
