@@ -146,19 +146,18 @@ def print_encoder_table(
 
 def stage_step_times(
     *,
+    experiment: str,
+    label: str,
     batch: int = 8,
     frames: int = 5,
     patch: int = 16,
-    context: int = 8,
     size: int = 24,
     mode: str = "direct",
     repeats: int = 5,
-    hypernet: dict | None = None,
-    label: str = "direct",
 ) -> dict[str, float]:
     """Seconds per training step (forward, backward, optimiser) of stage 1 (the base) and of stage 2
     (encoder + generator + the frozen base with per-video adapters, gradient into the hypernet only)
-    at the same batch: hyper_quickstart's shapes by default."""
+    at the same batch; stage 2 as `experiment` builds it (its hypernet, its context frames)."""
     import lightning as L
     from hydra.utils import instantiate
 
@@ -168,8 +167,6 @@ def stage_step_times(
     stage1 = instantiate(compose_config("train", ["model.upsampler=direct"]).stage)
     lr = torch.rand(batch, frames, 3, patch, patch)
     hr = torch.rand(batch, frames, 3, 4 * patch, 4 * patch)
-    ctx = torch.rand(batch, context, 3, size, size)
-    times = torch.linspace(0, 1, context).expand(batch, -1)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "base.ckpt"
         torch.save(
@@ -180,19 +177,19 @@ def stage_step_times(
             },
             ckpt,
         )
-        options = [f"hypernet.{k}={v}" for k, v in (hypernet or {}).items()]
         cfg = compose_config(
             "train",
             [
-                "stage=hyper",
-                "optim=hyper",
+                f"experiment={experiment}",
                 "model.upsampler=direct",
                 f"base_ckpt={ckpt}",
                 f"hypernet.refine.mode={mode}",
-                *options,
             ],
         )
         stage2 = instantiate(cfg.stage).train()
+    context = cfg.data.context_frames
+    ctx = torch.rand(batch, context, 3, size, size)
+    times = torch.linspace(0, 1, context).expand(batch, -1)
     opt1 = torch.optim.AdamW(stage1.model.parameters())
     opt2 = torch.optim.Adam([p for p in stage2.parameters() if p.requires_grad])
 
@@ -215,24 +212,25 @@ def stage_step_times(
     return {"stage1_step_s": s1, f"stage2_{label}_step_s": s2, f"stage2_{label}_over_stage1": s2 / s1}
 
 
-CONTENT_FEATURE_LAYERS = ("conv_first", "body.0.*")  # configs/experiment/hyper_content.yaml
-
-
 def data_draw_times(*, batch: int, repeats: int = 3) -> dict[str, float]:
     """Seconds to draw one training batch of fresh videos (scene, frames, degradation) per source,
-    at hyper_content's sample shapes; median over `repeats` batches of new videos."""
+    at hyper_content's sample shapes (its config's); median over `repeats` batches of new videos."""
     from hypernet.data.camera import builtin_images
     from hypernet.data.datasets import DegradationConfig, FreshVideoDataset, SampleConfig
 
+    data = compose_config("train", ["experiment=hyper_content"]).data
+    sample = SampleConfig(
+        clip_len=data.clip_len, context_frames=data.context_frames, patch_size=data.patch_size // data.scale
+    )
     times = {}
     for source in ("procedural", "stills"):
         dataset = FreshVideoDataset(
             sources={source: 1.0},
             image_paths=builtin_images("train"),
             num_samples=batch * (repeats + 1),
-            num_frames=30,
-            hr_size=96,
-            sample=SampleConfig(clip_len=5, context_frames=4, patch_size=16),
+            num_frames=data.num_frames,
+            hr_size=data.hr_size,
+            sample=sample,
             degradation=DegradationConfig(),
             seed=0,
         )
@@ -281,12 +279,10 @@ def main() -> None:
     results.update(chunk=args.chunk, size=args.size)
     print_encoder_table(results, small, large, chunk=args.chunk, size=args.size, source=args.source)
     torch.set_num_threads(args.threads)
-    steps = stage_step_times(label="quickstart")  # hyper_quickstart: 8 context frames, every layer read
-    steps.update(
-        stage_step_times(
-            context=4, hypernet={"encoder.feature_layers": list(CONTENT_FEATURE_LAYERS)}, label="content"
-        )
-    )
+    steps = stage_step_times(
+        experiment="hyper_quickstart", label="quickstart"
+    )  # 8 context frames, every layer
+    steps.update(stage_step_times(experiment="hyper_content", label="content"))  # 4 frames, first layers
     steps["stage2_over_stage1"] = steps["stage2_content_over_stage1"]
     results.update(steps)
     print(
