@@ -10,6 +10,7 @@ them with
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -141,6 +142,13 @@ sp.main(sys.argv[1:])
 """
 
 
+def default_signals() -> None:
+    """preexec_fn of a child process that is sent Ctrl-C: SIGINT back to its default. A shell starts
+    background jobs (`make test &`, nohup) with SIGINT ignored, children inherit that, and Python
+    then leaves it ignored, so the test would wait on a process that cannot be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def signal_mid_encode(argv: list[str], out_dir: Path, signum: int) -> tuple[int, str]:
     """Run `specialise argv` in a real process whose upscale never ends, send it `signum` once its
     encode has begun (a temporary in out_dir), and return its exit code and stderr: how a signal
@@ -150,6 +158,7 @@ def signal_mid_encode(argv: list[str], out_dir: Path, signum: int) -> tuple[int,
         [sys.executable, "-c", ENDLESS_UPSCALE, *argv],
         cwd=REPO,
         env=env,
+        preexec_fn=default_signals,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -22,7 +22,7 @@ from hypernet import eval as evaluation
 from hypernet import train
 from hypernet.config import compose_config
 from hypernet.runs import check_run_folder, read_run
-from tests.helpers import TINY_BASE, compose_train
+from tests.helpers import TINY_BASE, compose_train, default_signals
 
 REPO = Path(__file__).resolve().parent.parent
 # on the command line as in tests/test_scale_out.py
@@ -35,6 +35,7 @@ def command(module: str, args: list[str], cwd: Path) -> subprocess.Popen:
         [sys.executable, "-m", f"hypernet.{module}", *args],
         cwd=cwd,
         env=env,
+        preexec_fn=default_signals,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
