@@ -200,8 +200,9 @@ def stage_step_times(
     context = cfg.data.context_frames
     ctx = torch.rand(batch, context, 3, size, size)
     times = torch.linspace(0, 1, context).expand(batch, -1)
+    # each stage's optimiser as its system's configure_optimizers makes it
     opt1 = torch.optim.AdamW(stage1.model.parameters())
-    opt2 = torch.optim.Adam([p for p in stage2.parameters() if p.requires_grad])
+    opt2 = torch.optim.Adam([p for p in stage2.parameters() if p.requires_grad], fused=True)
 
     def step1():
         opt1.zero_grad(set_to_none=True)
