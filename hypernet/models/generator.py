@@ -65,8 +65,8 @@ class LoRAGenerator(nn.Module):
             latents = self.static_latents.expand(latents.shape[0], -1, -1)
         hidden = self.norm(self.query(latents))  # (V, L, dim)
         made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        # one call of each head for all the layers it serves (3 head pairs for the 11 convolutions
-        # of the window base) rather than one per layer: the same numbers, a third of the calls
+        # one call of each head for all the layers it serves rather than one per layer (3 calls of
+        # each head instead of 11 for hyper_content's window base): the same numbers to float rounding
         for group, layers in enumerate(self.layers_of):
             a_shape, b_shape = self.spec.targets[layers[0]].a_shape, self.spec.targets[layers[0]].b_shape
             served = hidden.transpose(0, 1)[layers]  # (layers, V, dim): each layer's adapters contiguous

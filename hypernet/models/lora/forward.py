@@ -77,8 +77,8 @@ def _lora_hook(target: LoRATarget, a: Tensor, b: Tensor):
 
 def _per_video_weight(weight: Tensor, target: LoRATarget, a: Tensor, b: Tensor) -> Tensor:
     """W + scaling * B_v @ A_v for every video v, (V, *W.shape), as ONE fused batched matmul-add
-    (baddbmm) over the weight seen as (out, in*kh*kw): the numbers of W + `delta_weight` (to the bit
-    at scaling 1) at under half its cost, forward and backward, for every layer of every step."""
+    (baddbmm) over the weight seen as (out, in*kh*kw): the numbers of W + `delta_weight` to float
+    rounding at under half its cost, forward and backward, for every layer of every step."""
     num_videos, rank = a.shape[:2]
     folded = torch.baddbmm(
         weight.reshape(weight.shape[0], -1), b, a.reshape(num_videos, rank, -1), alpha=target.scaling
