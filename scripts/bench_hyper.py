@@ -11,11 +11,12 @@ scripts/harness.py) is that of one encoding alone. Figures, measured in the same
 - ``encoder_mem_2000_over_200``: peak memory for 2000 frames over that for 200 (target <= 1.2);
 - ``stage2_over_stage1``: a stage-2 training step (hyper_content: 4 context frames, base activations
   of the first layers, adapters folded into per-video weights) over a stage-1 step, same batch
-  (target <= 1.5); ``stage2_quickstart_over_stage1`` the same for hyper_quickstart's settings;
+  (target <= 1.5), the median over rounds in which the two steps alternate (`stage_step_times`);
+  ``stage2_quickstart_over_stage1`` the same for hyper_quickstart's settings;
 - ``procedural_over_step``: drawing a batch of 8 fresh procedural videos over one stage-2 step
   (``stills_over_step`` for the photographs), and ``procedural_videos_per_s``.
 
-    .venv/bin/python scripts/bench_hyper.py [--frames-small 200] [--frames-large 2000] [--json out.json]
+    .venv/bin/python scripts/bench_hyper.py [--frames-small 200] [--frames-large 2000] [--step-repeats 15] [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import bench_parser, median_seconds, run_measured, write_figures
+from harness import bench_parser, interleaved_seconds, median_ratio, run_measured, write_figures
 from torch import nn
 
 from hypernet.config import compose_config
@@ -153,16 +154,25 @@ def stage_step_times(
     patch: int = 16,
     size: int = 24,
     mode: str = "direct",
-    repeats: int = 5,
+    repeats: int = 15,
+    warmup: int = 3,
+    threads: int = 1,
 ) -> dict[str, float]:
     """Seconds per training step (forward, backward, optimiser) of stage 1 (the base) and of stage 2
     (encoder + generator + the frozen base with per-video adapters, gradient into the hypernet only)
-    at the same batch; stage 2 as `experiment` builds it (its hypernet, its context frames)."""
+    at the same batch; stage 2 as `experiment` builds it (its hypernet, its context frames).
+
+    The two steps alternate, `repeats` rounds after `warmup` untimed ones, on `threads` torch
+    threads (`harness.interleaved_seconds`): each step's seconds are its median, and the ratio is
+    the median over rounds of stage 2's time over stage 1's in the same round, so a change in the
+    machine's load hits both alike (back to back runs of the ratio of two separate timings
+    differed by up to 25%; this one's stay within a few percent)."""
     import lightning as L
     from hydra.utils import instantiate
 
     from hypernet.sr import charbonnier
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     stage1 = instantiate(compose_config("train", ["model.upsampler=direct"]).stage)
     lr = torch.rand(batch, frames, 3, patch, patch)
@@ -190,8 +200,9 @@ def stage_step_times(
     context = cfg.data.context_frames
     ctx = torch.rand(batch, context, 3, size, size)
     times = torch.linspace(0, 1, context).expand(batch, -1)
+    # each stage's optimiser as its system's configure_optimizers makes it
     opt1 = torch.optim.AdamW(stage1.model.parameters())
-    opt2 = torch.optim.Adam([p for p in stage2.parameters() if p.requires_grad])
+    opt2 = torch.optim.Adam([p for p in stage2.parameters() if p.requires_grad], fused=True)
 
     def step1():
         opt1.zero_grad(set_to_none=True)
@@ -203,13 +214,12 @@ def stage_step_times(
         charbonnier(stage2.sr(lr, stage2.adapters_for(ctx, times)), hr).backward()
         opt2.step()
 
-    # alternate so that load on a shared machine hits both alike
-    t1, t2 = [], []
-    for _ in range(2):
-        t1.append(median_seconds(step1, repeats=repeats))
-        t2.append(median_seconds(step2, repeats=repeats))
-    s1, s2 = min(t1), min(t2)
-    return {"stage1_step_s": s1, f"stage2_{label}_step_s": s2, f"stage2_{label}_over_stage1": s2 / s1}
+    seconds = interleaved_seconds({"stage1": step1, "stage2": step2}, warmup=warmup, repeats=repeats)
+    return {
+        "stage1_step_s": statistics.median(seconds["stage1"]),
+        f"stage2_{label}_step_s": statistics.median(seconds["stage2"]),
+        f"stage2_{label}_over_stage1": median_ratio(seconds["stage2"], seconds["stage1"]),
+    }
 
 
 def data_draw_times(*, batch: int, repeats: int = 3) -> dict[str, float]:
@@ -257,6 +267,13 @@ def main() -> None:
         help="torch threads (default 1: on a shared 2-core machine a 2-thread pool waits out other "
         "jobs' scheduler slices at every op, which made timings 10x slower and erratic)",
     )
+    parser.add_argument(
+        "--step-repeats",
+        type=int,
+        default=15,
+        help="timed rounds of the stage-1 / stage-2 step comparison, the two steps alternating; "
+        "figures are medians",
+    )
     parser.add_argument("--child-encoder", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_encoder is not None:
@@ -278,19 +295,20 @@ def main() -> None:
     )
     results.update(chunk=args.chunk, size=args.size)
     print_encoder_table(results, small, large, chunk=args.chunk, size=args.size, source=args.source)
-    torch.set_num_threads(args.threads)
-    steps = stage_step_times(
-        experiment="hyper_quickstart", label="quickstart"
-    )  # 8 context frames, every layer
-    steps.update(stage_step_times(experiment="hyper_content", label="content"))  # 4 frames, first layers
+    timing = {"repeats": args.step_repeats, "threads": args.threads}
+    # hyper_quickstart: 8 context frames, every layer read; hyper_content: 4 frames, first layers
+    steps = stage_step_times(experiment="hyper_quickstart", label="quickstart", **timing)
+    steps.update(stage_step_times(experiment="hyper_content", label="content", **timing))
     steps["stage2_over_stage1"] = steps["stage2_content_over_stage1"]
+    steps["stage_step_repeats"] = args.step_repeats
     results.update(steps)
     print(
         f"training step, 8 clips x 5 frames of 16x16 LR: stage 1 {steps['stage1_step_s'] * 1e3:.0f} ms; stage 2 as "
         f"hyper_quickstart (8 context frames, all 11 layers read) {steps['stage2_quickstart_step_s'] * 1e3:.0f} ms "
         f"= {steps['stage2_quickstart_over_stage1']:.2f}x; as hyper_content (4 context frames, first layers, "
         f"per-video weights) {steps['stage2_content_step_s'] * 1e3:.0f} ms = {steps['stage2_over_stage1']:.2f}x "
-        "(target <= 1.5)"
+        f"(target <= 1.5); {args.threads} thread(s), medians over {args.step_repeats} rounds, the two steps "
+        "alternating"
     )
     draws = data_draw_times(batch=8)
     for source, seconds in draws.items():

@@ -20,6 +20,7 @@ scripts/ on its path.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import runpy
 import statistics
@@ -73,6 +74,40 @@ def median_seconds(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def interleaved_seconds(
+    fns: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 15
+) -> dict[str, list[float]]:
+    """Wall seconds of each call of each of `fns`, called in turn (a, b, a, b, ...) `repeats`
+    times after `warmup` untimed rounds, with Python's garbage collector off while timing:
+    {name: [seconds of round 1, round 2, ...]}.
+
+    To compare two steps on a machine others share: run one batch after the other, and a burst
+    of load lands on one of them and moves their ratio; interleaved, round i of each ran moments
+    apart, so the median over rounds of their ratio (`median_ratio`) sees load hit both alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+    finally:
+        if collecting:
+            gc.enable()
+    return samples
+
+
+def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """The median over rounds of numerator[i] / denominator[i] (`interleaved_seconds`' rounds)."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
 
 
 def synthetic_frames(num_frames: int, size: int, *, chunk: int = 32) -> Iterator[np.ndarray]:

@@ -118,11 +118,17 @@ def adapters_of(path: Path, frames: torch.Tensor) -> dict:
 
 
 def assert_same_adapters(ours: dict, theirs: dict) -> None:
+    """The same adapters to float rounding (1e-6 absolute, 1e-5 relative; 1.3e-7 seen): since the
+    stage-2 step was made cheaper, the encoder's statistics are taken in two passes rather than by
+    torch.std and the generator calls each head once for all its layers, so the last bits differ
+    from those of code that predates it. A weight a conversion lost or misplaced changes them
+    wholesale."""
     assert ours.keys() == theirs.keys()
     for name in ours:
-        assert torch.equal(ours[name][0], theirs[name][0]) and torch.equal(ours[name][1], theirs[name][1]), (
-            name
-        )
+        for got, expected in zip(ours[name], theirs[name], strict=True):
+            torch.testing.assert_close(
+                got, expected, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------

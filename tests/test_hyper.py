@@ -2,13 +2,16 @@
 second-order gradient, a frozen base, and the bad inputs."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from hypernet.config import compose_config
-from hypernet.models.lora import apply_adapters
+from hypernet.models.base import WindowVSR
+from hypernet.models.generator import LoRAGenerator
+from hypernet.models.lora import apply_adapters, find_targets
 from hypernet.systems.hyper_lora import HyperLoRASystem
 from hypernet.train import run
 from tests.helpers import TINY_BASE, TINY_HYPER, compose_train, tiny_batch
@@ -212,3 +215,75 @@ def test_stage2_on_the_recurrent_base_works_with_the_default_rank(tmp_path):
     system = HyperLoRASystem.load_from_checkpoint(out / "hyper" / "checkpoints" / "last.ckpt", base_ckpt=None)
     ranks = {t.rank for t in system.spec.targets}
     assert max(ranks) == 4 and min(ranks) < 4
+
+
+def test_generator_gives_each_layer_the_adapters_its_heads_give_it_alone():
+    """The generator calls each pair of heads once for all the layers of its shape (the stage-2
+    step's cost): every layer's A and B, and the gradients they send back, are those of that
+    layer's heads applied to its own query alone, to float rounding (1e-6)."""
+    torch.manual_seed(0)
+    spec = find_targets(WindowVSR(channels=8, num_blocks=2, upsampler="direct"), rank=2)
+    generator = LoRAGenerator(spec=spec, dim=16, num_heads=2)
+    assert len(generator.heads_a) < len(spec.targets)  # layers do share heads here
+    with torch.no_grad():
+        generator.gates.copy_(torch.linspace(0.5, 1.5, len(spec.targets)))
+    latents = torch.randn(3, 4, 16, requires_grad=True)
+    weights = {t.name: (torch.randn(3, *t.a_shape), torch.randn(3, *t.b_shape)) for t in spec.targets}
+
+    def weighted_sum(adapters) -> torch.Tensor:
+        return sum((a * weights[n][0]).sum() + (b * weights[n][1]).sum() for n, (a, b) in adapters.items())
+
+    def one_layer_at_a_time() -> dict:
+        hidden = generator.norm(generator.query(latents))
+        adapters = {}
+        for i, t in enumerate(spec.targets):
+            group = generator.shape_of[t.name]
+            a = generator.heads_a[group](hidden[:, i]).view(-1, *t.a_shape) / math.sqrt(
+                math.prod(t.a_shape[1:])
+            )
+            b = generator.heads_b[group](hidden[:, i]).view(-1, *t.b_shape) * generator.gates[i]
+            adapters[t.name] = (a, b)
+        return adapters
+
+    results = []
+    for make in (generator, one_layer_at_a_time):
+        adapters = make(latents) if make is generator else make()
+        inputs = [latents, *generator.parameters()]
+        results.append((adapters, torch.autograd.grad(weighted_sum(adapters), inputs, allow_unused=True)))
+    (made, made_grads), (alone, alone_grads) = results
+    assert tuple(made) == tuple(spec.names)  # in the layers' order, as before
+    for name in spec.names:
+        for got, expected in zip(made[name], alone[name], strict=True):
+            assert got.shape == expected.shape and got.is_contiguous()
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    for got, expected in zip(made_grads, alone_grads, strict=True):
+        if expected is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_stage2_optimizer_steps_the_hypernet_as_the_per_tensor_adam_does(base_ckpt, monkeypatch):
+    """configure_optimizers' Adam is the fused one (a quarter of the per-tensor loop's time on
+    CPU): it trains the hypernetwork's parameters alone, the base's never, with the configured
+    learning rate and weight decay, and takes the steps the loop takes, to float rounding."""
+    system = tiny_system(base_ckpt).train()
+    monkeypatch.setattr(system, "with_schedule", lambda optimizer: optimizer)
+    fused = system.configure_optimizers()
+    params = [p for group in fused.param_groups for p in group["params"]]
+    trained = {id(p) for p in params}
+    assert params and not trained & {id(p) for p in system.base.parameters()}
+    assert id(system.refine.log_lr) not in trained  # direct mode: the step sizes take no part
+    copies = [p.detach().clone().requires_grad_(True) for p in params]
+    loop = torch.optim.Adam(
+        copies, lr=system.optim["lr"], weight_decay=system.optim["weight_decay"], foreach=False
+    )
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for param, copy in zip(params, copies, strict=True):
+            param.grad = torch.randn(param.shape, generator=generator)
+            copy.grad = param.grad.clone()
+        fused.step()
+        loop.step()
+    for param, copy in zip(params, copies, strict=True):
+        torch.testing.assert_close(param.detach(), copy.detach(), rtol=1e-6, atol=1e-7)

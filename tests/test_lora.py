@@ -572,8 +572,12 @@ def test_export_peft_refuses_what_peft_cannot_represent(tmp_path):
 # The project's own bases
 
 
+@pytest.mark.parametrize("per_video_weights", [False, True])
 @pytest.mark.parametrize("name", ["window", "recurrent"])
-def test_project_bases_batched_equal_separate(name):
+def test_project_bases_batched_equal_separate(name, per_video_weights):
+    """Each video of a batch, by LoRA branches or by per-video weights (the training path, which
+    folds W + scaling * B @ A in one batched matmul-add), equals that video alone on the base
+    with its adapter folded into the weights independently (`reference_merged`)."""
     base_module = pytest.importorskip("hypernet.models.base")
     model = base_module.BASE_MODELS[name]().requires_grad_(False)
     spec = find_targets(model, rank=1)
@@ -581,7 +585,7 @@ def test_project_bases_batched_equal_separate(name):
     for _, b in adapters.values():
         b.mul_(0.1)
     x = torch.rand(2, 3, 3, 8, 8)
-    with apply_adapters(model, spec, adapters):
+    with apply_adapters(model, spec, adapters, per_video_weights=per_video_weights):
         batched = model(x)
     for v in range(2):
         torch.testing.assert_close(

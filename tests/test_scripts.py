@@ -5,10 +5,12 @@ shows here rather than months later in a rerun."""
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 sys.path.insert(0, str(ROOT / "scripts"))  # as when a benchmark runs: its shared module is `harness`
 
-from harness import run_measured  # noqa: E402
+from harness import interleaved_seconds, median_ratio, run_measured  # noqa: E402
 
 from hypernet.runs import peak_rss_mib  # noqa: E402
 
@@ -94,3 +96,24 @@ def test_harness_reports_the_childs_own_peak_memory_not_the_parents(tmp_path):
     assert 190 < large.peak_mib - small.peak_mib < 230
     with pytest.raises(SystemExit, match="error: a failing child failed"):
         run_measured([str(script), "not-a-number"], what="a failing child")
+
+
+def test_interleaved_timing_alternates_the_steps_and_compares_them_round_by_round():
+    """The stage-1 / stage-2 comparison of bench_hyper: warm-up rounds untimed, then the steps
+    alternate, one sample each per round, the garbage collector back on afterwards; and a burst
+    of load that slows one round of both steps does not move their ratio."""
+    calls = []
+
+    def step(name: str, seconds: float):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    samples = interleaved_seconds({"a": step("a", 0.001), "b": step("b", 0.004)}, warmup=2, repeats=3)
+    assert calls == ["a", "b"] * 5
+    assert len(samples["a"]) == len(samples["b"]) == 3 and gc.isenabled()
+    assert all(b > a for a, b in zip(samples["a"], samples["b"], strict=True))
+    assert median_ratio([2.0, 20.0, 2.2], [1.0, 10.0, 1.0]) == 2.0  # round 2 ran 10x slower for both
+    assert median_ratio([2.0, 20.0, 2.2], [1.0, 1.0, 1.0]) == 2.2  # the burst hit one step alone
