@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import socket
 import subprocess
 import sys
@@ -30,29 +29,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from hypernet.cli_checks import SIGTERM_EXIT, signals_end_in_one_line, warnings_as_lines
 from hypernet.files import atomic_write_bytes, atomic_write_text, default_file_mode  # noqa: F401 (re-exported)
 
 # The stage-2 checkpoint `make quickstart` writes (chosen on the validation scenes), relative to the
 # repository root where the README's commands run: what specialise and finetune use by default.
 DEFAULT_CHECKPOINT = Path("outputs/quickstart/hyper/checkpoints/best.ckpt")
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process, MiB.
-
-    On Linux ``ru_maxrss`` is not clean in a subprocess: exec keeps the high-water mark of the
-    parent's address space at fork time, so every child would report at least the parent's size.
-    ``VmHWM`` belongs to the new address space alone.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 # What a run's code is: the tree without results and run outputs. A diff of the whole tree would
@@ -234,6 +215,8 @@ def _process_start_and_state(pid: int) -> tuple[float, str] | None:
 def how_it_ended(error: BaseException | None) -> tuple[str, dict[str, str] | None]:
     """An attempt's status and error record: finished; terminated (SIGTERM or Ctrl-C: stopped from
     outside, resume it); or failed, with the error's type and message."""
+    from hypernet.cli_checks import SIGTERM_EXIT  # imported here: this module stays free of torch
+
     if error is None:
         return "finished", None
     # SIGTERM: SystemExit(143) from cli_checks.sigterm_unwinds, or Lightning's own SIGTERMException
@@ -444,6 +427,8 @@ def run_command(hydra_main: Callable[[], Any]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    from hypernet.cli_checks import signals_end_in_one_line, warnings_as_lines
+
     try:
         with signals_end_in_one_line(), warnings_as_lines():
             try:

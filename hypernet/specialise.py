@@ -85,6 +85,7 @@ from hypernet.data.video_io import (
     to_tensor,
     write_mp4,
 )
+from hypernet.memory import peak_rss_mib
 from hypernet.models.lora import (
     Adapters,
     LoRASpec,
@@ -92,7 +93,7 @@ from hypernet.models.lora import (
     merge_adapters,
     save_adapters,
 )
-from hypernet.runs import DEFAULT_CHECKPOINT, peak_rss_mib
+from hypernet.runs import DEFAULT_CHECKPOINT
 from hypernet.upscale import upscale_frames
 
 MODES = ("hypernet", "adapter", "adapter+hypernet", "base-only")

@@ -33,9 +33,9 @@ from harness import bench_parser, interleaved_seconds, median_ratio, run_measure
 from torch import nn
 
 from hypernet.config import compose_config
+from hypernet.memory import peak_rss_mib
 from hypernet.models.base import WindowVSR
 from hypernet.models.encoder import VideoEncoder, frame_times
-from hypernet.runs import peak_rss_mib
 
 SCRIPTS = Path(__file__).resolve().parent
 

@@ -22,7 +22,7 @@ import numpy as np
 from harness import bench_parser, run_measured, write_figures
 
 from hypernet.data.video_io import iter_chunks, probe, read_video, write_mp4
-from hypernet.runs import peak_rss_mib
+from hypernet.memory import peak_rss_mib
 
 
 def synthetic_frames(num_frames: int, size: int) -> Iterator[np.ndarray]:

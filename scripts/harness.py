@@ -5,7 +5,7 @@ the `--json` figures.
 Peak memory is read inside the measured process, never from the parent: on Linux ``ru_maxrss``
 (``wait4``, ``getrusage(RUSAGE_CHILDREN)``) starts from the parent's high-water mark at fork, so
 a small child of a large parent would report the parent's size. ``run_measured`` runs the command
-under this file, which reads the child's own ``VmHWM`` (`hypernet.runs.peak_rss_mib`) as it
+under this file, which reads the child's own ``VmHWM`` (`hypernet.memory.peak_rss_mib`) as it
 exits:
 
     python scripts/harness.py PEAK_JSON SCRIPT.py ARGS...      (or  -m MODULE ARGS...)
@@ -169,7 +169,8 @@ def main(argv: list[str]) -> None:
             sys.argv = [target, *args]
             runpy.run_path(target, run_name="__main__")
     finally:
-        from hypernet.runs import atomic_write_text, peak_rss_mib
+        from hypernet.files import atomic_write_text
+        from hypernet.memory import peak_rss_mib
 
         atomic_write_text(Path(peak_file), json.dumps({"peak_mib": peak_rss_mib()}))
 

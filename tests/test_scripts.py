@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # as when a benchmark runs: its share
 
 from harness import interleaved_seconds, median_ratio, run_measured  # noqa: E402
 
-from hypernet.runs import peak_rss_mib  # noqa: E402
+from hypernet.memory import peak_rss_mib  # noqa: E402
 
 
 def run_script(*args: str, cwd: Path = ROOT) -> str:
