@@ -149,20 +149,27 @@ def default_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def signal_mid_encode(argv: list[str], out_dir: Path, signum: int) -> tuple[int, str]:
-    """Run `specialise argv` in a real process whose upscale never ends, send it `signum` once its
-    encode has begun (a temporary in out_dir), and return its exit code and stderr: how a signal
-    ends a command is process behaviour, not something a call in this process can show."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", ENDLESS_UPSCALE, *argv],
-        cwd=REPO,
+def start_python(args: list[str], *, cwd: Path) -> subprocess.Popen:
+    """`python ARGS` as a process of its own, for tests of process behaviour (signals, exit codes,
+    what is left on disk): this checkout's code, one thread, wandb off, SIGINT at its default,
+    stdout and stderr captured as text."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=cwd,
         env=env,
         preexec_fn=default_signals,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def signal_mid_encode(argv: list[str], out_dir: Path, signum: int) -> tuple[int, str]:
+    """Run `specialise argv` in a real process whose upscale never ends, send it `signum` once its
+    encode has begun (a temporary in out_dir), and return its exit code and stderr: how a signal
+    ends a command is process behaviour, not something a call in this process can show."""
+    process = start_python(["-c", ENDLESS_UPSCALE, *argv], cwd=REPO)
     try:
         deadline = time.monotonic() + 120
         while not (out_dir.is_dir() and list(out_dir.glob(".*.tmp*"))):  # the encode has begun

@@ -22,7 +22,7 @@ from hypernet import eval as evaluation
 from hypernet import train
 from hypernet.config import compose_config
 from hypernet.runs import check_run_folder, read_run
-from tests.helpers import TINY_BASE, compose_train, default_signals
+from tests.helpers import TINY_BASE, compose_train, start_python
 
 REPO = Path(__file__).resolve().parent.parent
 # on the command line as in tests/test_scale_out.py
@@ -30,16 +30,7 @@ CLI_TINY = [o for o in TINY_BASE if not o.startswith("~callbacks.lr_monitor")]
 
 
 def command(module: str, args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", f"hypernet.{module}", *args],
-        cwd=cwd,
-        env=env,
-        preexec_fn=default_signals,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_python(["-m", f"hypernet.{module}", *args], cwd=cwd)
 
 
 def refused(module: str, args: list[str], cwd: Path, *names: str) -> str:
