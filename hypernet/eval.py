@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from hypernet.adaptation import finetune_adapters
-from hypernet.checkpointing import NOT_RECORDED, trained_input
+from hypernet.checkpointing import trained_input
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
 from hypernet.runs import (
@@ -260,7 +260,8 @@ def fed_as_trained(cfg: DictConfig, system) -> DictConfig:
 
     from omegaconf import OmegaConf
 
-    trained = system.trained_data or {}
+    from hypernet.systems.hyper_lora import trained_context_frames
+
     cfg = copy.deepcopy(cfg)
     OmegaConf.set_struct(cfg, False)
     if cfg.data.get("scale") is not None and cfg.data.scale != system.scale:
@@ -269,12 +270,8 @@ def fed_as_trained(cfg: DictConfig, system) -> DictConfig:
             "leave data.scale unset (the checkpoint's) or evaluate a model of that scale"
         )
     cfg.data.scale = system.scale
-    cfg.data.context_frames = trained_input(
-        "data.context_frames",
-        cfg.data.get("context_frames"),
-        trained.get("context_frames", NOT_RECORDED),
-        checkpoint=cfg.checkpoint,
-        fallback=8,
+    cfg.data.context_frames = trained_context_frames(
+        system, cfg.data.get("context_frames"), option="data.context_frames", checkpoint=cfg.checkpoint
     )
     tile = trained_input(
         "context_tile",
