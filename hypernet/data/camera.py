@@ -180,29 +180,35 @@ def render_view(
     return frame[0]
 
 
-def render_sprite(
-    sprite: SpriteLayer, camera: tuple[float, float, float, float], t: float, *, frame_size: int
-) -> torch.Tensor:
-    """A moving layer as seen by the camera at scene time t: premultiplied RGBA (4, F, F).
+def sprite_theta(
+    camera: tuple[float, float, float, float], placement: tuple[float, float, float, float]
+) -> list[list[float]]:
+    """(2, 3) affine from output coordinates o in [-1, 1] to a moving layer's coordinates u in
+    [-1, 1], the camera at (cx, cy, view, phi) and the layer at `placement` (x, y, theta, size).
 
-    Output coordinates o in [-1, 1] map to scene pixels q = c + (view / 2) R(phi) o; the sprite
-    at (s, theta, size) maps its coordinates u in [-1, 1] to p = s + (size / 2) R(theta) u; so
-    u = (view / size) R(phi - theta) o + (2 / size) R(-theta) (c - s), one affine per frame."""
+    Output coordinates map to scene pixels q = c + (view / 2) R(phi) o; the layer at (s, theta,
+    size) maps u to p = s + (size / 2) R(theta) u; so u = (view / size) R(phi - theta) o +
+    (2 / size) R(-theta) (c - s), one affine per frame."""
     cx, cy, view, phi = camera
-    sx, sy, theta_deg, size = sprite.at(t)
+    sx, sy, theta_deg, size = placement
     rel = math.radians(phi - theta_deg)
     back = math.radians(-theta_deg)
     k = view / size
     dx, dy = (cx - sx) * 2 / size, (cy - sy) * 2 / size
+    return [
+        [k * math.cos(rel), -k * math.sin(rel), math.cos(back) * dx - math.sin(back) * dy],
+        [k * math.sin(rel), k * math.cos(rel), math.sin(back) * dx + math.cos(back) * dy],
+    ]
+
+
+def render_sprite(
+    sprite: SpriteLayer, camera: tuple[float, float, float, float], t: float, *, frame_size: int
+) -> torch.Tensor:
+    """A moving layer as seen by the camera at scene time t: premultiplied RGBA (4, F, F)."""
+    placement = sprite.at(t)
     pixels = sprite.pyramid[0].shape[-1]
-    source = sprite.pyramid[pyramid_level(sprite.pyramid, (view / frame_size) * pixels / size)]
-    theta = torch.tensor(
-        [
-            [k * math.cos(rel), -k * math.sin(rel), math.cos(back) * dx - math.sin(back) * dy],
-            [k * math.sin(rel), k * math.cos(rel), math.sin(back) * dx + math.cos(back) * dy],
-        ],
-        dtype=source.dtype,
-    )
+    source = sprite.pyramid[pyramid_level(sprite.pyramid, (camera[2] / frame_size) * pixels / placement[3])]
+    theta = torch.tensor(sprite_theta(camera, placement), dtype=source.dtype)
     grid = F.affine_grid(theta[None], [1, 4, frame_size, frame_size], align_corners=False)
     return F.grid_sample(source[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
 

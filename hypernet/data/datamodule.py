@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, default_collate
 
 from hypernet.cli_checks import MIN_SIZE
 from hypernet.data.camera import (
@@ -41,6 +42,7 @@ from hypernet.data.datasets import (
     SampleConfig,
     VideoListDataset,
     check_shots,
+    collate_items,
     folder_videos,
     parse_sources,
     reds_videos,
@@ -434,8 +436,30 @@ class VSRDataModule(L.LightningDataModule):
             self.test_sets = self.build_test_sets()
 
     # ------------------------------------------------------------------ loaders
+    def _draw_device(self) -> torch.device | None:
+        """Where procedural training scenes are drawn when not in the loader (None: in the loader,
+        on its CPU): the training device under data.procedural.device=auto when it is a GPU, or
+        the device named."""
+        wanted = self.procedural.device
+        if self.procedural.backend != "torch" or wanted == "cpu":
+            return None
+        if wanted == "auto":
+            trainer = getattr(self, "trainer", None)
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+            return device if device.type == "cuda" else None
+        return torch.device(wanted)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Draw a training batch's procedural scenes on the device the batch has just reached."""
+        if isinstance(batch, dict) and "planned_items" in batch:
+            items = self.train_set.draw_planned(batch["planned_items"], device=self._draw_device())
+            return default_collate(items)
+        return batch
+
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self.world
+        if isinstance(self.train_set, FreshVideoDataset):
+            self.train_set.defer_drawing = self._draw_device() is not None
         return DataLoader(
             self.train_set,
             batch_size=per_rank_batch_size(self.batch_size, world_size),
@@ -448,6 +472,7 @@ class VSRDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=True,
+            collate_fn=collate_items,
         )
 
     def val_dataloader(self) -> DataLoader:

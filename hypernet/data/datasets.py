@@ -42,7 +42,7 @@ from hypernet.data.degrade import (
     quantise,
     sample_degradation,
 )
-from hypernet.data.procedural import ProceduralConfig, procedural_video
+from hypernet.data.procedural import ProceduralConfig, pil_procedural_video, procedural_video
 
 
 class Video(Protocol):
@@ -119,7 +119,22 @@ def spread_indices(num_frames: int, k: int, rng: np.random.Generator | None) -> 
     return [int(rng.integers(int(edges[i]), max(int(edges[i + 1]), int(edges[i]) + 1))) for i in range(k)]
 
 
-def make_sample(
+@dataclass(frozen=True)
+class SamplePlan:
+    """Every random choice of one item, made before any frame is drawn: which frames, which flips,
+    which crop, which degradation. A video's frames can then be drawn for many items at once."""
+
+    clip: list[int]  # consecutive frame indices
+    context: list[int]  # frames spread over the whole video
+    flips: list[int]  # dims to flip (-1, -2)
+    transpose: bool
+    crop: tuple[int, int] | None  # LR (top, left) of the patch; None: full frames
+    height: int  # HR size cut to a multiple of the scale
+    width: int
+    degradation: Degradation
+
+
+def plan_sample(
     video: Video,
     *,
     degradation: DegradationConfig,
@@ -128,8 +143,9 @@ def make_sample(
     context_frames: int,
     patch_size: int | None,
     rng: np.random.Generator | None,
-) -> dict:
-    """One item of a video (module docstring). rng=None: deterministic centre clip, full frames."""
+) -> SamplePlan:
+    """The choices of one item of a video (module docstring). rng=None: deterministic centre clip,
+    full frames."""
     scale = degradation.scale
     height, width = video.hr_size
     if height % scale or width % scale:
@@ -149,44 +165,87 @@ def make_sample(
         start = (video.num_frames - clip_len) // 2
     else:
         start = int(rng.integers(0, video.num_frames - clip_len + 1))
-    clip_indices = list(range(start, start + clip_len))
-    context_indices = spread_indices(video.num_frames, context_frames, rng) if context_frames else []
+    context = spread_indices(video.num_frames, context_frames, rng) if context_frames else []
     # training draws flip and transpose the whole video alike (BasicSR's hflip/rot augmentation)
     flips = [] if rng is None else [dim for dim in (-1, -2) if rng.random() < 0.5]
     transpose = rng is not None and height == width and rng.random() < 0.5
-
-    def hr_frames(indices: list[int]) -> torch.Tensor:
-        frames = video.hr_frames(indices)[..., :height, :width]
-        frames = frames.flip(flips) if flips else frames
-        return frames.transpose(-1, -2) if transpose else frames
-
-    hr_clip = hr_frames(clip_indices)
-    lr_clip = degradation.apply(hr_clip, d, clip_indices)
+    crop = None
     if patch_size is not None:
         if rng is None:
-            top, left = (lr_h - patch_size) // 2, (lr_w - patch_size) // 2
+            crop = ((lr_h - patch_size) // 2, (lr_w - patch_size) // 2)
         else:
-            top, left = (
-                int(rng.integers(0, lr_h - patch_size + 1)),
-                int(rng.integers(0, lr_w - patch_size + 1)),
-            )
+            crop = (int(rng.integers(0, lr_h - patch_size + 1)), int(rng.integers(0, lr_w - patch_size + 1)))
+    return SamplePlan(
+        clip=list(range(start, start + clip_len)),
+        context=context,
+        flips=flips,
+        transpose=transpose,
+        crop=crop,
+        height=height,
+        width=width,
+        degradation=d,
+    )
+
+
+def finish_sample(
+    plan: SamplePlan,
+    frames: torch.Tensor,
+    *,
+    video: Video,
+    degradation: DegradationConfig,
+    patch_size: int | None,
+) -> dict:
+    """The item of a plan, given the video's HR frames plan.clip + plan.context (in that order,
+    as drawn): augmented, degraded, cropped."""
+    frames = frames[..., : plan.height, : plan.width]
+    frames = frames.flip(plan.flips) if plan.flips else frames
+    frames = frames.transpose(-1, -2) if plan.transpose else frames
+    hr_clip, hr_context = frames[: len(plan.clip)], frames[len(plan.clip) :]
+    d, scale = plan.degradation, degradation.scale
+    lr_clip = degradation.apply(hr_clip, d, plan.clip)
+    if plan.crop is not None:
+        top, left = plan.crop
         lr_clip = lr_clip[..., top : top + patch_size, left : left + patch_size]
         hr_clip = hr_clip[
             ..., top * scale : (top + patch_size) * scale, left * scale : (left + patch_size) * scale
         ]
-    if context_indices:
-        context = degradation.apply(hr_frames(context_indices), d, context_indices)
+    if plan.context:
+        context = degradation.apply(hr_context, d, plan.context)
     else:
         context = lr_clip.new_zeros(0, *lr_clip.shape[1:])
     return {
         "context": context,
-        "context_times": torch.tensor(context_indices, dtype=torch.float32) / max(video.num_frames - 1, 1),
+        "context_times": torch.tensor(plan.context, dtype=torch.float32) / max(video.num_frames - 1, 1),
         "lr": lr_clip,
         "hr": hr_clip,
         "video_id": video.video_id,
         "degradation": d.as_tensor(),
-        "start": start,
+        "start": plan.clip[0],
     }
+
+
+def make_sample(
+    video: Video,
+    *,
+    degradation: DegradationConfig,
+    video_seed: int,
+    clip_len: int,
+    context_frames: int,
+    patch_size: int | None,
+    rng: np.random.Generator | None,
+) -> dict:
+    """One item of a video (module docstring). rng=None: deterministic centre clip, full frames."""
+    plan = plan_sample(
+        video,
+        degradation=degradation,
+        video_seed=video_seed,
+        clip_len=clip_len,
+        context_frames=context_frames,
+        patch_size=patch_size,
+        rng=rng,
+    )
+    frames = video.hr_frames(plan.clip + plan.context)
+    return finish_sample(plan, frames, video=video, degradation=degradation, patch_size=patch_size)
 
 
 @dataclass(frozen=True)
@@ -258,6 +317,8 @@ class FreshVideoDataset(Dataset):
         self.photo_augment = photo_augment or PhotoAugment()
         self.shots = tuple(shots)
         self._pyramids: dict[int, list[torch.Tensor]] = {}
+        self.draw_device: torch.device | str = "cpu"  # where a loader process draws procedural scenes
+        self.defer_drawing = False  # leave them as plans, for the training device to draw
 
     def __len__(self) -> int:
         return self.num_samples
@@ -267,11 +328,16 @@ class FreshVideoDataset(Dataset):
             self._pyramids[image] = image_pyramid(load_image(self.image_paths[image]))
         return self._pyramids[image]
 
-    def draw_video(self, video_seed: int, rng: np.random.Generator) -> Video:
+    def _choose(self, video_seed: int, rng: np.random.Generator) -> tuple[str, int]:
+        """The item's source and shots: the first draws of its rng."""
         names = list(self.sources)
         source = names[0] if len(names) == 1 else names[rng.choice(len(names), p=list(self.sources.values()))]
         lo, hi = self.shots
         shots = lo if lo == hi else int(rng.integers(lo, hi + 1))
+        return source, shots
+
+    def draw_video(self, video_seed: int, rng: np.random.Generator) -> Video:
+        source, shots = self._choose(video_seed, rng)
         if source == "procedural":
             return procedural_video(
                 video_seed,
@@ -281,6 +347,9 @@ class FreshVideoDataset(Dataset):
                 zoom_range=self.zoom_range,
                 shots=shots,
             )
+        return self._stills_video(video_seed, rng, shots)
+
+    def _stills_video(self, video_seed: int, rng: np.random.Generator, shots: int) -> Video:
         image = int(rng.integers(len(self.image_paths)))
         pyramid = self._pyramid(image)
         augment = self.photo_augment
@@ -303,15 +372,91 @@ class FreshVideoDataset(Dataset):
         return video
 
     def __getitem__(self, index: int) -> dict:
-        video_seed = stable_seed(self.seed, "train", index)
-        rng = np.random.default_rng(video_seed)
-        return make_sample(
-            self.draw_video(video_seed, rng),
-            degradation=self.degradation,
-            video_seed=video_seed,
-            rng=rng,
-            **vars(self.sample),
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """Items `indices` (the DataLoader asks for a whole batch at once): photographs drawn one by
+        one, procedural scenes (torch backend) planned one by one and drawn as one batch on
+        `draw_device`; with `defer_drawing`, left as plans (`PlannedScene`) for the training device
+        to draw (`draw_planned`)."""
+        items: list = []
+        for index in indices:
+            video_seed = stable_seed(self.seed, "train", index)
+            rng = np.random.default_rng(video_seed)
+            source, shots = self._choose(video_seed, rng)
+            if source == "procedural" and self.procedural.backend == "torch":
+                items.append(self._plan_scene(video_seed, rng, shots))
+                continue
+            if source == "procedural":
+                video = pil_procedural_video(
+                    video_seed,
+                    self.procedural,
+                    num_frames=self.num_frames,
+                    frame_size=self.hr_size,
+                    zoom_range=self.zoom_range,
+                    shots=shots,
+                )
+            else:
+                video = self._stills_video(video_seed, rng, shots)
+            items.append(
+                make_sample(video, degradation=self.degradation, video_seed=video_seed, rng=rng, **vars(self.sample))
+            )
+        if self.defer_drawing:
+            return items
+        return self.draw_planned(items, device=self.draw_device)
+
+    def _plan_scene(self, video_seed: int, rng: np.random.Generator, shots: int) -> PlannedScene:
+        from hypernet.data.scenes import plan_scene
+
+        scene = plan_scene(
+            video_seed,
+            self.procedural,
+            num_frames=self.num_frames,
+            frame_size=self.hr_size,
+            zoom_range=self.zoom_range,
+            shots=shots,
         )
+        plan = plan_sample(scene, degradation=self.degradation, video_seed=video_seed, rng=rng, **vars(self.sample))
+        return PlannedScene(scene=scene, sample=plan)
+
+    def draw_planned(self, items: Sequence, *, device: torch.device | str = "cpu") -> list[dict]:
+        """Items with every PlannedScene drawn: all of them in one batch on `device`, then
+        degraded and cropped there, as make_sample does for one video."""
+        from hypernet.data.scenes import SceneBatch
+
+        planned = [k for k, item in enumerate(items) if isinstance(item, PlannedScene)]
+        if not planned:
+            return list(items)
+        scenes = SceneBatch([items[k].scene for k in planned], self.procedural, device=device)
+        frames = scenes.frames([(b, items[k].sample.clip + items[k].sample.context) for b, k in enumerate(planned)])
+        out = list(items)
+        for k, hr in zip(planned, frames, strict=True):
+            out[k] = finish_sample(
+                items[k].sample,
+                hr,
+                video=items[k].scene,
+                degradation=self.degradation,
+                patch_size=self.sample.patch_size,
+            )
+        return out
+
+
+@dataclass
+class PlannedScene:
+    """A procedural item not drawn yet: its scene's and its sample's plans (a few hundred numbers)."""
+
+    scene: object  # scenes.ScenePlan
+    sample: SamplePlan
+
+
+def collate_items(items: Sequence) -> dict:
+    """The DataLoader's collate: items stacked into a batch; a batch holding PlannedScenes (drawn
+    on the training device, `VSRDataModule.on_after_batch_transfer`) stays a list until then."""
+    from torch.utils.data import default_collate
+
+    if any(isinstance(item, PlannedScene) for item in items):
+        return {"planned_items": list(items)}
+    return default_collate(list(items))
 
 
 def check_shots(

@@ -37,6 +37,7 @@ from hypernet.data.camera import SceneVideo, SpriteLayer, image_pyramid, multish
 SHAPES = ("ellipse", "polygon", "rectangle", "text")
 FILLS = ("flat", "gradient", "stripes", "noise")
 PALETTES = ("random", "photos", "mixed")
+BACKENDS = ("torch", "pil")
 
 
 class ProceduralConfigError(ValueError):
@@ -60,6 +61,8 @@ class ProceduralConfig:
     max_motion: float = 0.6  # sprite travel over the whole video / frame side
     palette: str = "mixed"  # random | photos | mixed
     fonts: tuple[str, ...] | None = None  # TrueType files for the text leaves; None: matplotlib's
+    backend: str = "torch"  # torch: a batch drawn as one tensor program (scenes.py); pil: shape by shape
+    device: str = "auto"  # where training batches are drawn: auto (CUDA when training there), cpu, cuda[:N]
 
     def __post_init__(self) -> None:
         def need(ok: bool, option: str, what: str) -> None:
@@ -77,6 +80,15 @@ class ProceduralConfig:
         need(0 < self.sprite_size[0] <= self.sprite_size[1], "sprite_size", "is a range (min, max) > 0")
         need(self.max_motion >= 0, "max_motion", "must be >= 0")
         need(self.palette in PALETTES, "palette", f"choose one of {list(PALETTES)}")
+        need(self.backend in BACKENDS, "backend", f"choose one of {list(BACKENDS)}")
+        need(
+            isinstance(self.device, str) and (self.device in ("auto", "cpu") or self.device.split(":")[0] == "cuda"),
+            "device",
+            "choose auto, cpu, cuda or cuda:N",
+        )
+        if self.device.startswith("cuda"):
+            need(self.backend == "torch", "device", "drawing on a GPU needs data.procedural.backend=torch")
+            check_cuda_device(self.device, option="data.procedural.device")
         for font in self.font_files() if self.text > 0 else []:
             load_font(str(font), 12)  # fail now, naming the file, not in a loader worker mid-run
 
@@ -102,6 +114,18 @@ class ProceduralConfig:
             if options.get(key) is not None:
                 options[key] = tuple(options[key])
         return cls(**options)
+
+
+def check_cuda_device(device: str, *, option: str) -> None:
+    """A CUDA device that is there, or a one-line error naming the option."""
+    if not torch.cuda.is_available():
+        raise ProceduralConfigError(f"{option}={device}: no CUDA device is available here; use auto or cpu")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ProceduralConfigError(
+            f"{option}={device}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+            f"cuda:{torch.cuda.device_count() - 1}, auto or cpu"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,8 +429,33 @@ def procedural_video(
     zoom_range: tuple[float, float] = (0.15, 0.85),
     shots: int = 1,
     video_id: str | None = None,
+):
+    """A new scene from `seed`: dead-leaves canvas, moving layers, camera path(s) over it, drawn by
+    cfg.backend (the torch backend's video films its frames as a training batch does)."""
+    video_id = video_id or f"procedural-{seed}"
+    if cfg.backend == "torch":
+        from hypernet.data.scenes import TorchSceneVideo, plan_scene
+
+        plan = plan_scene(
+            seed, cfg, num_frames=num_frames, frame_size=frame_size, zoom_range=zoom_range, shots=shots
+        )
+        return TorchSceneVideo(plan, cfg, video_id=video_id)
+    return pil_procedural_video(
+        seed, cfg, num_frames=num_frames, frame_size=frame_size, zoom_range=zoom_range, shots=shots, video_id=video_id
+    )
+
+
+def pil_procedural_video(
+    seed: int,
+    cfg: ProceduralConfig,
+    *,
+    num_frames: int,
+    frame_size: int,
+    zoom_range: tuple[float, float] = (0.15, 0.85),
+    shots: int = 1,
+    video_id: str | None = None,
 ) -> SceneVideo:
-    """A new scene from `seed`: dead-leaves canvas, moving layers, camera path(s) over it."""
+    """The PIL painter's scene of `seed` (data.procedural.backend=pil)."""
     rng = np.random.default_rng(seed)
     side = round(cfg.canvas * frame_size)
     painter = _Painter(rng, cfg, frame=2 * frame_size)
