@@ -13,8 +13,8 @@ scripts/harness.py) is that of one encoding alone. Figures, measured in the same
   of the first layers, adapters folded into per-video weights) over a stage-1 step, same batch
   (target <= 1.5), the median over rounds in which the two steps alternate (`stage_step_times`);
   ``stage2_quickstart_over_stage1`` the same for hyper_quickstart's settings;
-- ``procedural_over_step``: drawing a batch of 8 fresh procedural videos over one stage-2 step
-  (``stills_over_step`` for the photographs), and ``procedural_videos_per_s``.
+
+What the data costs against these steps is scripts/bench_data.py's.
 
     .venv/bin/python scripts/bench_hyper.py [--frames-small 200] [--frames-large 2000] [--step-repeats 15] [--json out.json]
 """
@@ -145,38 +145,19 @@ def print_encoder_table(
     )
 
 
-def stage_step_times(
-    *,
-    experiment: str,
-    label: str,
-    batch: int = 8,
-    frames: int = 5,
-    patch: int = 16,
-    size: int = 24,
-    mode: str = "direct",
-    repeats: int = 15,
-    warmup: int = 3,
-    threads: int = 1,
-) -> dict[str, float]:
-    """Seconds per training step (forward, backward, optimiser) of stage 1 (the base) and of stage 2
-    (encoder + generator + the frozen base with per-video adapters, gradient into the hypernet only)
-    at the same batch; stage 2 as `experiment` builds it (its hypernet, its context frames).
-
-    The two steps alternate, `repeats` rounds after `warmup` untimed ones, on `threads` torch
-    threads (`harness.interleaved_seconds`): each step's seconds are its median, and the ratio is
-    the median over rounds of stage 2's time over stage 1's in the same round, so a change in the
-    machine's load hits both alike (back to back runs of the ratio of two separate timings
-    differed by up to 25%; this one's stay within a few percent)."""
+def build_stage_steps(
+    *, experiment: str, batch: int = 8, frames: int = 5, patch: int = 16, size: int = 24, mode: str = "direct"
+) -> dict:
+    """A stage-1 and a stage-2 training step (forward, backward, optimiser) at the same batch, each
+    a function of (lr, hr[, context, times]); stage 2 as `experiment` builds it (its hypernet, its
+    context frames) over a fresh base, with random inputs of the experiment's shapes."""
     import lightning as L
     from hydra.utils import instantiate
 
     from hypernet.sr import charbonnier
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     stage1 = instantiate(compose_config("train", ["model.upsampler=direct"]).stage)
-    lr = torch.rand(batch, frames, 3, patch, patch)
-    hr = torch.rand(batch, frames, 3, 4 * patch, 4 * patch)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "base.ckpt"
         torch.save(
@@ -198,60 +179,61 @@ def stage_step_times(
         )
         stage2 = instantiate(cfg.stage).train()
     context = cfg.data.context_frames
-    ctx = torch.rand(batch, context, 3, size, size)
-    times = torch.linspace(0, 1, context).expand(batch, -1)
     # each stage's optimiser as its system's configure_optimizers makes it
     opt1 = torch.optim.AdamW(stage1.model.parameters())
     opt2 = torch.optim.Adam([p for p in stage2.parameters() if p.requires_grad], fused=True)
 
-    def step1():
+    def step1(lr, hr):
         opt1.zero_grad(set_to_none=True)
         charbonnier(stage1.model(lr), hr).backward()
         opt1.step()
 
-    def step2():
+    def step2(lr, hr, ctx, times):
         opt2.zero_grad(set_to_none=True)
         charbonnier(stage2.sr(lr, stage2.adapters_for(ctx, times)), hr).backward()
         opt2.step()
 
-    seconds = interleaved_seconds({"stage1": step1, "stage2": step2}, warmup=warmup, repeats=repeats)
+    return {
+        "step1": step1,
+        "step2": step2,
+        "cfg": cfg,
+        "inputs": {
+            "lr": torch.rand(batch, frames, 3, patch, patch),
+            "hr": torch.rand(batch, frames, 3, 4 * patch, 4 * patch),
+            "ctx": torch.rand(batch, context, 3, size, size),
+            "times": torch.linspace(0, 1, context).expand(batch, -1),
+        },
+    }
+
+
+def stage_step_times(
+    *, experiment: str, label: str, repeats: int = 15, warmup: int = 3, threads: int = 1, **shapes
+) -> dict[str, float]:
+    """Seconds per training step of stage 1 (the base) and of stage 2 (encoder + generator + the
+    frozen base with per-video adapters, gradient into the hypernet only) at the same batch
+    (`build_stage_steps`).
+
+    The two steps alternate, `repeats` rounds after `warmup` untimed ones, on `threads` torch
+    threads (`harness.interleaved_seconds`): each step's seconds are its median, and the ratio is
+    the median over rounds of stage 2's time over stage 1's in the same round, so a change in the
+    machine's load hits both alike (back to back runs of the ratio of two separate timings
+    differed by up to 25%; this one's stay within a few percent)."""
+    torch.set_num_threads(threads)
+    steps = build_stage_steps(experiment=experiment, **shapes)
+    x = steps["inputs"]
+    seconds = interleaved_seconds(
+        {
+            "stage1": lambda: steps["step1"](x["lr"], x["hr"]),
+            "stage2": lambda: steps["step2"](x["lr"], x["hr"], x["ctx"], x["times"]),
+        },
+        warmup=warmup,
+        repeats=repeats,
+    )
     return {
         "stage1_step_s": statistics.median(seconds["stage1"]),
         f"stage2_{label}_step_s": statistics.median(seconds["stage2"]),
         f"stage2_{label}_over_stage1": median_ratio(seconds["stage2"], seconds["stage1"]),
     }
-
-
-def data_draw_times(*, batch: int, repeats: int = 3) -> dict[str, float]:
-    """Seconds to draw one training batch of fresh videos (scene, frames, degradation) per source,
-    at hyper_content's sample shapes (its config's); median over `repeats` batches of new videos."""
-    from hypernet.data.camera import builtin_images
-    from hypernet.data.datasets import DegradationConfig, FreshVideoDataset, SampleConfig
-
-    data = compose_config("train", ["experiment=hyper_content"]).data
-    sample = SampleConfig(
-        clip_len=data.clip_len, context_frames=data.context_frames, patch_size=data.patch_size // data.scale
-    )
-    times = {}
-    for source in ("procedural", "stills"):
-        dataset = FreshVideoDataset(
-            sources={source: 1.0},
-            image_paths=builtin_images("train"),
-            num_samples=batch * (repeats + 1),
-            num_frames=data.num_frames,
-            hr_size=data.hr_size,
-            sample=sample,
-            degradation=DegradationConfig(),
-            seed=0,
-        )
-        [dataset[i] for i in range(batch)]  # warm-up: fonts, photo palette, image decoding
-        samples = []
-        for r in range(1, repeats + 1):
-            start = time.perf_counter()
-            [dataset[r * batch + i] for i in range(batch)]
-            samples.append(time.perf_counter() - start)
-        times[source] = statistics.median(samples)
-    return times
 
 
 def main() -> None:
@@ -309,17 +291,6 @@ def main() -> None:
         f"per-video weights) {steps['stage2_content_step_s'] * 1e3:.0f} ms = {steps['stage2_over_stage1']:.2f}x "
         f"(target <= 1.5); {args.threads} thread(s), medians over {args.step_repeats} rounds, the two steps "
         "alternating"
-    )
-    draws = data_draw_times(batch=8)
-    for source, seconds in draws.items():
-        results[f"{source}_batch_draw_s"] = seconds
-        results[f"{source}_over_step"] = seconds / steps["stage2_content_step_s"]
-    results["procedural_videos_per_s"] = 8 / draws["procedural"]
-    print(
-        f"drawing a batch of 8 fresh videos (clip 5 + 4 context frames, degraded): procedural "
-        f"{draws['procedural'] * 1e3:.0f} ms ({results['procedural_videos_per_s']:.0f} videos/s), stills "
-        f"{draws['stills'] * 1e3:.0f} ms; procedural_over_step = {results['procedural_over_step']:.2f} of a stage-2 "
-        "step in the same process (a loader worker draws the next batch while the step runs: below 1 it is hidden)"
     )
     if args.json:
         write_figures(args.json, results)

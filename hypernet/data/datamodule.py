@@ -452,7 +452,8 @@ class VSRDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Draw a training batch's procedural scenes on the device the batch has just reached."""
         if isinstance(batch, dict) and "planned_items" in batch:
-            items = self.train_set.draw_planned(batch["planned_items"], device=self._draw_device())
+            device = self._draw_device() or torch.device("cpu")
+            items = self.train_set.draw_planned(batch["planned_items"], device=device)
             return default_collate(items)
         return batch
 
@@ -533,4 +534,38 @@ def check_data(cfg: Any, *, processes: int = 1, stages: Sequence[str] = ("fit", 
             if datamodule.val_root_given:
                 folders.append(f"data.val_root={datamodule.val_root}")
             raise ValueError(f"{' / '.join(folders) or 'data'}: {e}") from e
+    if "fit" in stages:
+        check_draw_device(datamodule, accelerator=str(cfg.get("trainer", {}).get("accelerator", "cpu")))
     return datamodule
+
+
+def check_draw_device(datamodule: VSRDataModule, *, accelerator: str) -> None:
+    """Draw one training batch of procedural scenes on the GPU that will draw them (the one named
+    by data.procedural.device, or under auto the training GPU), so that a batch too large for its
+    memory is one line now rather than an out-of-memory error at the first step."""
+    procedural = datamodule.procedural
+    if not isinstance(datamodule.train_set, FreshVideoDataset) or "procedural" not in datamodule.sources:
+        return
+    if procedural.backend != "torch" or procedural.device == "cpu":
+        return
+    if procedural.device == "auto":
+        if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+            return
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device(procedural.device)
+    dataset = datamodule.train_set
+    deferred = dataset.defer_drawing
+    dataset.defer_drawing = True
+    try:
+        items = dataset.__getitems__(range(datamodule.batch_size))
+        dataset.draw_planned(items, device=device)
+    except torch.cuda.OutOfMemoryError as e:
+        raise ValueError(
+            f"data.batch_size={datamodule.batch_size}: a batch of procedural scenes does not fit the memory of "
+            f"{device} (data.procedural.device={procedural.device}): lower data.batch_size or set "
+            f"data.procedural.device=cpu ({str(e).splitlines()[0]})"
+        ) from None
+    finally:
+        dataset.defer_drawing = deferred
+        torch.cuda.empty_cache()

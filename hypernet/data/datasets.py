@@ -399,7 +399,9 @@ class FreshVideoDataset(Dataset):
             else:
                 video = self._stills_video(video_seed, rng, shots)
             items.append(
-                make_sample(video, degradation=self.degradation, video_seed=video_seed, rng=rng, **vars(self.sample))
+                make_sample(
+                    video, degradation=self.degradation, video_seed=video_seed, rng=rng, **vars(self.sample)
+                )
             )
         if self.defer_drawing:
             return items
@@ -416,7 +418,9 @@ class FreshVideoDataset(Dataset):
             zoom_range=self.zoom_range,
             shots=shots,
         )
-        plan = plan_sample(scene, degradation=self.degradation, video_seed=video_seed, rng=rng, **vars(self.sample))
+        plan = plan_sample(
+            scene, degradation=self.degradation, video_seed=video_seed, rng=rng, **vars(self.sample)
+        )
         return PlannedScene(scene=scene, sample=plan)
 
     def draw_planned(self, items: Sequence, *, device: torch.device | str = "cpu") -> list[dict]:
@@ -428,7 +432,9 @@ class FreshVideoDataset(Dataset):
         if not planned:
             return list(items)
         scenes = SceneBatch([items[k].scene for k in planned], self.procedural, device=device)
-        frames = scenes.frames([(b, items[k].sample.clip + items[k].sample.context) for b, k in enumerate(planned)])
+        frames = scenes.frames(
+            [(b, items[k].sample.clip + items[k].sample.context) for b, k in enumerate(planned)]
+        )
         out = list(items)
         for k, hr in zip(planned, frames, strict=True):
             out[k] = finish_sample(

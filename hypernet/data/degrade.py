@@ -205,6 +205,48 @@ def blur(x: Tensor, sigma: float, *, size: int | None = None) -> Tensor:
     return y.reshape(*lead, h, w)
 
 
+@functools.lru_cache(maxsize=256)
+def _blur_matrix(length: int, sigma: float) -> Tensor:
+    """(length, length) float64 matrix B with blur(x) = B @ x along one axis: the Gaussian taps of
+    `blur` with its reflect padding folded in (an index -k reads k, length - 1 + k reads
+    length - 1 - k)."""
+    g = gaussian_kernel1d(sigma, dtype=torch.float64).numpy()
+    radius = len(g) // 2
+    if radius >= length:
+        raise DegradationError(
+            f"blur: a side of {length} pixels is too small for sigma {sigma} (kernel radius {radius} needs "
+            f"at least {radius + 1} pixels); use a larger crop or a smaller sigma"
+        )
+    matrix = np.zeros((length, length))
+    rows = np.arange(length)[:, None]
+    taps = rows + np.arange(-radius, radius + 1)[None, :]
+    taps = np.abs(taps)
+    taps = np.where(taps > length - 1, 2 * (length - 1) - taps, taps)
+    np.add.at(matrix, (np.broadcast_to(rows, taps.shape), taps), np.broadcast_to(g, taps.shape))
+    return torch.from_numpy(matrix)
+
+
+def blur_downsample(x: Tensor, sigma: float, factor: int) -> Tensor:
+    """bicubic_downsample(blur(x, sigma), factor) as one linear map per axis: the blur's matrix
+    folded into the resize's, so two small matmuls replace a convolution over the HR frames (the
+    same sums to float rounding, 20x less work at x4)."""
+    _check_scale(factor)
+    _check_float_image(x, "blur_downsample")
+    if sigma == 0:
+        return bicubic_downsample(x, factor)
+    h, w = x.shape[-2:]
+    m_h = _blur_resize_matrix(h, float(sigma), factor).to(dtype=x.dtype, device=x.device)
+    m_w = _blur_resize_matrix(w, float(sigma), factor).to(dtype=x.dtype, device=x.device)
+    return m_h @ x @ m_w.T
+
+
+@functools.lru_cache(maxsize=256)
+def _blur_resize_matrix(length: int, sigma: float, factor: int) -> Tensor:
+    return _resize_matrix(length, _out_len(length, 1 / factor), 1 / factor, True) @ _blur_matrix(
+        length, sigma
+    )
+
+
 def bd_downsample(x: Tensor, factor: int, sigma: float = 1.6) -> Tensor:
     """The "BD" protocol: 13x13 Gaussian blur (sigma 1.6), then every factor-th pixel.
 
@@ -364,7 +406,7 @@ def degrade(hr: Tensor, d: Degradation, *, frame_indices: Sequence[int] | None =
             f"degrade: frame_indices must give one non-negative index per frame ({t}), got {list(frame_indices)!r}"
         )
 
-    lr = bicubic_downsample(blur(hr, d.blur_sigma), d.scale)  # (t, c, h/s, w/s)
+    lr = blur_downsample(hr, d.blur_sigma, d.scale)  # (t, c, h/s, w/s)
     if d.noise_sigma > 0:
         noise = torch.stack([_frame_noise(d.seed, i, tuple(lr.shape[1:])) for i in indices])
         lr = lr + d.noise_sigma * noise.to(dtype=lr.dtype, device=lr.device)

@@ -82,7 +82,8 @@ class ProceduralConfig:
         need(self.palette in PALETTES, "palette", f"choose one of {list(PALETTES)}")
         need(self.backend in BACKENDS, "backend", f"choose one of {list(BACKENDS)}")
         need(
-            isinstance(self.device, str) and (self.device in ("auto", "cpu") or self.device.split(":")[0] == "cuda"),
+            isinstance(self.device, str)
+            and (self.device in ("auto", "cpu") or self.device.split(":")[0] == "cuda"),
             "device",
             "choose auto, cpu, cuda or cuda:N",
         )
@@ -217,6 +218,7 @@ class _Painter:
         self.palette = scene_palette(rng, cfg.palette)
         self.noise = fractal_noise(rng, 256, beta=float(rng.uniform(1.6, 2.6)))
         self.fonts = cfg.font_files() if cfg.text > 0 else []
+        self.census: list[tuple[str, str, float]] = []  # (shape, fill, radius / frame) per leaf drawn
 
     def colour(self) -> np.ndarray:
         base = self.palette[self.rng.integers(len(self.palette))]
@@ -232,6 +234,7 @@ class _Painter:
         """An RGB image of height x width holding one fill."""
         rng = self.rng
         kind = FILLS[rng.choice(len(FILLS), p=(0.25, 0.25, 0.25, 0.25))]
+        self.last_fill = kind
         c0 = self.colour()
         if kind == "flat":
             return Image.new("RGB", (width, height), tuple(int(v) for v in c0.astype(np.uint8)))
@@ -321,6 +324,10 @@ class _Painter:
         centre = rng.uniform(0, side, size=(count, 2))
         xs = centre[:, :1] + np.cos(turn) * x - np.sin(turn) * y
         ys = centre[:, 1:] + np.sin(turn) * x + np.cos(turn) * y
+        self.census += [
+            (SHAPES[(0, 2, 1)[k]], "flat", r / self.frame)
+            for k, r in zip(kinds.tolist(), radii.tolist(), strict=True)
+        ]
         return [list(zip(a.tolist(), b.tolist(), strict=True)) for a, b in zip(xs, ys, strict=True)]
 
     def colours(self, count: int) -> np.ndarray:
@@ -358,7 +365,8 @@ class _Painter:
             y = int(self.rng.integers(-h // 2, side - h // 2))
             if textured:
                 canvas.paste(self.texture(h, w), (x, y), mask)
-            else:
+            self.census.append((kind, self.last_fill if textured else "flat", r / self.frame))
+            if not textured:
                 canvas.paste(tuple(int(v) for v in self.colour()), (x, y, x + w, y + h), mask)
 
     def background(self, side: int) -> Image.Image:
@@ -441,7 +449,13 @@ def procedural_video(
         )
         return TorchSceneVideo(plan, cfg, video_id=video_id)
     return pil_procedural_video(
-        seed, cfg, num_frames=num_frames, frame_size=frame_size, zoom_range=zoom_range, shots=shots, video_id=video_id
+        seed,
+        cfg,
+        num_frames=num_frames,
+        frame_size=frame_size,
+        zoom_range=zoom_range,
+        shots=shots,
+        video_id=video_id,
     )
 
 

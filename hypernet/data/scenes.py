@@ -83,7 +83,9 @@ class Shapes:
 
     @staticmethod
     def concat(parts: Sequence[Shapes]) -> Shapes:
-        return Shapes(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in Shapes.__dataclass_fields__})
+        return Shapes(
+            **{k: np.concatenate([getattr(p, k) for p in parts]) for k in Shapes.__dataclass_fields__}
+        )
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -152,7 +154,11 @@ class _Planner:
         words[np.arange(6)[None, :] >= lengths[:, None]] = -1
         n_corners = rng.integers(3, 8, size=count)
         corners = np.sort(rng.uniform(0, 2 * np.pi, size=(count, CORNERS)), axis=1)
-        corners = np.where(np.arange(CORNERS)[None] < n_corners[:, None], corners, corners[np.arange(count), n_corners - 1][:, None])
+        corners = np.where(
+            np.arange(CORNERS)[None] < n_corners[:, None],
+            corners,
+            corners[np.arange(count), n_corners - 1][:, None],
+        )
         shapes = Shapes(
             kind=kind,
             centre=rng.uniform(0, side, size=(count, 2)),
@@ -166,7 +172,11 @@ class _Planner:
             period=rng.uniform(3.0, 0.3 * frame, size=count),
             sharpness=rng.choice([1.0, 4.0, 30.0], size=count),
             noise_at=np.stack(
-                [rng.uniform(0.5, 2.0, size=count), rng.uniform(0, NOISE_SIDE, size=count), rng.uniform(0, NOISE_SIDE, size=count)],
+                [
+                    rng.uniform(0.5, 2.0, size=count),
+                    rng.uniform(0, NOISE_SIDE, size=count),
+                    rng.uniform(0, NOISE_SIDE, size=count),
+                ],
                 axis=1,
             ),
             text=words,
@@ -191,7 +201,9 @@ class _Planner:
             fill_angle=rng.uniform(0, np.pi, size=1),
             period=rng.uniform(3.0, 0.3 * self.frame, size=1),
             sharpness=rng.choice([1.0, 4.0, 30.0], size=1),
-            noise_at=np.stack([rng.uniform(0.5, 2.0, 1), rng.uniform(0, NOISE_SIDE, 1), rng.uniform(0, NOISE_SIDE, 1)], 1),
+            noise_at=np.stack(
+                [rng.uniform(0.5, 2.0, 1), rng.uniform(0, NOISE_SIDE, 1), rng.uniform(0, NOISE_SIDE, 1)], 1
+            ),
             text=np.full((1, 6), -1),
             font=np.zeros(1, dtype=np.int64),
         )
@@ -242,7 +254,9 @@ def plan_scene(
     shapes = planner.shapes(cfg.shapes, side=side)
     count = int(rng.integers(cfg.sprites[0], cfg.sprites[1] + 1))
     sprites = [planner.sprite(scene=side) for _ in range(count)]
-    paths = multishot_paths(rng, image_size=(side, side), frame_size=frame_size, shots=shots, zoom_range=zoom_range)
+    paths = multishot_paths(
+        rng, image_size=(side, side), frame_size=frame_size, shots=shots, zoom_range=zoom_range
+    )
     return ScenePlan(
         seed=seed,
         canvas_side=side,
@@ -309,21 +323,60 @@ def noise_fields(plans: Sequence[ScenePlan], device: torch.device) -> torch.Tens
 
 # columns of the packed per-shape table (one gather per group of shapes)
 _COLUMNS = (
-    "cx", "cy", "cos", "sin", "a", "b", "soft", "fill", "c0r", "c0g", "c0b", "c1r", "c1g", "c1b",
-    "dx", "dy", "period", "sharpness", "zoom", "ox", "oy", "font", "noise", "layer", "depth",
+    "cx",
+    "cy",
+    "cos",
+    "sin",
+    "a",
+    "b",
+    "soft",
+    "fill",
+    "c0r",
+    "c0g",
+    "c0b",
+    "c1r",
+    "c1g",
+    "c1b",
+    "dx",
+    "dy",
+    "period",
+    "sharpness",
+    "zoom",
+    "ox",
+    "oy",
+    "font",
+    "noise",
+    "layer",
+    "depth",
 )
 _COL = {name: k for k, name in enumerate(_COLUMNS)}
 
 
-def _table(shapes: Shapes, *, layer: np.ndarray, depth: np.ndarray, noise_of_layer: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+def _table(
+    shapes: Shapes, *, layer: np.ndarray, depth: np.ndarray, noise_of_layer: np.ndarray, device: torch.device
+) -> dict[str, torch.Tensor]:
     """The shapes' numbers on the device: one packed float table (rows: shapes, _COLUMNS), the
     polygons' edges and the words' glyphs."""
     columns = [
-        shapes.centre[:, 0], shapes.centre[:, 1], np.cos(shapes.turn), np.sin(shapes.turn),
-        shapes.extent[:, 0], shapes.extent[:, 1], shapes.soft, shapes.fill,
-        *shapes.colours[:, 0].T, *shapes.colours[:, 1].T,
-        np.cos(shapes.fill_angle), np.sin(shapes.fill_angle), shapes.period, shapes.sharpness,
-        *shapes.noise_at.T, shapes.font, noise_of_layer[layer], layer, depth,
+        shapes.centre[:, 0],
+        shapes.centre[:, 1],
+        np.cos(shapes.turn),
+        np.sin(shapes.turn),
+        shapes.extent[:, 0],
+        shapes.extent[:, 1],
+        shapes.soft,
+        shapes.fill,
+        *shapes.colours[:, 0].T,
+        *shapes.colours[:, 1].T,
+        np.cos(shapes.fill_angle),
+        np.sin(shapes.fill_angle),
+        shapes.period,
+        shapes.sharpness,
+        *shapes.noise_at.T,
+        shapes.font,
+        noise_of_layer[layer],
+        layer,
+        depth,
     ]
     packed = np.stack(columns, axis=1).astype(np.float32)
     return {
@@ -353,24 +406,44 @@ def polygon_edges(shapes: Shapes) -> np.ndarray:
 
 
 def _half_box(shapes: Shapes) -> np.ndarray:
-    """Half the side of a square around each shape, edge softness included."""
-    reach = shapes.extent.max(axis=1)
+    """(n, 2): half the width and height of a box around each shape as turned, edge included."""
+    a, b = shapes.extent[:, 0], shapes.extent[:, 1]
     text = shapes.kind == TEXT
     letters = np.maximum((shapes.text >= 0).sum(axis=1), 1)
     em = shapes.extent[:, 0] / GLYPH_EM
-    reach = np.where(text, em * np.hypot(letters * GLYPH_CELL[1], GLYPH_CELL[0]) / 2, reach)
-    return reach + shapes.soft + 1
+    a = np.where(text, em * letters * GLYPH_CELL[1] / 2, a)
+    b = np.where(text, em * GLYPH_CELL[0] / 2, b)
+    polygon = shapes.kind == POLYGON  # its corners lie on the ellipse of its extents
+    square = (shapes.kind == RECTANGLE) | text  # corners at (+-a, +-b)
+    c, s = np.abs(np.cos(shapes.turn)), np.abs(np.sin(shapes.turn))
+    ellipse = np.stack([np.hypot(a * c, b * s), np.hypot(a * s, b * c)], axis=1)
+    box = np.stack([a * c + b * s, a * s + b * c], axis=1)
+    half = np.where(square[:, None], box, ellipse)
+    half = np.where(polygon[:, None], ellipse, half)
+    return half + 0.5 * shapes.soft[:, None] + 1  # coverage is 0 half an edge width out
 
 
-def _col(rows: torch.Tensor, name: str) -> torch.Tensor:
-    """Column `name` of a group's packed rows, shaped (n, 1, 1) to broadcast over its pixels."""
-    return rows[:, _COL[name], None, None]
+def _col(rows: torch.Tensor, name: str, dims: int = 2) -> torch.Tensor:
+    """Column `name` of shapes' packed rows, shaped (n, 1, ...) to broadcast over `dims` pixel dims."""
+    return rows[:, _COL[name]].view(-1, *[1] * dims)
 
 
-def _coverage(rows: torch.Tensor, kind: int, u: torch.Tensor, v: torch.Tensor, *, edges: torch.Tensor, text: torch.Tensor, atlas: torch.Tensor | None) -> torch.Tensor:
-    """Coverage in [0, 1] of a group of shapes (all of `kind`) at their local coordinates (n, P, P):
-    signed distance over the edge width, clamped (a 1-pixel ramp anti-aliases, a wider one blurs)."""
-    a, b = _col(rows, "a"), _col(rows, "b")
+def _coverage(
+    kind: int,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    soft: torch.Tensor,
+    edges: torch.Tensor | None = None,
+    text: torch.Tensor | None = None,
+    font: torch.Tensor | None = None,
+    atlas: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Coverage in [0, 1] of shapes of one kind at local coordinates u, v (extents a, b, edge width
+    soft broadcasting against them): the signed distance over the edge width, clamped (a 1-pixel
+    ramp anti-aliases, a wider one blurs); text reads its glyphs."""
     if kind == ELLIPSE:
         ua, vb = u / a, v / b
         q = torch.sqrt(ua * ua + vb * vb)
@@ -379,27 +452,37 @@ def _coverage(rows: torch.Tensor, kind: int, u: torch.Tensor, v: torch.Tensor, *
     elif kind == RECTANGLE:
         sd = torch.maximum(u.abs() - a, v.abs() - b)
     elif kind == POLYGON:
-        e = edges[:, :, None, None, :]  # (n, E, 1, 1, 3)
+        e = edges.reshape(edges.shape[0], edges.shape[1], *([1] * (u.dim() - 1)), 3)
         sd = (e[..., 0] * u[:, None] + e[..., 1] * v[:, None] - e[..., 2]).amax(dim=1)
     else:
-        return _text_coverage(rows, u, v, text=text, atlas=atlas)
-    return (0.5 - sd / _col(rows, "soft")).clamp(0, 1)
+        return _text_coverage(u, v, em=a, text=text, font=font, atlas=atlas)
+    return (0.5 - sd / soft).clamp(0, 1)
 
 
-def _text_coverage(rows: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, text: torch.Tensor, atlas: torch.Tensor) -> torch.Tensor:
+def _text_coverage(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    em: torch.Tensor,
+    text: torch.Tensor,
+    font: torch.Tensor,
+    atlas: torch.Tensor,
+) -> torch.Tensor:
     """A word's coverage: each pixel reads its letter's glyph from the atlas (bilinear)."""
     height, width = GLYPH_CELL
-    letters = (text >= 0).sum(dim=1).clamp_min(1)[:, None, None]
-    scale = GLYPH_EM / _col(rows, "a")  # atlas pixels per canvas pixel
+    shape = (-1, *([1] * (u.dim() - 1)))
+    letters = (text >= 0).sum(dim=1).clamp_min(1).view(shape)
+    scale = GLYPH_EM / em  # atlas pixels per canvas pixel
     ax = u * scale + letters * width / 2 - 0.5
     ay = v * scale + height / 2 - 0.5
     slot = torch.div(ax + 0.5, width, rounding_mode="floor").long()
     inside = (slot >= 0) & (slot < letters) & (ay > -1) & (ay < height)
-    glyph = text.gather(1, slot.clamp(0, text.shape[1] - 1).flatten(1)).view_as(slot).clamp_min(0)
+    slots = slot.clamp(0, text.shape[1] - 1).reshape(slot.shape[0], -1)
+    glyph = text.gather(1, slots).view_as(slot).clamp_min(0)
     gx = ax - slot * width
     x0, y0 = gx.floor(), ay.floor()
     fx, fy = gx - x0, ay - y0
-    base = (_col(rows, "font").long() * len(GLYPHS) + glyph) * (height * width)
+    base = (font.long().view(shape) * len(GLYPHS) + glyph) * (height * width)
     flat = atlas.flatten()
 
     def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
@@ -416,33 +499,56 @@ def _text_coverage(rows: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *, text
     return torch.where(inside, value, 0.0)
 
 
-def _fill(rows: torch.Tensor, noise: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(n, P, P, 3) colours of a group of shapes at canvas pixels (x, y): colour 0 to colour 1 by
-    the fill's weight (flat: 0; gradient across the shape; stripes; fractal noise)."""
-    c0 = rows[:, None, None, _COL["c0r"] : _COL["c0b"] + 1]
-    fill = _col(rows, "fill")
-    if not bool((fill != FLAT).any()):
-        return c0.expand(*x.shape, 3)
-    dx, dy = _col(rows, "dx"), _col(rows, "dy")
+def _weight(
+    kind: int, rows: torch.Tensor, noise: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """The weight from colour 0 to colour 1 of shapes whose fill is `kind` (not FLAT) at canvas
+    pixels (x, y) (rows' columns broadcast against them)."""
+    dims = max(x.dim(), y.dim()) - 1
+
+    def col(name: str) -> torch.Tensor:
+        return _col(rows, name, dims)
+
+    if kind == NOISE:
+        n = noise.shape[-1]
+        zoom = col("zoom")
+        ty, tx = y * zoom + col("oy"), x * zoom + col("ox")
+        iy = (ty - n * torch.floor(ty / n)).long().clamp(0, n - 1)
+        ix = (tx - n * torch.floor(tx / n)).long().clamp(0, n - 1)
+        return noise.flatten()[(col("noise").long() * n + iy) * n + ix]
+    dx, dy = col("dx"), col("dy")
     along = x * dx + y * dy
-    along_centre = _col(rows, "cx") * dx + _col(rows, "cy") * dy
-    reach = torch.maximum(_col(rows, "a"), _col(rows, "b"))
-    gradient = (0.5 + (along - along_centre) / (2 * reach)).clamp(0, 1)
-    stripes = 0.5 + 0.5 * torch.tanh(_col(rows, "sharpness") * torch.sin(2 * math.pi * along / _col(rows, "period")))
-    n = noise.shape[-1]
-    zoom = _col(rows, "zoom")
-    ty, tx = y * zoom + _col(rows, "oy"), x * zoom + _col(rows, "ox")
-    iy = (ty - n * torch.floor(ty / n)).long().clamp(0, n - 1)
-    ix = (tx - n * torch.floor(tx / n)).long().clamp(0, n - 1)
-    grain = noise.flatten()[(_col(rows, "noise").long() * n + iy) * n + ix]
-    w = torch.where(fill == GRADIENT, gradient, torch.where(fill == STRIPES, stripes, grain))
-    w = torch.where(fill == FLAT, 0.0, w)
-    c1 = rows[:, None, None, _COL["c1r"] : _COL["c1b"] + 1]
-    return c0 + (c1 - c0) * w[..., None]
+    if kind == STRIPES:
+        return 0.5 + 0.5 * torch.tanh(col("sharpness") * torch.sin(2 * math.pi * along / col("period")))
+    along_centre = col("cx") * dx + col("cy") * dy
+    reach = torch.maximum(col("a"), col("b"))
+    return (0.5 + (along - along_centre) / (2 * reach)).clamp(0, 1)
 
 
-def _box_side(half: float) -> int:
-    return next((s for s in BOX_SIDES if s >= 2 * half), math.ceil(2 * half))
+def _fill(rows: torch.Tensor, noise: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(n, *pixels, 3) colours of shapes `rows` (n, F) at canvas pixels x, y (broadcasting to
+    (n, *pixels)): colour 0 to colour 1 by the fill's weight, each fill's formula evaluated only on
+    the shapes that have it."""
+    c0 = rows[:, _COL["c0r"] : _COL["c0b"] + 1]
+    c1 = rows[:, _COL["c1r"] : _COL["c1b"] + 1]
+    pixels = torch.broadcast_shapes(x.shape, y.shape)[1:]
+    out = c0.view(len(rows), *[1] * len(pixels), 3).expand(len(rows), *pixels, 3).clone()
+    fill = rows[:, _COL["fill"]].long()
+    for kind in (GRADIENT, STRIPES, NOISE):
+        which = (fill == kind).nonzero()[:, 0]
+        if len(which) == 0:
+            continue
+        xs = x if x.shape[0] == 1 else x[which]
+        ys = y if y.shape[0] == 1 else y[which]
+        w = _weight(kind, rows[which], noise, xs, ys)
+        shape = (len(which), *[1] * len(pixels), 3)
+        out[which] = c0[which].view(shape) + (c1[which] - c0[which]).view(shape) * w[..., None]
+    return out
+
+
+def _pixel_fill(rows: torch.Tensor, noise: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """_fill for pixels one by one: rows (m, F), x and y (m,) -> (m, 3)."""
+    return _fill(rows, noise, x, y)
 
 
 def rasterise(
@@ -455,69 +561,132 @@ def rasterise(
     device: torch.device,
 ) -> torch.Tensor:
     """(L, 3, side, side) images of dead-leaves layers: shape 0 of each covers it (the background),
-    later shapes over earlier ones. noise: (V, N, N) fields; layer l fills from field noise_of_layer[l]."""
+    later shapes over earlier ones. noise: (V, N, N) fields; layer l fills from field noise_of_layer[l].
+
+    Every shape is evaluated on the square of pixels around it (one flat list of (shape, pixel)
+    pairs for the whole batch, the shapes ordered by kind so that each kind's formula runs on one
+    slice); two scatter-maxima give each pixel its top shape (and coverage) and its topmost fully
+    covering one; each pixel's colour is then filled from those two shapes."""
     count = len(layers)
     sizes = [len(s) for s in layers]
     shapes = Shapes.concat(list(layers))
     layer = np.repeat(np.arange(count), sizes)
     depth = np.concatenate([np.arange(n) for n in sizes])
+    first = np.cumsum([0, *sizes[:-1]])  # each layer's row of its background
     table = _table(shapes, layer=layer, depth=depth, noise_of_layer=np.asarray(noise_of_layer), device=device)
     packed = table["packed"]
-    atlas = _on(("atlas", fonts), lambda: glyph_atlas(fonts), device) if fonts else None
     pixels = count * side * side
 
+    # (shape, pixel) pairs: each foreground shape's square, kinds in turn
+    leaves = np.flatnonzero(depth > 0)
+    leaves = leaves[np.argsort(shapes.kind[leaves], kind="stable")]
+    half = _half_box(shapes)[leaves]  # (n, 2): half the box's width and height
+    lo = np.clip(np.floor(shapes.centre[leaves] - half), 0, side)
+    hi = np.clip(np.ceil(shapes.centre[leaves] + half) + 1, 0, side)  # boxes cut to the canvas
+    size = (hi - lo).astype(np.int64)
+    corner, width, pair_count = lo, size[:, 0], size[:, 0] * size[:, 1]
+    geometry = np.concatenate(
+        [
+            corner,
+            shapes.centre[leaves],
+            np.cos(shapes.turn[leaves])[:, None],
+            np.sin(shapes.turn[leaves])[:, None],
+            shapes.extent[leaves],
+            shapes.soft[leaves, None],
+            width[:, None],
+            layer[leaves, None],
+            depth[leaves, None],
+        ],
+        axis=1,
+    )
+    counts = torch.as_tensor(pair_count, device=device)
+    per = torch.repeat_interleave(
+        torch.as_tensor(geometry, dtype=torch.float32, device=device), counts, dim=0
+    )
+    x0, y0, cx, cy, c, s_, a, b, soft, w, pair_layer, d = per.unbind(1)
+    total = int(counts.sum())
+    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts).float()
+    offset = torch.arange(total, device=device, dtype=torch.float32) - starts  # exact below 2**24 pairs
+    row = torch.floor((offset + 0.5) / w)
+    x = x0 + (offset - row * w)
+    y = y0 + row
+    dx, dy = x + 0.5 - cx, y + 0.5 - cy
+    u, v = c * dx + s_ * dy, c * dy - s_ * dx
+    cover = torch.empty(total, device=device)
+    bounds = np.concatenate([[0], np.cumsum(pair_count)])
+    kinds = shapes.kind[leaves]
+    for kind in np.unique(kinds).tolist():
+        k0, k1 = np.flatnonzero(kinds == kind)[[0, -1]]
+        lo, hi = int(bounds[k0]), int(bounds[k1 + 1])
+        idx = torch.as_tensor(leaves[k0 : k1 + 1], device=device)
+        pair_counts = counts[k0 : k1 + 1]
+        extra = {}
+        if kind == POLYGON:
+            extra["edges"] = table["edges"][idx].repeat_interleave(pair_counts, dim=0)
+        if kind == TEXT:
+            extra["text"] = table["text"][idx].repeat_interleave(pair_counts, dim=0)
+            extra["font"] = packed[idx, _COL["font"]].repeat_interleave(pair_counts)
+            extra["atlas"] = _on(("atlas", fonts), lambda: glyph_atlas(fonts), device)
+        cover[lo:hi] = _coverage(kind, u[lo:hi], v[lo:hi], a=a[lo:hi], b=b[lo:hi], soft=soft[lo:hi], **extra)
+    inside = cover > 0
+    pix = ((pair_layer * side + y) * side + x).long()
+    d = d.long()
+    level = torch.round(cover * COVERAGE_LEVELS).long()
     top_key = torch.full((pixels,), COVERAGE_LEVELS, dtype=torch.long, device=device)  # depth 0, covered
+    top_key.scatter_reduce_(0, pix, torch.where(inside, d * (COVERAGE_LEVELS + 1) + level, -1), "amax")
     full_depth = torch.zeros(pixels, dtype=torch.long, device=device)
-    box = np.array([_box_side(h) for h in _half_box(shapes)])
-    for p, kind in sorted(set(zip(box[depth > 0].tolist(), shapes.kind[depth > 0].tolist(), strict=True))):
-        chosen = np.flatnonzero((box == p) & (shapes.kind == kind) & (depth > 0))
-        idx = torch.as_tensor(chosen, device=device)
-        rows = packed[idx]
-        offsets = torch.arange(p, device=device, dtype=torch.float32)
-        cx, cy = _col(rows, "cx"), _col(rows, "cy")
-        x = torch.floor(cx - p / 2) + offsets[None, None, :]  # (n, 1, P)
-        y = torch.floor(cy - p / 2) + offsets[None, :, None]  # (n, P, 1)
-        dx, dy = x + 0.5 - cx, y + 0.5 - cy
-        c, s = _col(rows, "cos"), _col(rows, "sin")
-        u, v = c * dx + s * dy, c * dy - s * dx  # (n, P, P)
-        cover = _coverage(
-            rows, kind, u, v, edges=table["edges"][idx] if kind == POLYGON else None,
-            text=table["text"][idx], atlas=atlas,
-        )
-        inside = (x >= 0) & (x < side) & (y >= 0) & (y < side) & (cover > 0)
-        lay = _col(rows, "layer").long()
-        pix = ((lay * side + y.clamp(0, side - 1).long()) * side + x.clamp(0, side - 1).long()).flatten()
-        d = _col(rows, "depth").long()
-        level = torch.round(cover * COVERAGE_LEVELS).long()
-        top_key.scatter_reduce_(0, pix, torch.where(inside, d * (COVERAGE_LEVELS + 1) + level, -1).flatten(), "amax")
-        full_depth.scatter_reduce_(0, pix, torch.where(inside & (level == COVERAGE_LEVELS), d, -1).flatten(), "amax")
+    full_depth.scatter_reduce_(0, pix, torch.where(inside & (level == COVERAGE_LEVELS), d, -1), "amax")
 
     # each pixel: its top shape's fill, blended by that shape's coverage over its topmost full one's
     top_depth = torch.div(top_key, COVERAGE_LEVELS + 1, rounding_mode="floor")
-    alpha = (top_key % (COVERAGE_LEVELS + 1)).float()[:, None] / COVERAGE_LEVELS
-    alpha = torch.where((top_depth == full_depth)[:, None], 1.0, alpha)
-    first = torch.as_tensor(np.cumsum([0, *sizes[:-1]]), device=device)  # each layer's row 0
-    pixel_layer = torch.arange(count, device=device).repeat_interleave(side * side)
+    alpha = (top_key % (COVERAGE_LEVELS + 1)).float() / COVERAGE_LEVELS
+    alpha = torch.where(top_depth == full_depth, 1.0, alpha)
     grid = torch.arange(side, device=device, dtype=torch.float32)
-    x = grid.repeat(count * side)[:, None, None]
-    y = grid.repeat_interleave(side).repeat(count)[:, None, None]
-    full_image = _fill(packed[first[pixel_layer] + full_depth], noise, x, y).reshape(pixels, 3)
-    blended = alpha[:, 0] < 1
-    image = full_image.clone()
-    if bool(blended.any()):
-        which = blended.nonzero()[:, 0]
-        rows = packed[first[pixel_layer[which]] + top_depth[which]]
-        top_colour = _fill(rows, noise, x[which], y[which]).reshape(-1, 3)
-        image[which] = alpha[which] * top_colour + (1 - alpha[which]) * full_image[which]
+    background = _fill(
+        packed[torch.as_tensor(first, device=device)], noise, grid[None, None, :], grid[None, :, None]
+    ).reshape(pixels, 3)
+    first_row = torch.as_tensor(first, device=device).repeat_interleave(side * side)
+    flat = packed[:, _COL["fill"]] == FLAT
+    colours = packed[:, _COL["c0r"] : _COL["c0b"] + 1]
+
+    def colour_of(depth_at: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Colours of the shapes at `depth_at` of pixels `at` (all when None)."""
+        layer_first = first_row if at is None else first_row[at]
+        shape = layer_first + depth_at
+        out = torch.where(
+            (depth_at == 0)[:, None], background if at is None else background[at], colours[shape]
+        )
+        textured = (depth_at > 0) & ~flat[shape]
+        if bool(textured.any()):
+            which = textured.nonzero()[:, 0]
+            where = which if at is None else at[which]
+            out[which] = _pixel_fill(
+                packed[shape[which]], noise, grid[where % side], grid[(where // side) % side]
+            )
+        return out
+
+    image = colour_of(full_depth)
+    blended = (alpha < 1).nonzero()[:, 0]
+    if len(blended):
+        a = alpha[blended, None]
+        image[blended] = a * colour_of(top_depth[blended], blended) + (1 - a) * image[blended]
     return image.view(count, side, side, 3).permute(0, 3, 1, 2).contiguous()
 
 
-def sprite_alpha(masks: Sequence[Shapes], sides: Sequence[int], *, side: int, fonts: tuple[str, ...], device: torch.device) -> torch.Tensor:
+def sprite_alpha(
+    masks: Sequence[Shapes], sides: Sequence[int], *, side: int, fonts: tuple[str, ...], device: torch.device
+) -> torch.Tensor:
     """(M, 1, side, side) coverage of each moving layer's cut-out shape over its side x side
     texture (zero beyond it)."""
     shapes = Shapes.concat(list(masks))
     count = len(shapes)
-    table = _table(shapes, layer=np.arange(count), depth=np.ones(count), noise_of_layer=np.zeros(count, dtype=np.int64), device=device)
+    table = _table(
+        shapes,
+        layer=np.arange(count),
+        depth=np.ones(count),
+        noise_of_layer=np.zeros(count, dtype=np.int64),
+        device=device,
+    )
     grid = torch.arange(side, device=device, dtype=torch.float32) + 0.5
     alpha = torch.zeros(count, side, side, device=device)
     for kind in sorted(set(shapes.kind.tolist())):
@@ -527,7 +696,18 @@ def sprite_alpha(masks: Sequence[Shapes], sides: Sequence[int], *, side: int, fo
         c, s = _col(rows, "cos"), _col(rows, "sin")
         u, v = c * dx + s * dy, c * dy - s * dx
         atlas = _on(("atlas", fonts), lambda: glyph_atlas(fonts), device) if kind == TEXT else None
-        alpha[idx] = _coverage(rows, kind, u, v, edges=table["edges"][idx], text=table["text"][idx], atlas=atlas)
+        alpha[idx] = _coverage(
+            kind,
+            u,
+            v,
+            a=_col(rows, "a"),
+            b=_col(rows, "b"),
+            soft=_col(rows, "soft"),
+            edges=table["edges"][idx],
+            text=table["text"][idx],
+            font=rows[:, _COL["font"]],
+            atlas=atlas,
+        )
     inside = torch.as_tensor(np.asarray(sides), device=device, dtype=torch.float32)[:, None, None]
     alpha = torch.where((grid[None, None, :] < inside) & (grid[None, :, None] < inside), alpha, 0.0)
     return alpha[:, None]
@@ -537,7 +717,9 @@ class SceneBatch:
     """The scenes of a batch of plans, drawn on `device`: canvases and moving layers, ready to be
     filmed. frames() films any frames of any of them in one pass."""
 
-    def __init__(self, plans: Sequence[ScenePlan], cfg: ProceduralConfig, *, device: torch.device | str = "cpu"):
+    def __init__(
+        self, plans: Sequence[ScenePlan], cfg: ProceduralConfig, *, device: torch.device | str = "cpu"
+    ):
         device = torch.device(device)
         self.plans, self.device = list(plans), device
         fonts = tuple(str(f) for f in cfg.font_files()) if cfg.text > 0 else ()
@@ -569,65 +751,107 @@ class SceneBatch:
                 device=device,
             )
             alpha = sprite_alpha(
-                [s.mask for s in sprites], [s.side for s in sprites], side=self.sprite_side, fonts=fonts, device=device
+                [s.mask for s in sprites],
+                [s.side for s in sprites],
+                side=self.sprite_side,
+                fonts=fonts,
+                device=device,
             )
             self.sprite_pyramid = image_pyramid_batch(torch.cat([texture * alpha, alpha], dim=1))
 
     def frames(self, requests: Sequence[tuple[int, Sequence[int]]]) -> list[torch.Tensor]:
-        """For each (scene, frame indices): its HR frames (n, 3, F, F) in [0, 1]."""
-        views, sprite_views = [], []  # (scene, camera, t) per frame; (frame row, sprite, camera, t)
+        """For each (scene, frame indices): its HR frames (n, 3, F, F) in [0, 1]. The camera
+        films each scene's frames in one resampling from the pyramid level its nearest view needs,
+        and each moving layer likewise; the layers go over the frames in drawing order."""
+        size = self.plans[0].frame_size
+        side = self.canvas[0].shape[-1]
+        cameras, times = [], []
         for b, indices in requests:
             plan = self.plans[b]
-            timing = SceneVideo(pyramid=[], paths=plan.paths, num_frames=plan.num_frames, frame_size=plan.frame_size, video_id="")
+            timing = SceneVideo(
+                pyramid=[],
+                paths=plan.paths,
+                num_frames=plan.num_frames,
+                frame_size=plan.frame_size,
+                video_id="",
+            )
             for i in indices:
                 if not 0 <= i < plan.num_frames:
                     raise IndexError(f"frame {i} outside a {plan.num_frames}-frame video")
-                camera = timing.camera(i)
-                t = i / max(plan.num_frames - 1, 1)
-                row = len(views)
-                views.append((b, camera))
-                for m, owner in enumerate(self.sprite_owner):
-                    if owner == b:
-                        sprite_views.append((row, m, camera, t))
-        size = self.plans[0].frame_size
-        side = self.canvas[0].shape[-1]
-        thetas = torch.tensor(
-            [view_theta(*camera, height=side, width=side, dtype=torch.float64).tolist() for _, camera in views],
-            device=self.device,
+            cameras.append([timing.camera(i) for i in indices])
+            times.append([i / max(plan.num_frames - 1, 1) for i in indices])
+        thetas = [
+            [view_theta(*camera, height=side, width=side, dtype=torch.float32).tolist() for camera in views]
+            for views in cameras
+        ]
+        levels = [pyramid_level(self.canvas, min(c[2] for c in views) / size) for views in cameras]
+        frames = self._film(
+            self.canvas, [b for b, _ in requests], thetas, levels, size, "bicubic", "reflection"
         )
-        levels = [pyramid_level(self.canvas, camera[2] / size) for _, camera in views]
-        frames = self._film(self.canvas, [b for b, _ in views], thetas, levels, size, mode="bicubic", padding="reflection")
-        if sprite_views:
-            placements = [self.sprites[m].motion.at(t) for _, m, _, t in sprite_views]
-            scale = torch.tensor([self.sprites[m].side / self.sprite_side for _, m, _, _ in sprite_views], device=self.device)
-            theta = torch.tensor([sprite_theta(camera, p) for (_, _, camera, _), p in zip(sprite_views, placements, strict=True)], device=self.device, dtype=torch.float32)
-            theta = theta * scale[:, None, None]
-            theta[:, :, 2] += scale[:, None] - 1  # the texture fills the top-left side x side of its canvas
-            levels = [
-                pyramid_level(self.sprite_pyramid, (camera[2] / size) * self.sprites[m].side / p[3])
-                for (_, m, camera, _), p in zip(sprite_views, placements, strict=True)
-            ]
-            layers = self._film(self.sprite_pyramid, [m for _, m, _, _ in sprite_views], theta, levels, size, mode="bilinear", padding="zeros")
-            for k, (row, _, _, _) in enumerate(sprite_views):  # in drawing order: later over earlier
-                frames[row] = frames[row] * (1 - layers[k, 3:]) + layers[k, :3]
-        frames = frames.clamp(0, 1)
-        out, start = [], 0
-        for _, indices in requests:
-            out.append(frames[start : start + len(indices)])
-            start += len(indices)
+        for j, (b, _) in enumerate(requests):
+            for m in (m for m, owner in enumerate(self.sprite_owner) if owner == b):
+                sprite = self.sprites[m]
+                placements = [sprite.motion.at(t) for t in times[j]]
+                scale = sprite.side / self.sprite_side  # the texture fills the top-left side x side
+                theta = [
+                    [[e * scale for e in r[:2]] + [(r[2] + 1) * scale - 1] for r in sprite_theta(camera, p)]
+                    for camera, p in zip(cameras[j], placements, strict=True)
+                ]
+                nearest = min(c[2] / p[3] for c, p in zip(cameras[j], placements, strict=True))
+                level = pyramid_level(self.sprite_pyramid, nearest * sprite.side / size)
+                (y0, y1), (x0, x1) = footprint(theta, texture=2 * scale - 1, size=size)
+                if y1 <= y0 or x1 <= x0:
+                    continue  # out of view the whole time
+                theta_t = torch.tensor(theta, device=self.device, dtype=torch.float32)
+                grid = F.affine_grid(theta_t, [len(theta), 4, size, size], align_corners=False)[
+                    :, y0:y1, x0:x1
+                ]
+                source = self.sprite_pyramid[level][m : m + 1]
+                layer = F.grid_sample(
+                    source,
+                    grid.reshape(1, -1, x1 - x0, 2),
+                    mode="bilinear",
+                    padding_mode="zeros",
+                    align_corners=False,
+                ).view(4, len(theta), y1 - y0, x1 - x0)
+                region = frames[j][:, :, y0:y1, x0:x1]
+                frames[j][:, :, y0:y1, x0:x1] = region * (1 - layer[3:]) + layer[:3]
+        return [f.transpose(0, 1).clamp(0, 1) for f in frames]
+
+    def _film(self, pyramid, sources, thetas, levels, size, mode, padding) -> list[torch.Tensor]:
+        """For each k: image sources[k] of the pyramid, at its level, resampled at the affines
+        thetas[k] (one per frame): (C, frames, size, size). The images of one level go through one
+        grid_sample, each image's frames stacked one under the other in its grid."""
+        channels = pyramid[0].shape[1]
+        out: list[torch.Tensor | None] = [None] * len(sources)
+        for level in sorted(set(levels)):
+            group = [k for k, lv in enumerate(levels) if lv == level]
+            depth = max(len(thetas[k]) for k in group)
+            padded = [thetas[k] + [thetas[k][0]] * (depth - len(thetas[k])) for k in group]
+            theta = torch.tensor(padded, device=self.device, dtype=pyramid[level].dtype).flatten(0, 1)
+            grid = F.affine_grid(theta, [len(theta), channels, size, size], align_corners=False)
+            grid = grid.view(len(group), depth * size, size, 2)
+            image = pyramid[level][torch.as_tensor([sources[k] for k in group], device=self.device)]
+            filmed = F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=False)
+            filmed = filmed.view(len(group), channels, depth, size, size)
+            for g, k in enumerate(group):
+                out[k] = filmed[g, :, : len(thetas[k])]
         return out
 
-    def _film(self, pyramid, sources, thetas, levels, size, *, mode, padding) -> torch.Tensor:
-        """Resample rows sources[k] of the pyramid at affine thetas[k], each from its level."""
-        channels = pyramid[0].shape[1]
-        out = torch.empty(len(sources), channels, size, size, device=self.device)
-        source_index = torch.as_tensor(sources, device=self.device)
-        for level in sorted(set(levels)):
-            rows = torch.as_tensor([k for k, lv in enumerate(levels) if lv == level], device=self.device)
-            theta = thetas[rows].to(pyramid[level].dtype)
-            grid = F.affine_grid(theta, [len(rows), channels, size, size], align_corners=False)
-            out[rows] = F.grid_sample(pyramid[level][source_index[rows]], grid, mode=mode, padding_mode=padding, align_corners=False)
-        return out
+
+def footprint(theta: Sequence, *, texture: float, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The rows and columns [start, end) of a size x size frame that a moving layer can touch in
+    any of its frames: its texture spans [-1, texture] in its coordinates, theta maps output to
+    texture coordinates (one (2, 3) per frame); a pixel of margin for the bilinear taps."""
+    corners = np.array([[-1, -1], [texture, -1], [-1, texture], [texture, texture]], dtype=np.float64)
+    points = []
+    for t in theta:
+        t = np.asarray(t, dtype=np.float64)
+        points.append((corners - t[:, 2]) @ np.linalg.inv(t[:, :2]).T)  # output coordinates in [-1, 1]
+    pixels = (np.concatenate(points) + 1) / 2 * size - 0.5
+    lo = np.clip(np.floor(pixels.min(axis=0)) - 1, 0, size).astype(int)
+    hi = np.clip(np.ceil(pixels.max(axis=0)) + 2, 0, size).astype(int)
+    return (int(lo[1]), int(hi[1])), (int(lo[0]), int(hi[0]))
 
 
 def image_pyramid_batch(images: torch.Tensor, *, levels: int = 6) -> list[torch.Tensor]:
@@ -643,7 +867,9 @@ class TorchSceneVideo(SceneVideo):
     validation and test scenes, and any single video, film their frames as a training batch does.
     Drawn on first use; its `paths` and `sprites` (SpritePlans) may be changed before or after."""
 
-    def __init__(self, plan: ScenePlan, cfg: ProceduralConfig, *, video_id: str, device: torch.device | str = "cpu"):
+    def __init__(
+        self, plan: ScenePlan, cfg: ProceduralConfig, *, video_id: str, device: torch.device | str = "cpu"
+    ):
         super().__init__(
             pyramid=[],
             paths=plan.paths,
