@@ -92,7 +92,12 @@ def stall_fraction(steps: dict, *, count: int, rounds: int = 2) -> dict[str, flo
     on one batch held in memory; rounds alternate the two, each `count` steps after 3 warm-up ones."""
     datamodule = build_datamodule(steps["cfg"])
     datamodule.setup("fit")
-    loader = iter(datamodule.train_dataloader())
+    def endless():
+        loader = datamodule.train_dataloader()
+        while True:  # epoch after epoch, as training goes on
+            yield from loader
+
+    loader = endless()
     step = steps["step2"]
 
     def fed(batch):
