@@ -31,12 +31,15 @@ from harness import bench_parser, interleaved_seconds, median_ratio, write_figur
 from hypernet.data.camera import builtin_images
 from hypernet.data.datamodule import build_datamodule
 from hypernet.data.datasets import DegradationConfig, FreshVideoDataset, SampleConfig, collate_items
+from hypernet.data.degrade import DegradationRanges
 from hypernet.data.procedural import ProceduralConfig
 
 BATCH = 8
 
 
-def fresh_batches(data, *, source: str, backend: str = "torch", device: str = "cpu", batch: int = BATCH):
+def fresh_batches(
+    data, *, source: str, backend: str = "torch", device: str = "cpu", batch: int = BATCH, codec: bool = False
+):
     """A function drawing the next batch of brand-new videos of `source` at `data`'s (the
     experiment's) sample shapes, each call new indices; the batch stacked as training gets it."""
     sample = SampleConfig(
@@ -49,7 +52,9 @@ def fresh_batches(data, *, source: str, backend: str = "torch", device: str = "c
         num_frames=data.num_frames,
         hr_size=data.hr_size,
         sample=sample,
-        degradation=DegradationConfig(),
+        degradation=DegradationConfig(
+            ranges=DegradationRanges(crf=(18, 32), codec_prob=1.0 if codec else 0.0)
+        ),
         seed=0,
         procedural=ProceduralConfig(backend=backend),
     )
@@ -76,6 +81,7 @@ def draw_over_step(steps: dict, *, repeats: int) -> dict[str, float]:
         "procedural": fresh_batches(data, source="procedural"),
         "pil": fresh_batches(data, source="procedural", backend="pil"),
         "stills": fresh_batches(data, source="stills"),
+        "h264": fresh_batches(data, source="procedural", codec=True),
     }
     seconds = interleaved_seconds(fns, warmup=2, repeats=repeats)
     figures = {f"{name}_s": statistics.median(s) for name, s in seconds.items()}
@@ -84,6 +90,9 @@ def draw_over_step(steps: dict, *, repeats: int) -> dict[str, float]:
     figures["pil_over_step"] = median_ratio(seconds["pil"], seconds["stage2"])
     figures["stills_over_step"] = median_ratio(seconds["stills"], seconds["stage2"])
     figures["procedural_videos_per_s"] = BATCH / figures["procedural_s"]
+    # every video of the batch through the H.264 round trip (PyAV, on the CPU, video by video)
+    figures["h264_extra_s"] = figures["h264_s"] - figures["procedural_s"]
+    figures["h264_over_step"] = median_ratio(seconds["h264"], seconds["stage2"])
     return figures
 
 
@@ -92,6 +101,7 @@ def stall_fraction(steps: dict, *, count: int, rounds: int = 2) -> dict[str, flo
     on one batch held in memory; rounds alternate the two, each `count` steps after 3 warm-up ones."""
     datamodule = build_datamodule(steps["cfg"])
     datamodule.setup("fit")
+
     def endless():
         loader = datamodule.train_dataloader()
         while True:  # epoch after epoch, as training goes on
@@ -158,7 +168,9 @@ def main() -> None:
     print(
         f"procedural_over_step = {figures['procedural_over_step']:.2f} (target <= 0.25; PIL "
         f"{figures['pil_over_step']:.2f}), over a stage-1 step {figures['procedural_over_stage1_step']:.2f}, "
-        f"stills_over_step = {figures['stills_over_step']:.2f}"
+        f"stills_over_step = {figures['stills_over_step']:.2f}; the H.264 round trip (CPU, PyAV) adds "
+        f"{figures['h264_extra_s'] * 1e3:.0f} ms to a batch whose every video takes it (h264_over_step = "
+        f"{figures['h264_over_step']:.2f})"
     )
     figures.update(stall_fraction(steps, count=args.stall_steps))
     print(

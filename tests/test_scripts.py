@@ -117,3 +117,16 @@ def test_interleaved_timing_alternates_the_steps_and_compares_them_round_by_roun
     assert all(b > a for a, b in zip(samples["a"], samples["b"], strict=True))
     assert median_ratio([2.0, 20.0, 2.2], [1.0, 10.0, 1.0]) == 2.0  # round 2 ran 10x slower for both
     assert median_ratio([2.0, 20.0, 2.2], [1.0, 1.0, 1.0]) == 2.2  # the burst hit one step alone
+
+
+def test_bench_data_writes_its_figures(tmp_path):
+    """bench_data end to end at a small budget: the draw-over-step ratios, the stall fraction
+    (between 0 and 1), and the GPU rate said skipped where there is no GPU."""
+    out = tmp_path / "bench.json"
+    printed = run_script("scripts/bench_data.py", "--repeats", "1", "--stall-steps", "2", "--json", str(out))
+    figures = json.loads(out.read_text())
+    for key in ("procedural_over_step", "pil_over_step", "stills_over_step", "procedural_videos_per_s"):
+        assert figures[key] > 0, key
+    assert 0 <= figures["data_stall_fraction"] < 1 and figures["loader_workers"] >= 0
+    if "cuda_procedural_videos_per_s" not in figures:
+        assert "no CUDA GPU here" in printed

@@ -52,6 +52,7 @@ CORNERS = 7  # polygon edges (fewer corners repeat the last edge)
 GLYPHS = string.ascii_letters + string.digits
 GLYPH_EM = 32  # atlas pixels per em
 GLYPH_CELL = (40, 24)  # atlas cell (height, width): the advance of every letter
+GLYPH_LEVELS = 4  # mipmap levels of the glyph atlas (cells 40x24 .. 5x3)
 NOISE_SIDE = 256
 COVERAGE_LEVELS = 1023  # coverage is packed into the depth key in this many steps
 BOX_SIDES = (8, 16, 32, 64, 128, 256, 512)
@@ -165,15 +166,16 @@ class _Planner:
             turn=rng.uniform(-np.pi, np.pi, size=count),
             extent=extent,
             corners=corners,
-            soft=np.where(soft, 2.5 * rng.uniform(0.35, 0.075 * r + 0.5), 1.0),
+            # a Gaussian edge of sigma s (the PIL painter's: 0.35 .. 0.15 r + 0.5 pixels) spans about 3 s
+            soft=np.where(soft, 3.0 * rng.uniform(0.35, 0.15 * r + 0.5), 1.0),
             fill=fill,
             colours=self.colours(count),
             fill_angle=rng.uniform(0, np.pi, size=count),
-            period=rng.uniform(3.0, 0.3 * frame, size=count),
+            period=rng.uniform(1.5, 0.3 * frame, size=count),
             sharpness=rng.choice([1.0, 4.0, 30.0], size=count),
             noise_at=np.stack(
                 [
-                    rng.uniform(0.5, 2.0, size=count),
+                    rng.uniform(1.0, 4.0, size=count),
                     rng.uniform(0, NOISE_SIDE, size=count),
                     rng.uniform(0, NOISE_SIDE, size=count),
                 ],
@@ -199,10 +201,10 @@ class _Planner:
             fill=rng.integers(len(FILLS), size=1),
             colours=self.colours(1),
             fill_angle=rng.uniform(0, np.pi, size=1),
-            period=rng.uniform(3.0, 0.3 * self.frame, size=1),
+            period=rng.uniform(1.5, 0.3 * self.frame, size=1),
             sharpness=rng.choice([1.0, 4.0, 30.0], size=1),
             noise_at=np.stack(
-                [rng.uniform(0.5, 2.0, 1), rng.uniform(0, NOISE_SIDE, 1), rng.uniform(0, NOISE_SIDE, 1)], 1
+                [rng.uniform(1.0, 4.0, 1), rng.uniform(0, NOISE_SIDE, 1), rng.uniform(0, NOISE_SIDE, 1)], 1
             ),
             text=np.full((1, 6), -1),
             font=np.zeros(1, dtype=np.int64),
@@ -276,8 +278,10 @@ def plan_scene(
 
 @lru_cache(maxsize=8)
 def glyph_atlas(fonts: tuple[str, ...]) -> torch.Tensor:
-    """(fonts, len(GLYPHS), *GLYPH_CELL) coverage in [0, 1]: every letter and digit of every font,
-    centred in a cell whose width is the advance of a word's letters."""
+    """Every letter and digit of every font, centred in a cell whose width is the advance of a
+    word's letters, as coverage in [0, 1] at GLYPH_LEVELS resolutions (a mipmap: level l halves
+    level l - 1 by 2x2 averaging), so that small text reads a pre-filtered glyph instead of
+    aliasing; all levels flattened into one tensor, level l starting at `glyph_level_offsets()[l]`."""
     height, width = GLYPH_CELL
     atlas = np.zeros((len(fonts), len(GLYPHS), height, width), dtype=np.float32)
     for f, path in enumerate(fonts):
@@ -286,7 +290,19 @@ def glyph_atlas(fonts: tuple[str, ...]) -> torch.Tensor:
             image = Image.new("L", (width, height), 0)
             ImageDraw.Draw(image).text((width / 2, height / 2), glyph, fill=255, font=font, anchor="mm")
             atlas[f, g] = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(atlas)
+    level = torch.from_numpy(atlas).flatten(0, 1)[:, None]
+    levels = [level]
+    for _ in range(GLYPH_LEVELS - 1):
+        level = F.avg_pool2d(level, 2)
+        levels.append(level)
+    return torch.cat([lv.flatten() for lv in levels])
+
+
+def glyph_level_offsets(fonts: int) -> list[int]:
+    """Where each level of the flattened glyph atlas starts."""
+    height, width = GLYPH_CELL
+    sizes = [fonts * len(GLYPHS) * (height >> lv) * (width >> lv) for lv in range(GLYPH_LEVELS)]
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
 
 
 _DEVICE_CACHE: dict[tuple, torch.Tensor] = {}
@@ -468,27 +484,36 @@ def _text_coverage(
     font: torch.Tensor,
     atlas: torch.Tensor,
 ) -> torch.Tensor:
-    """A word's coverage: each pixel reads its letter's glyph from the atlas (bilinear)."""
-    height, width = GLYPH_CELL
+    """A word's coverage: each pixel reads its letter's glyph (bilinear) from the atlas level whose
+    resolution is just above the word's (atlas pixels per canvas pixel in [1, 2) where it can)."""
     shape = (-1, *([1] * (u.dim() - 1)))
     letters = (text >= 0).sum(dim=1).clamp_min(1).view(shape)
-    scale = GLYPH_EM / em  # atlas pixels per canvas pixel
+    scale = GLYPH_EM / em  # level-0 atlas pixels per canvas pixel
+    level = torch.floor(torch.log2(scale)).clamp(0, GLYPH_LEVELS - 1)
+    step = torch.pow(2.0, level)
+    height, width = GLYPH_CELL[0] / step, GLYPH_CELL[1] / step
+    offsets = torch.tensor(glyph_level_offsets(len(atlas_fonts(atlas))), device=u.device, dtype=torch.float32)
+    offset = offsets[level.long()]
+    scale = scale / step
     ax = u * scale + letters * width / 2 - 0.5
     ay = v * scale + height / 2 - 0.5
-    slot = torch.div(ax + 0.5, width, rounding_mode="floor").long()
+    slot = torch.floor((ax + 0.5) / width)
     inside = (slot >= 0) & (slot < letters) & (ay > -1) & (ay < height)
-    slots = slot.clamp(0, text.shape[1] - 1).reshape(slot.shape[0], -1)
+    slots = slot.long().clamp(0, text.shape[1] - 1).reshape(slot.shape[0], -1)
     glyph = text.gather(1, slots).view_as(slot).clamp_min(0)
     gx = ax - slot * width
     x0, y0 = gx.floor(), ay.floor()
     fx, fy = gx - x0, ay - y0
-    base = (font.long().view(shape) * len(GLYPHS) + glyph) * (height * width)
-    flat = atlas.flatten()
+    base = offset + (font.view(shape) * len(GLYPHS) + glyph) * (height * width)
 
     def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
         ok = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-        index = base + yy.clamp(0, height - 1).long() * width + xx.clamp(0, width - 1).long()
-        return torch.where(ok, flat[index], 0.0)
+        index = (
+            base
+            + torch.minimum(yy.clamp_min(0), height - 1) * width
+            + torch.minimum(xx.clamp_min(0), width - 1)
+        )
+        return torch.where(ok, atlas[index.long()], 0.0)
 
     value = (
         at(y0, x0) * (1 - fx) * (1 - fy)
@@ -497,6 +522,13 @@ def _text_coverage(
         + at(y0 + 1, x0 + 1) * fx * fy
     )
     return torch.where(inside, value, 0.0)
+
+
+def atlas_fonts(atlas: torch.Tensor) -> range:
+    """The fonts a flattened glyph atlas holds, from its size."""
+    height, width = GLYPH_CELL
+    per_font = sum(len(GLYPHS) * (height >> lv) * (width >> lv) for lv in range(GLYPH_LEVELS))
+    return range(atlas.numel() // per_font)
 
 
 def _weight(
