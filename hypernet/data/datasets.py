@@ -42,7 +42,7 @@ from hypernet.data.degrade import (
     quantise,
     sample_degradation,
 )
-from hypernet.data.procedural import ProceduralConfig, pil_procedural_video, procedural_video
+from hypernet.data.procedural import ProceduralConfig, procedural_video
 
 
 class Video(Protocol):
@@ -224,28 +224,14 @@ def finish_sample(
     }
 
 
-def make_sample(
-    video: Video,
-    *,
-    degradation: DegradationConfig,
-    video_seed: int,
-    clip_len: int,
-    context_frames: int,
-    patch_size: int | None,
-    rng: np.random.Generator | None,
-) -> dict:
-    """One item of a video (module docstring). rng=None: deterministic centre clip, full frames."""
-    plan = plan_sample(
-        video,
-        degradation=degradation,
-        video_seed=video_seed,
-        clip_len=clip_len,
-        context_frames=context_frames,
-        patch_size=patch_size,
-        rng=rng,
-    )
+def make_sample(video: Video, **options) -> dict:
+    """One item of a video (module docstring): plan_sample's choices (its options), the frames
+    drawn, finish_sample. rng=None: deterministic centre clip, full frames."""
+    plan = plan_sample(video, **options)
     frames = video.hr_frames(plan.clip + plan.context)
-    return finish_sample(plan, frames, video=video, degradation=degradation, patch_size=patch_size)
+    return finish_sample(
+        plan, frames, video=video, degradation=options["degradation"], patch_size=options["patch_size"]
+    )
 
 
 @dataclass(frozen=True)
@@ -336,19 +322,6 @@ class FreshVideoDataset(Dataset):
         shots = lo if lo == hi else int(rng.integers(lo, hi + 1))
         return source, shots
 
-    def draw_video(self, video_seed: int, rng: np.random.Generator) -> Video:
-        source, shots = self._choose(video_seed, rng)
-        if source == "procedural":
-            return procedural_video(
-                video_seed,
-                self.procedural,
-                num_frames=self.num_frames,
-                frame_size=self.hr_size,
-                zoom_range=self.zoom_range,
-                shots=shots,
-            )
-        return self._stills_video(video_seed, rng, shots)
-
     def _stills_video(self, video_seed: int, rng: np.random.Generator, shots: int) -> Video:
         image = int(rng.integers(len(self.image_paths)))
         pyramid = self._pyramid(image)
@@ -388,14 +361,7 @@ class FreshVideoDataset(Dataset):
                 items.append(self._plan_scene(video_seed, rng, shots))
                 continue
             if source == "procedural":
-                video = pil_procedural_video(
-                    video_seed,
-                    self.procedural,
-                    num_frames=self.num_frames,
-                    frame_size=self.hr_size,
-                    zoom_range=self.zoom_range,
-                    shots=shots,
-                )
+                video = procedural_video(video_seed, self.procedural, **self._scene_options(shots))
             else:
                 video = self._stills_video(video_seed, rng, shots)
             items.append(
@@ -407,17 +373,18 @@ class FreshVideoDataset(Dataset):
             return items
         return self.draw_planned(items, device=self.draw_device)
 
+    def _scene_options(self, shots: int) -> dict:
+        return {
+            "num_frames": self.num_frames,
+            "frame_size": self.hr_size,
+            "zoom_range": self.zoom_range,
+            "shots": shots,
+        }
+
     def _plan_scene(self, video_seed: int, rng: np.random.Generator, shots: int) -> PlannedScene:
         from hypernet.data.scenes import plan_scene
 
-        scene = plan_scene(
-            video_seed,
-            self.procedural,
-            num_frames=self.num_frames,
-            frame_size=self.hr_size,
-            zoom_range=self.zoom_range,
-            shots=shots,
-        )
+        scene = plan_scene(video_seed, self.procedural, **self._scene_options(shots))
         plan = plan_sample(
             scene, degradation=self.degradation, video_seed=video_seed, rng=rng, **vars(self.sample)
         )

@@ -414,18 +414,26 @@ def make_sprite(painter: _Painter, *, scene: int, frame: int) -> SpriteLayer:
     if rng.random() < cfg.soft_edges:
         mask = mask.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.7, 3.0))))
     alpha = to_tensor(mask.resize((2 * side, 2 * side), Image.BILINEAR).reduce(2).convert("RGB"))[:1]
+    motion = sprite_motion(rng, cfg, scene=scene, frame=frame, side=side)
+    return SpriteLayer(torch.cat([to_tensor(texture), alpha]), motion.at)
+
+
+def sprite_motion(
+    rng: np.random.Generator, cfg: ProceduralConfig, *, scene: int, frame: int, side: int
+) -> Trajectory:
+    """A moving layer's path over a scene of side `scene`: a start away from the edges, a travel of
+    up to cfg.max_motion frames in any direction, a turn of up to 40 degrees, a change of size."""
     margin = 0.5 * frame
     start = rng.uniform(margin, scene - margin, size=2) if scene > 2 * margin else np.full(2, scene / 2)
     travel = cfg.max_motion * frame * rng.uniform(0.2, 1.0)
     heading = rng.uniform(0, 2 * np.pi)
     end = start + travel * np.array([math.cos(heading), math.sin(heading)])
     a0 = float(rng.uniform(-180, 180))
-    motion = Trajectory(
+    return Trajectory(
         centres=((float(start[0]), float(start[1])), (float(end[0]), float(end[1]))),
         angles=(a0, a0 + float(rng.uniform(-40, 40))),
         sizes=(float(side), side * float(rng.uniform(0.75, 1.33))),
     )
-    return SpriteLayer(torch.cat([to_tensor(texture), alpha]), motion.at)
 
 
 def procedural_video(
@@ -448,28 +456,6 @@ def procedural_video(
             seed, cfg, num_frames=num_frames, frame_size=frame_size, zoom_range=zoom_range, shots=shots
         )
         return TorchSceneVideo(plan, cfg, video_id=video_id)
-    return pil_procedural_video(
-        seed,
-        cfg,
-        num_frames=num_frames,
-        frame_size=frame_size,
-        zoom_range=zoom_range,
-        shots=shots,
-        video_id=video_id,
-    )
-
-
-def pil_procedural_video(
-    seed: int,
-    cfg: ProceduralConfig,
-    *,
-    num_frames: int,
-    frame_size: int,
-    zoom_range: tuple[float, float] = (0.15, 0.85),
-    shots: int = 1,
-    video_id: str | None = None,
-) -> SceneVideo:
-    """The PIL painter's scene of `seed` (data.procedural.backend=pil)."""
     rng = np.random.default_rng(seed)
     side = round(cfg.canvas * frame_size)
     painter = _Painter(rng, cfg, frame=2 * frame_size)

@@ -43,7 +43,14 @@ from hypernet.data.camera import (
     sprite_theta,
     view_theta,
 )
-from hypernet.data.procedural import FILLS, ProceduralConfig, Trajectory, load_font, scene_palette
+from hypernet.data.procedural import (
+    FILLS,
+    ProceduralConfig,
+    Trajectory,
+    load_font,
+    scene_palette,
+    sprite_motion,
+)
 
 KINDS = ("ellipse", "rectangle", "polygon", "text")
 ELLIPSE, RECTANGLE, POLYGON, TEXT = range(4)
@@ -223,17 +230,7 @@ class _Planner:
             mask.extent[:] = side / (GLYPH_CELL[1] / GLYPH_EM * max(int((mask.text[0] >= 0).sum()), 1))
             mask.extent[:] = np.minimum(mask.extent, side * GLYPH_EM / GLYPH_CELL[0])
         mask.soft[:] = 2.5 * rng.uniform(0.35, 1.5) if rng.random() < cfg.soft_edges else 1.0
-        margin = 0.5 * frame
-        start = rng.uniform(margin, scene - margin, size=2) if scene > 2 * margin else np.full(2, scene / 2)
-        travel = cfg.max_motion * frame * rng.uniform(0.2, 1.0)
-        heading = rng.uniform(0, 2 * np.pi)
-        end = start + travel * np.array([math.cos(heading), math.sin(heading)])
-        a0 = float(rng.uniform(-180, 180))
-        motion = Trajectory(
-            centres=((float(start[0]), float(start[1])), (float(end[0]), float(end[1]))),
-            angles=(a0, a0 + float(rng.uniform(-40, 40))),
-            sizes=(float(side), side * float(rng.uniform(0.75, 1.33))),
-        )
+        motion = sprite_motion(rng, cfg, scene=scene, frame=frame, side=side)
         return SpritePlan(side=side, shapes=shapes, mask=mask, motion=motion)
 
 
