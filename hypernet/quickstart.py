@@ -29,7 +29,11 @@ DEFAULT_OUT = Path("outputs/quickstart")
 # the study's recipes at the quickstart's budget (the study: 48 and 40 epochs), set by time alone:
 # about 4 minutes each on two CPU cores once the scenes cost next to nothing (issue 19)
 QUICKSTART_BASE = ["experiment=base_content", "trainer.max_epochs=32"]
-QUICKSTART_HYPER = ["experiment=hyper_content", "trainer.max_epochs=32"]
+QUICKSTART_HYPER = [
+    "experiment=hyper_content",
+    "trainer.max_epochs=32",
+    "data.test_shots=0",
+]  # 20 test videos
 QUICKSTART_EVAL = ["data.test_shots=0"]  # the 20 videos; the model's inputs come from its checkpoint
 
 
