@@ -14,7 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=.venv/bin/python
 out=outputs/content_scaling
-common=(logger=csv '~callbacks.rich_progress_bar')
+# the procedural scenes these results were measured on: the PIL painter's (the default became the
+# tensor program in issue 19; experiments/torch_scenes compares the two)
+common=(logger=csv '~callbacks.rich_progress_bar' data.procedural.backend=pil)
 train() {  # label, overrides...
   local label=$1; shift
   [ -f "$out/$label/metrics.json" ] && return 0

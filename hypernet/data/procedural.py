@@ -9,13 +9,17 @@ et al. 2021), so every procedural video is a new scene drawn from (seed, index):
   fonts that ship with matplotlib) whose sizes follow a power law (density ~ r^-3, the
   scale-invariant law that gives natural images' 1/f^2 power spectrum), each filled with a flat
   colour, a linear gradient, stripes (sharp or soft) or fractal noise, with sharp or blurred
-  edges at every orientation, drawn at twice the resolution and box-filtered (anti-aliased);
+  edges at every orientation, anti-aliased;
 - moving layers ("sprites"): small dead-leaves patches cut out by a shape, each with its own
   motion (translation, rotation, scale) in scene coordinates, occluding and uncovering the
   canvas and each other; the camera path then moves over the whole scene.
 
 Colours come from a per-scene palette: random hues, or pixels of the *training* photographs
 (natural colour statistics without their content).
+
+This module holds the options (`ProceduralConfig`), what both ways of drawing share (palette,
+fonts, the moving layers' paths) and the PIL painter (data.procedural.backend=pil, shape by shape,
+at twice the resolution). The default draws a whole batch as one tensor program: `scenes.py`.
 """
 
 from __future__ import annotations
