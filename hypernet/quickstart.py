@@ -31,7 +31,7 @@ DEFAULT_OUT = Path("outputs/quickstart")
 QUICKSTART_BASE = ["experiment=base_content", "trainer.max_epochs=28"]
 QUICKSTART_HYPER = [
     "experiment=hyper_content",
-    "trainer.max_epochs=32",
+    "trainer.max_epochs=28",
     "data.test_shots=0",
 ]  # 20 test videos
 QUICKSTART_EVAL = ["data.test_shots=0"]  # the 20 videos; the model's inputs come from its checkpoint
