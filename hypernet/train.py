@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
@@ -74,6 +75,11 @@ def check_config(cfg: DictConfig) -> None:
         )
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be an int, got {cfg.seed!r}")
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(
+            f"threads={threads!r}: the training process's torch threads are an int >= 1, or null"
+        )
     if "base_ckpt" in cfg.stage and not cfg.get("base_ckpt"):
         raise ValueError("stage=hyper needs base_ckpt=PATH: the stage-1 checkpoint of the base to specialise")
 
@@ -294,6 +300,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     if launched_as_rank_zero():  # the others find the folder the first one has begun to fill
         check_run_folder(cfg.paths.output_dir, ckpt_path=cfg.get("ckpt_path"))
     datamodule = check_data(cfg, processes=world_size(cfg.trainer))
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True)
     system = build_system(cfg)
     if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in LIGHTNING_CKPT_NAMES:

@@ -120,3 +120,16 @@ def test_a_finished_run_is_reachable_as_latest(tmp_path, capsys):
     second = log_dir / "train" / "runs" / "two"
     run(compose_train([*TINY_BASE, f"paths.log_dir={log_dir}"], second))
     assert latest.resolve() == second.resolve()
+
+
+def test_threads_set_the_training_process_and_a_bad_count_names_the_option(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        run(compose_train([*TINY_BASE, "threads=1"], tmp_path / "one"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("threads=0", "threads=two"):
+        with pytest.raises(ValueError, match="threads="):
+            run(compose_train([*TINY_BASE, bad], tmp_path / "bad"))
+        assert not (tmp_path / "bad").exists()
