@@ -108,6 +108,42 @@ def test_drawing_on_the_training_device_gives_the_loaders_batch():
 @pytest.mark.skipif(
     not CUDA, reason="no CUDA GPU here: the scenes are drawn on a GPU only on a machine with one"
 )
+def test_a_mixed_batch_drawn_on_cuda_is_the_loaders_batch_there():
+    """The GPU run's path: plans from the loader, photographs' items moved to the GPU as Lightning
+    moves a batch, the scenes drawn there (data.procedural.device=cuda), one batch on the GPU."""
+    datamodule = VSRDataModule(
+        source={"stills": 0.5, "procedural": 0.5},
+        val_source="procedural",
+        hr_size=48,
+        num_frames=12,
+        clip_len=3,
+        context_frames=2,
+        patch_size=32,
+        batch_size=6,
+        samples_per_epoch=12,
+        procedural={"device": "cuda"},
+    )
+    datamodule.setup("fit")
+    dataset = datamodule.train_set
+    on_cpu = collate_items(dataset.__getitems__(range(6)))
+    dataset.defer_drawing = True
+    planned = collate_items(dataset.__getitems__(range(6)))["planned_items"]
+    moved = [
+        item
+        if not isinstance(item, dict)
+        else {k: v.cuda() if torch.is_tensor(v) else v for k, v in item.items()}
+        for item in planned
+    ]
+    batch = datamodule.on_after_batch_transfer({"planned_items": moved}, 0)
+    assert batch["video_id"] == on_cpu["video_id"]
+    for key in ("lr", "hr", "context", "context_times", "degradation"):
+        assert batch[key].device.type == "cuda", key
+        assert (batch[key].cpu() - on_cpu[key]).abs().mean() < 2e-3, key
+
+
+@pytest.mark.skipif(
+    not CUDA, reason="no CUDA GPU here: the scenes are drawn on a GPU only on a machine with one"
+)
 def test_scenes_drawn_on_cuda_match_the_cpu():
     plans = [plan_scene(seed, ProceduralConfig(), num_frames=12, frame_size=48) for seed in range(4)]
     cfg = ProceduralConfig()

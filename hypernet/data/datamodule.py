@@ -454,7 +454,8 @@ class VSRDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and "planned_items" in batch:
             device = self._draw_device() or torch.device("cpu")
             items = self.train_set.draw_planned(batch["planned_items"], device=device)
-            return default_collate(items)
+            collated = default_collate(items)  # its ints (clip starts) become CPU tensors: all to the device
+            return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collated.items()}
         return batch
 
     def train_dataloader(self) -> DataLoader:

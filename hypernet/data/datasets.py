@@ -404,13 +404,15 @@ class FreshVideoDataset(Dataset):
         )
         out = list(items)
         for k, hr in zip(planned, frames, strict=True):
-            out[k] = finish_sample(
+            item = finish_sample(
                 items[k].sample,
                 hr,
                 video=items[k].scene,
                 degradation=self.degradation,
                 patch_size=self.sample.patch_size,
             )
+            # all of it where the frames are (its times and degradation numbers start on the CPU)
+            out[k] = {key: v.to(hr.device) if isinstance(v, torch.Tensor) else v for key, v in item.items()}
         return out
 
 
