@@ -62,7 +62,6 @@ GLYPH_CELL = (40, 24)  # atlas cell (height, width): the advance of every letter
 GLYPH_LEVELS = 4  # mipmap levels of the glyph atlas (cells 40x24 .. 5x3)
 NOISE_SIDE = 256
 COVERAGE_LEVELS = 1023  # coverage is packed into the depth key in this many steps
-BOX_SIDES = (8, 16, 32, 64, 128, 256, 512)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -575,11 +574,6 @@ def _fill(rows: torch.Tensor, noise: torch.Tensor, x: torch.Tensor, y: torch.Ten
     return out
 
 
-def _pixel_fill(rows: torch.Tensor, noise: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """_fill for pixels one by one: rows (m, F), x and y (m,) -> (m, 3)."""
-    return _fill(rows, noise, x, y)
-
-
 def rasterise(
     layers: Sequence[Shapes],
     *,
@@ -689,9 +683,7 @@ def rasterise(
         if bool(textured.any()):
             which = textured.nonzero()[:, 0]
             where = which if at is None else at[which]
-            out[which] = _pixel_fill(
-                packed[shape[which]], noise, grid[where % side], grid[(where // side) % side]
-            )
+            out[which] = _fill(packed[shape[which]], noise, grid[where % side], grid[(where // side) % side])
         return out
 
     image = colour_of(full_depth)
