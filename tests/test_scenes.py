@@ -77,10 +77,8 @@ def test_a_video_is_the_same_whatever_process_draws_it():
         assert torch.equal(torch.cat([b[key] for b in there]), here[key]), key
 
 
-def test_drawing_on_the_training_device_gives_the_loaders_batch():
-    """With the drawing deferred (what a GPU run does), the loader hands out plans and the data
-    module's on_after_batch_transfer draws them: the same batch as drawn in the loader. Mixed with
-    photographs, the items keep their places."""
+def mixed_datamodule(**procedural) -> VSRDataModule:
+    """Batches of 6, half photographs and half procedural scenes, its training set built."""
     datamodule = VSRDataModule(
         source={"stills": 0.5, "procedural": 0.5},
         val_source="procedural",
@@ -91,8 +89,17 @@ def test_drawing_on_the_training_device_gives_the_loaders_batch():
         patch_size=32,
         batch_size=6,
         samples_per_epoch=12,
+        procedural=procedural,
     )
     datamodule.setup("fit")
+    return datamodule
+
+
+def test_drawing_on_the_training_device_gives_the_loaders_batch():
+    """With the drawing deferred (what a GPU run does), the loader hands out plans and the data
+    module's on_after_batch_transfer draws them: the same batch as drawn in the loader. Mixed with
+    photographs, the items keep their places."""
+    datamodule = mixed_datamodule()
     dataset = datamodule.train_set
     drawn = collate_items(dataset.__getitems__(range(6)))
     dataset.defer_drawing = True
@@ -111,19 +118,7 @@ def test_drawing_on_the_training_device_gives_the_loaders_batch():
 def test_a_mixed_batch_drawn_on_cuda_is_the_loaders_batch_there():
     """The GPU run's path: plans from the loader, photographs' items moved to the GPU as Lightning
     moves a batch, the scenes drawn there (data.procedural.device=cuda), one batch on the GPU."""
-    datamodule = VSRDataModule(
-        source={"stills": 0.5, "procedural": 0.5},
-        val_source="procedural",
-        hr_size=48,
-        num_frames=12,
-        clip_len=3,
-        context_frames=2,
-        patch_size=32,
-        batch_size=6,
-        samples_per_epoch=12,
-        procedural={"device": "cuda"},
-    )
-    datamodule.setup("fit")
+    datamodule = mixed_datamodule(device="cuda")
     dataset = datamodule.train_set
     on_cpu = collate_items(dataset.__getitems__(range(6)))
     dataset.defer_drawing = True

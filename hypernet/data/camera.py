@@ -139,10 +139,11 @@ def random_camera_path(
 
 
 def image_pyramid(image: torch.Tensor, *, levels: int = 6) -> list[torch.Tensor]:
-    """Levels halved by 2x2 averaging, so a distant view samples a pre-filtered image (no aliasing)."""
+    """Levels halved by 2x2 averaging, so a distant view samples a pre-filtered image (no aliasing);
+    of one image (C, H, W) or of a batch (B, C, H, W), every level holding the whole batch."""
     pyramid = [image]
     while len(pyramid) < levels and min(pyramid[-1].shape[-2:]) >= 32:
-        pyramid.append(F.avg_pool2d(pyramid[-1][None], 2, ceil_mode=True)[0])
+        pyramid.append(F.avg_pool2d(pyramid[-1], 2, ceil_mode=True))
     return pyramid
 
 
@@ -311,8 +312,6 @@ class SceneVideo:
         self.video_id = video_id
         self.sprites = list(sprites)
         self.colour = colour
-        # shot k covers frames shot_starts[k] .. shot_starts[k+1]-1 (equal lengths, the rest to the last)
-        self.shot_starts = [k * num_frames // len(paths) for k in range(len(paths))]
 
     @property
     def path(self) -> CameraPath:
@@ -322,15 +321,13 @@ class SceneVideo:
     def hr_size(self) -> tuple[int, int]:
         return self.frame_size, self.frame_size
 
-    def shot_of(self, index: int) -> int:
-        return max(k for k, start in enumerate(self.shot_starts) if start <= index)
+    @property
+    def shot_starts(self) -> list[int]:
+        return shot_starts(self.num_frames, len(self.paths))
 
     def camera(self, index: int) -> tuple[float, float, float, float]:
         """(cx, cy, view, angle) of frame `index`."""
-        k = self.shot_of(index)
-        start = self.shot_starts[k]
-        end = self.shot_starts[k + 1] if k + 1 < len(self.paths) else self.num_frames
-        return self.paths[k].at((index - start) / max(end - start - 1, 1))
+        return shot_camera(self.paths, self.num_frames, index)
 
     def hr_frames(self, indices: list[int]) -> torch.Tensor:
         """Frames `indices`: (n, 3, frame_size, frame_size) in [0, 1]."""
@@ -349,6 +346,21 @@ class SceneVideo:
         if self.colour is not None:
             video = torch.einsum("ij,njhw->nihw", self.colour[:, :3], video) + self.colour[:, 3, None, None]
         return video.clamp(0.0, 1.0)
+
+
+def shot_starts(num_frames: int, shots: int) -> list[int]:
+    """Shot k covers frames starts[k] .. starts[k+1]-1: equal lengths, the rest to the last."""
+    return [k * num_frames // shots for k in range(shots)]
+
+
+def shot_camera(
+    paths: Sequence[CameraPath], num_frames: int, index: int
+) -> tuple[float, float, float, float]:
+    """(cx, cy, view, angle) of frame `index` of a video filmed by `paths`, one per shot."""
+    starts = shot_starts(num_frames, len(paths))
+    k = max(k for k, start in enumerate(starts) if start <= index)
+    end = starts[k + 1] if k + 1 < len(paths) else num_frames
+    return paths[k].at((index - starts[k]) / max(end - starts[k] - 1, 1))
 
 
 def multishot_paths(

@@ -437,17 +437,10 @@ class VSRDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _draw_device(self) -> torch.device | None:
-        """Where procedural training scenes are drawn when not in the loader (None: in the loader,
-        on its CPU): the training device under data.procedural.device=auto when it is a GPU, or
-        the device named."""
-        wanted = self.procedural.device
-        if self.procedural.backend != "torch" or wanted == "cpu":
-            return None
-        if wanted == "auto":
-            trainer = getattr(self, "trainer", None)
-            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-            return device if device.type == "cuda" else None
-        return torch.device(wanted)
+        """Where procedural training scenes are drawn when not in the loader (`draw_device`), for
+        the trainer's device."""
+        trainer = getattr(self, "trainer", None)
+        return draw_device(self.procedural, trainer.strategy.root_device if trainer is not None else None)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Draw a training batch's procedural scenes on the device the batch has just reached."""
@@ -540,6 +533,17 @@ def check_data(cfg: Any, *, processes: int = 1, stages: Sequence[str] = ("fit", 
     return datamodule
 
 
+def draw_device(procedural: ProceduralConfig, training: torch.device | None) -> torch.device | None:
+    """Where procedural training scenes are drawn when not in the loader's processes (None: there,
+    on the CPU): the training device under data.procedural.device=auto when it is a GPU, or the
+    device named."""
+    if procedural.backend != "torch" or procedural.device == "cpu":
+        return None
+    if procedural.device == "auto":
+        return training if training is not None and training.type == "cuda" else None
+    return torch.device(procedural.device)
+
+
 def check_draw_device(datamodule: VSRDataModule, *, accelerator: str) -> None:
     """Draw one training batch of procedural scenes on the GPU that will draw them (the one named
     by data.procedural.device, or under auto the training GPU), so that a batch too large for its
@@ -547,14 +551,10 @@ def check_draw_device(datamodule: VSRDataModule, *, accelerator: str) -> None:
     procedural = datamodule.procedural
     if not isinstance(datamodule.train_set, FreshVideoDataset) or "procedural" not in datamodule.sources:
         return
-    if procedural.backend != "torch" or procedural.device == "cpu":
+    on_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    device = draw_device(procedural, torch.device("cuda", torch.cuda.current_device()) if on_gpu else None)
+    if device is None:
         return
-    if procedural.device == "auto":
-        if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
-            return
-        device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        device = torch.device(procedural.device)
     dataset = datamodule.train_set
     deferred = dataset.defer_drawing
     dataset.defer_drawing = True

@@ -30,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from hypernet.data import video_io
 from hypernet.data.camera import PhotoAugment, StillsVideo, collage, colour_matrix, image_pyramid, load_image
@@ -129,6 +129,7 @@ class SamplePlan:
     flips: list[int]  # dims to flip (-1, -2)
     transpose: bool
     crop: tuple[int, int] | None  # LR (top, left) of the patch; None: full frames
+    patch_size: int | None  # LR patch side
     height: int  # HR size cut to a multiple of the scale
     width: int
     degradation: Degradation
@@ -181,6 +182,7 @@ def plan_sample(
         flips=flips,
         transpose=transpose,
         crop=crop,
+        patch_size=patch_size,
         height=height,
         width=width,
         degradation=d,
@@ -193,7 +195,6 @@ def finish_sample(
     *,
     video: Video,
     degradation: DegradationConfig,
-    patch_size: int | None,
 ) -> dict:
     """The item of a plan, given the video's HR frames plan.clip + plan.context (in that order,
     as drawn): augmented, degraded, cropped."""
@@ -204,7 +205,7 @@ def finish_sample(
     d, scale = plan.degradation, degradation.scale
     lr_clip = degradation.apply(hr_clip, d, plan.clip)
     if plan.crop is not None:
-        top, left = plan.crop
+        (top, left), patch_size = plan.crop, plan.patch_size
         lr_clip = lr_clip[..., top : top + patch_size, left : left + patch_size]
         hr_clip = hr_clip[
             ..., top * scale : (top + patch_size) * scale, left * scale : (left + patch_size) * scale
@@ -229,9 +230,7 @@ def make_sample(video: Video, **options) -> dict:
     drawn, finish_sample. rng=None: deterministic centre clip, full frames."""
     plan = plan_sample(video, **options)
     frames = video.hr_frames(plan.clip + plan.context)
-    return finish_sample(
-        plan, frames, video=video, degradation=options["degradation"], patch_size=options["patch_size"]
-    )
+    return finish_sample(plan, frames, video=video, degradation=options["degradation"])
 
 
 @dataclass(frozen=True)
@@ -409,7 +408,6 @@ class FreshVideoDataset(Dataset):
                 hr,
                 video=items[k].scene,
                 degradation=self.degradation,
-                patch_size=self.sample.patch_size,
             )
             # all of it where the frames are (its times and degradation numbers start on the CPU)
             out[k] = {key: v.to(hr.device) if isinstance(v, torch.Tensor) else v for key, v in item.items()}
@@ -427,8 +425,6 @@ class PlannedScene:
 def collate_items(items: Sequence) -> dict:
     """The DataLoader's collate: items stacked into a batch; a batch holding PlannedScenes (drawn
     on the training device, `VSRDataModule.on_after_batch_transfer`) stays a list until then."""
-    from torch.utils.data import default_collate
-
     if any(isinstance(item, PlannedScene) for item in items):
         return {"planned_items": list(items)}
     return default_collate(list(items))

@@ -38,8 +38,10 @@ from PIL import Image, ImageDraw
 from hypernet.data.camera import (
     CameraPath,
     SceneVideo,
+    image_pyramid,
     multishot_paths,
     pyramid_level,
+    shot_camera,
     sprite_theta,
     view_theta,
 )
@@ -139,6 +141,26 @@ class _Planner:
         base = self.palette[self.rng.integers(len(self.palette), size=(count, 2))]
         return np.clip(base + self.rng.normal(0, 12 / 255, size=(count, 2, 3)), 0, 1)
 
+    def fill_numbers(self, count: int) -> dict[str, np.ndarray]:
+        """The numbers of `count` fills, at the PIL painter's scales: colours, direction, stripes'
+        period (1.5 px .. 0.3 frame) and sharpness, the noise's zoom (1-4 noise pixels a pixel)
+        and offset."""
+        rng = self.rng
+        return {
+            "colours": self.colours(count),
+            "fill_angle": rng.uniform(0, np.pi, size=count),
+            "period": rng.uniform(1.5, 0.3 * self.frame, size=count),
+            "sharpness": rng.choice([1.0, 4.0, 30.0], size=count),
+            "noise_at": np.stack(
+                [
+                    rng.uniform(1.0, 4.0, size=count),
+                    rng.uniform(0, NOISE_SIDE, size=count),
+                    rng.uniform(0, NOISE_SIDE, size=count),
+                ],
+                axis=1,
+            ),
+        }
+
     def shapes(self, count: int, *, side: float, background: bool = True) -> Shapes:
         """`count` dead-leaves shapes over a side x side canvas (radius density ~ r^-3), after a
         background fill covering it when `background`."""
@@ -175,18 +197,7 @@ class _Planner:
             # a Gaussian edge of sigma s (the PIL painter's: 0.35 .. 0.15 r + 0.5 pixels) spans about 3 s
             soft=np.where(soft, 3.0 * rng.uniform(0.35, 0.15 * r + 0.5), 1.0),
             fill=fill,
-            colours=self.colours(count),
-            fill_angle=rng.uniform(0, np.pi, size=count),
-            period=rng.uniform(1.5, 0.3 * frame, size=count),
-            sharpness=rng.choice([1.0, 4.0, 30.0], size=count),
-            noise_at=np.stack(
-                [
-                    rng.uniform(1.0, 4.0, size=count),
-                    rng.uniform(0, NOISE_SIDE, size=count),
-                    rng.uniform(0, NOISE_SIDE, size=count),
-                ],
-                axis=1,
-            ),
+            **self.fill_numbers(count),
             text=words,
             font=rng.integers(max(self.fonts, 1), size=count),
         )
@@ -205,13 +216,7 @@ class _Planner:
             corners=np.zeros((1, CORNERS)),
             soft=np.ones(1),
             fill=rng.integers(len(FILLS), size=1),
-            colours=self.colours(1),
-            fill_angle=rng.uniform(0, np.pi, size=1),
-            period=rng.uniform(1.5, 0.3 * self.frame, size=1),
-            sharpness=rng.choice([1.0, 4.0, 30.0], size=1),
-            noise_at=np.stack(
-                [rng.uniform(1.0, 4.0, 1), rng.uniform(0, NOISE_SIDE, 1), rng.uniform(0, NOISE_SIDE, 1)], 1
-            ),
+            **self.fill_numbers(1),
             text=np.full((1, 6), -1),
             font=np.zeros(1, dtype=np.int64),
         )
@@ -301,14 +306,10 @@ def glyph_level_offsets(fonts: int) -> list[int]:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
 
 
-_DEVICE_CACHE: dict[tuple, torch.Tensor] = {}
-
-
-def _on(tensor_key: tuple, make, device: torch.device) -> torch.Tensor:
-    key = (*tensor_key, str(device))
-    if key not in _DEVICE_CACHE:
-        _DEVICE_CACHE[key] = make().to(device)
-    return _DEVICE_CACHE[key]
+@lru_cache(maxsize=8)
+def glyph_atlas_on(fonts: tuple[str, ...], device: str) -> torch.Tensor:
+    """glyph_atlas, once per process and device."""
+    return glyph_atlas(fonts).to(device)
 
 
 def noise_fields(plans: Sequence[ScenePlan], device: torch.device) -> torch.Tensor:
@@ -488,7 +489,7 @@ def _text_coverage(
     level = torch.floor(torch.log2(scale)).clamp(0, GLYPH_LEVELS - 1)
     step = torch.pow(2.0, level)
     height, width = GLYPH_CELL[0] / step, GLYPH_CELL[1] / step
-    offsets = torch.tensor(glyph_level_offsets(len(atlas_fonts(atlas))), device=u.device, dtype=torch.float32)
+    offsets = torch.tensor(glyph_level_offsets(atlas_font_count(atlas)), device=u.device, dtype=torch.float32)
     offset = offsets[level.long()]
     scale = scale / step
     ax = u * scale + letters * width / 2 - 0.5
@@ -520,11 +521,11 @@ def _text_coverage(
     return torch.where(inside, value, 0.0)
 
 
-def atlas_fonts(atlas: torch.Tensor) -> range:
-    """The fonts a flattened glyph atlas holds, from its size."""
+def atlas_font_count(atlas: torch.Tensor) -> int:
+    """How many fonts a flattened glyph atlas holds, from its size."""
     height, width = GLYPH_CELL
     per_font = sum(len(GLYPHS) * (height >> lv) * (width >> lv) for lv in range(GLYPH_LEVELS))
-    return range(atlas.numel() // per_font)
+    return atlas.numel() // per_font
 
 
 def _weight(
@@ -586,7 +587,7 @@ def rasterise(
     """(L, 3, side, side) images of dead-leaves layers: shape 0 of each covers it (the background),
     later shapes over earlier ones. noise: (V, N, N) fields; layer l fills from field noise_of_layer[l].
 
-    Every shape is evaluated on the square of pixels around it (one flat list of (shape, pixel)
+    Every shape is evaluated on the box of pixels around it as turned (one flat list of (shape, pixel)
     pairs for the whole batch, the shapes ordered by kind so that each kind's formula runs on one
     slice); two scatter-maxima give each pixel its top shape (and coverage) and its topmost fully
     covering one; each pixel's colour is then filled from those two shapes."""
@@ -649,7 +650,7 @@ def rasterise(
         if kind == TEXT:
             extra["text"] = table["text"][idx].repeat_interleave(pair_counts, dim=0)
             extra["font"] = packed[idx, _COL["font"]].repeat_interleave(pair_counts)
-            extra["atlas"] = _on(("atlas", fonts), lambda: glyph_atlas(fonts), device)
+            extra["atlas"] = glyph_atlas_on(fonts, str(device))
         cover[lo:hi] = _coverage(kind, u[lo:hi], v[lo:hi], a=a[lo:hi], b=b[lo:hi], soft=soft[lo:hi], **extra)
     inside = cover > 0
     pix = ((pair_layer * side + y) * side + x).long()
@@ -716,7 +717,7 @@ def sprite_alpha(
         dx, dy = grid[None, None, :] - _col(rows, "cx"), grid[None, :, None] - _col(rows, "cy")
         c, s = _col(rows, "cos"), _col(rows, "sin")
         u, v = c * dx + s * dy, c * dy - s * dx
-        atlas = _on(("atlas", fonts), lambda: glyph_atlas(fonts), device) if kind == TEXT else None
+        atlas = glyph_atlas_on(fonts, str(device)) if kind == TEXT else None
         alpha[idx] = _coverage(
             kind,
             u,
@@ -757,7 +758,7 @@ class SceneBatch:
             fonts=fonts,
             device=device,
         )
-        self.canvas = image_pyramid_batch(canvas)
+        self.canvas = image_pyramid(canvas)
         self.sprite_owner = [b for b, p in enumerate(self.plans) for _ in p.sprites]
         sprites = [s for p in self.plans for s in p.sprites]
         self.sprite_side = max(math.ceil(cfg.sprite_size[1] * p.frame_size) for p in self.plans) + 1
@@ -778,7 +779,7 @@ class SceneBatch:
                 fonts=fonts,
                 device=device,
             )
-            self.sprite_pyramid = image_pyramid_batch(torch.cat([texture * alpha, alpha], dim=1))
+            self.sprite_pyramid = image_pyramid(torch.cat([texture * alpha, alpha], dim=1))
 
     def frames(self, requests: Sequence[tuple[int, Sequence[int]]]) -> list[torch.Tensor]:
         """For each (scene, frame indices): its HR frames (n, 3, F, F) in [0, 1]. The camera
@@ -789,17 +790,10 @@ class SceneBatch:
         cameras, times = [], []
         for b, indices in requests:
             plan = self.plans[b]
-            timing = SceneVideo(
-                pyramid=[],
-                paths=plan.paths,
-                num_frames=plan.num_frames,
-                frame_size=plan.frame_size,
-                video_id="",
-            )
             for i in indices:
                 if not 0 <= i < plan.num_frames:
                     raise IndexError(f"frame {i} outside a {plan.num_frames}-frame video")
-            cameras.append([timing.camera(i) for i in indices])
+            cameras.append([shot_camera(plan.paths, plan.num_frames, i) for i in indices])
             times.append([i / max(plan.num_frames - 1, 1) for i in indices])
         thetas = [
             [view_theta(*camera, height=side, width=side, dtype=torch.float32).tolist() for camera in views]
@@ -873,14 +867,6 @@ def footprint(theta: Sequence, *, texture: float, size: int) -> tuple[tuple[int,
     lo = np.clip(np.floor(pixels.min(axis=0)) - 1, 0, size).astype(int)
     hi = np.clip(np.ceil(pixels.max(axis=0)) + 2, 0, size).astype(int)
     return (int(lo[1]), int(hi[1])), (int(lo[0]), int(hi[0]))
-
-
-def image_pyramid_batch(images: torch.Tensor, *, levels: int = 6) -> list[torch.Tensor]:
-    """image_pyramid over a batch (B, C, H, W)."""
-    pyramid = [images]
-    while len(pyramid) < levels and min(pyramid[-1].shape[-2:]) >= 32:
-        pyramid.append(F.avg_pool2d(pyramid[-1], 2, ceil_mode=True))
-    return pyramid
 
 
 class TorchSceneVideo(SceneVideo):
