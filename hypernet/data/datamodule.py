@@ -12,7 +12,11 @@ Three splits, so that nothing is chosen on the test videos:
 - test (reported, chooses nothing): `test_source`, by default the held-out photographs (5
   photos never seen in training, `val_videos_per_image` single-shot videos each), plus
   multi-shot videos of the same photos (`test_shots`) and videos at a larger frame size
-  (`test_large_hr`), each group in its own loader and reported apart.
+  (`test_large_hr`), each group in its own loader and reported apart;
+- the real-size groups (`test_real_sides`), what users' videos look like: LR frames of
+  128 to 320 pixels and more, each group one degradation of the same videos (`REAL_DEGRADATIONS`):
+  procedural scenes at every listed LR side (moving layers, camera motion), and the held-out
+  photographs at the largest listed side they allow.
 """
 
 from __future__ import annotations
@@ -54,7 +58,35 @@ from hypernet.data.degrade import DegradationRanges
 from hypernet.data.procedural import ProceduralConfig, procedural_video
 
 SOURCES = ("stills", "procedural", "folder", "reds", "vimeo90k", "vid4")
-TEST_GROUPS = ("single", "multishot", "large")
+
+# The degradations of the real-size test groups, fixed here (not taken from data.degradation) so
+# that every run is scored on the same videos: clean MATLAB bicubic (most users' downscales), the
+# BD protocol, the per-video blur and noise the models train on by default, and clean bicubic
+# through H.264 at a good and a poor quality.
+REAL_DEGRADATIONS: dict[str, dict[str, Any]] = {
+    "bi": {"mode": "BI"},
+    "bd": {"mode": "BD"},
+    "random": {"mode": "random", "blur_sigma": [0.4, 2.4], "noise_sigma": [0.0, 12 / 255]},
+    "crf23": {
+        "mode": "random",
+        "blur_sigma": [0, 0],
+        "noise_sigma": [0, 0],
+        "crf": [23, 23],
+        "codec_prob": 1.0,
+    },
+    "crf33": {
+        "mode": "random",
+        "blur_sigma": [0, 0],
+        "noise_sigma": [0, 0],
+        "crf": [33, 33],
+        "codec_prob": 1.0,
+    },
+}
+REAL_GROUPS = tuple(f"real_{name}" for name in REAL_DEGRADATIONS)
+TEST_GROUPS = ("single", "multishot", "large", *REAL_GROUPS)
+# The largest HR frame side of a real-size group: a procedural scene is drawn on a canvas twice
+# the frame's side, and a 4096-pixel canvas (200 MB a pyramid level) is as far as the content goes.
+MAX_REAL_HR = 2048
 
 
 def to_plain(value: Any) -> Any:
@@ -140,6 +172,30 @@ def check_frame_options(
         )
 
 
+def check_real_sides(sides: Any, *, scale: int, test_source: str | None) -> tuple[int, ...]:
+    """data.test_real_sides: LR frame sides, each from MIN_SIZE up to what the content allows."""
+    sides = to_plain(sides)
+    if not isinstance(sides, list | tuple):
+        raise ValueError(f"data.test_real_sides={sides!r} must be a list of LR frame sides, e.g. [128, 320]")
+    sides = tuple(sides)
+    if not sides:
+        return ()
+    if test_source not in ("stills", "procedural"):
+        raise ValueError(
+            f"data.test_real_sides={list(sides)}: the real-size groups are built-in videos; "
+            f"set data.test_source=stills or procedural (it is {test_source})"
+        )
+    for side in sides:
+        check_count("test_real_sides", side, MIN_SIZE, "LR frame sides of the real-size groups")
+        if side * scale > MAX_REAL_HR:
+            raise ValueError(
+                f"data.test_real_sides: {side} is larger than the content allows: a real-size video's "
+                f"HR side (LR side x data.scale={scale} = {side * scale}) is at most {MAX_REAL_HR}; "
+                f"use LR sides up to {MAX_REAL_HR // scale}"
+            )
+    return sides
+
+
 def degradation_config(*, scale: int, degradation: dict[str, Any] | None) -> DegradationConfig:
     options = dict(degradation or {})
     mode = options.pop("mode", "random")
@@ -168,6 +224,8 @@ class VSRDataModule(L.LightningDataModule):
         val_procedural_videos: int = 16,
         test_shots: int = 0,
         test_large_hr: int | None = None,
+        test_real_sides: Sequence[int] = (),
+        test_real_scenes: int = 2,
         shots: int | list[int] = 1,
         procedural: dict[str, Any] | None = None,
         photo_augment: dict[str, Any] | None = None,
@@ -251,6 +309,11 @@ class VSRDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"data.test_large_hr={test_large_hr} must be divisible by data.scale={scale}"
                 )
+        self.test_real_sides = check_real_sides(test_real_sides, scale=scale, test_source=test_source)
+        check_count(
+            "test_real_scenes", test_real_scenes, 1, "procedural scenes per side of the real-size groups"
+        )
+        self.test_real_scenes = test_real_scenes
         self.val_procedural_videos = val_procedural_videos
         self.test_shots = test_shots
         self.test_large_hr = test_large_hr
@@ -393,12 +456,62 @@ class VSRDataModule(L.LightningDataModule):
             for j in range(count)
         ]
 
-    def _evaluation_set(self, videos: list) -> VideoListDataset:
+    def real_size_videos(self, *, split: str = "test") -> list:
+        """The videos of the real-size groups: data.test_real_scenes procedural scenes at every LR
+        side of data.test_real_sides, then (test_source=stills) each held-out photograph at the
+        largest listed side it allows. `split="val"` draws other scenes from other seeds, to
+        study a method on without touching the test videos (and no photographs)."""
+        videos = []
+        for side in self.test_real_sides:
+            for j in range(self.test_real_scenes):
+                videos.append(
+                    procedural_video(
+                        stable_seed(self.val_seed, "real", split, side, j) % (2**31),
+                        self.procedural,
+                        num_frames=self.num_frames,
+                        frame_size=side * self.scale,
+                        zoom_range=self.zoom_range,
+                        video_id=f"scene{side}-{j}" if split == "test" else f"scene{side}-{split}{j}",
+                    )
+                )
+        if split != "test" or self.test_source != "stills":
+            return videos
+        for path in self._stills_images("val"):
+            pyramid = image_pyramid(load_image(path))
+            allowed = [s for s in self.test_real_sides if s * self.scale <= min(pyramid[0].shape[-2:])]
+            if allowed:
+                side = max(allowed)
+                seed = stable_seed(self.val_seed, "real", path.name) % (2**31)
+                videos.append(
+                    StillsVideo(
+                        image_path=path,
+                        seed=seed,
+                        num_frames=self.num_frames,
+                        frame_size=side * self.scale,
+                        zoom_range=self.zoom_range,
+                        pyramid=pyramid,
+                        video_id=f"{path.stem}{side}",
+                    )
+                )
+        return videos
+
+    def _evaluation_set(self, videos: list, degradation: DegradationConfig | None = None) -> VideoListDataset:
         # evaluation clips are whole frames: no patch crop, fixed context
         sample = SampleConfig(
             clip_len=self.sample.clip_len, context_frames=self.sample.context_frames, patch_size=None
         )
-        return VideoListDataset(videos, sample=sample, degradation=self.degradation, seed=self.val_seed)
+        degradation = degradation or self.degradation
+        return VideoListDataset(videos, sample=sample, degradation=degradation, seed=self.val_seed)
+
+    def real_size_sets(self, *, split: str = "test") -> dict[str, VideoListDataset]:
+        """One evaluation set per degradation of REAL_DEGRADATIONS, all of the same videos."""
+        videos = self.real_size_videos(split=split)
+        return {
+            f"real_{name}": self._evaluation_set(
+                videos, degradation_config(scale=self.scale, degradation=options)
+            )
+            for name, options in REAL_DEGRADATIONS.items()
+        }
 
     def build_val_set(self) -> VideoListDataset:
         if self.val_source == "stills":
@@ -423,7 +536,10 @@ class VSRDataModule(L.LightningDataModule):
                 groups["large"] = self.held_out_stills(hr_size=self.test_large_hr)
         else:
             groups = {"single": self._file_videos(self.test_source, "val")}
-        return {name: self._evaluation_set(videos) for name, videos in groups.items()}
+        sets = {name: self._evaluation_set(videos) for name, videos in groups.items()}
+        if self.test_real_sides:
+            sets |= self.real_size_sets()
+        return sets
 
     def setup(self, stage: str | None = None) -> None:
         _, world_size = self.world
@@ -477,11 +593,12 @@ class VSRDataModule(L.LightningDataModule):
         )
 
     def test_dataloader(self) -> list[DataLoader]:
-        """One loader per test group, in TEST_GROUPS order (their frame sizes may differ)."""
+        """One loader per test group, in TEST_GROUPS order (their frame sizes may differ; within a
+        real-size group too, so its videos go one at a time)."""
         return [
             DataLoader(
                 self.test_sets[name],
-                batch_size=self.val_batch_size,
+                batch_size=1 if name in REAL_GROUPS else self.val_batch_size,
                 shuffle=False,
                 num_workers=self.num_workers,
             )

@@ -332,6 +332,9 @@ class DegradationRanges:
     noise_sigma: tuple[float, float] = (0.0, 12 / 255)
     crf: tuple[int, int] | None = None
     codec_prob: float = 0.0  # probability that a video goes through the H.264 round trip
+    clean_prob: float = (
+        0.0  # probability that a video is clean bicubic (no blur, no noise; the codec still may apply)
+    )
 
     def __post_init__(self) -> None:
         # frozen: normalise lists from configs to tuples through object.__setattr__
@@ -344,10 +347,11 @@ class DegradationRanges:
             raise DegradationError(
                 f"DegradationRanges: noise_sigma must lie in [0, 1] (8-bit levels / 255), got {self.noise_sigma!r}"
             )
-        if not 0 <= self.codec_prob <= 1:
-            raise DegradationError(
-                f"DegradationRanges: codec_prob must be in [0, 1], got {self.codec_prob!r}"
-            )
+        for name in ("codec_prob", "clean_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise DegradationError(
+                    f"DegradationRanges: {name} must be in [0, 1], got {getattr(self, name)!r}"
+                )
         if self.codec_prob > 0 and self.crf is None:
             raise DegradationError("DegradationRanges: codec_prob > 0 needs a crf range, e.g. crf=(18, 32)")
         if self.crf is not None and not (self.crf[0] >= 0 and self.crf[1] <= 51):
@@ -357,13 +361,16 @@ class DegradationRanges:
 def sample_degradation(rng: np.random.Generator, *, scale: int, ranges: DegradationRanges) -> Degradation:
     """Draw one video's degradation. The caller seeds rng from the video's own seed.
 
-    Always consumes the same five draws, so changing codec_prob or the crf range does not shift
-    the blur, noise or seed of the videos.
+    Always consumes the same six draws, so changing codec_prob, clean_prob or the crf range does
+    not shift the blur, noise or seed of the videos (the clean coin is the last draw, so the
+    first five are those of the videos drawn before it existed).
     """
     blur_sigma = float(rng.uniform(*ranges.blur_sigma))
     noise_sigma = float(rng.uniform(*ranges.noise_sigma))
     coin, crf_u = float(rng.random()), float(rng.random())
     seed = int(rng.integers(0, 2**31))
+    if float(rng.random()) < ranges.clean_prob:  # a clean downscale, as most users' videos are
+        blur_sigma = noise_sigma = 0.0
     crf = None
     if ranges.crf is not None and coin < ranges.codec_prob:
         low, high = ranges.crf
