@@ -106,3 +106,31 @@ def test_bad_real_sizes_name_the_option(options, message):
 def test_the_content_limit_is_the_hr_side():
     assert MAX_REAL_HR // 4 == 512
     VSRDataModule(test_source="stills", test_real_sides=[512])  # the largest allowed
+
+
+# ----------------------------------------------------------------------------------------------
+# training coverage of users' degradations
+
+
+def test_clean_and_subsampled_videos_join_the_mix_without_moving_the_others():
+    import numpy as np
+
+    from hypernet.data.degrade import Degradation, DegradationRanges, degrade, sample_degradation
+
+    def draw(seed, **options):
+        return sample_degradation(np.random.default_rng(seed), scale=4, ranges=DegradationRanges(**options))
+
+    plain = [draw(s) for s in range(200)]
+    mixed = [draw(s, clean_prob=0.3, subsample_prob=0.5, crf=(18, 35), codec_prob=0.3) for s in range(200)]
+    clean = [m for m in mixed if m.blur_sigma == 0]
+    assert 40 < len(clean) < 80 and all(m.noise_sigma == 0 and not m.subsample for m in clean)
+    assert 50 < sum(m.subsample for m in mixed) < 110
+    for p, m in zip(plain, mixed, strict=True):  # a blurred video keeps its numbers and seed
+        if m.blur_sigma:
+            assert (p.blur_sigma, p.noise_sigma, p.seed) == (m.blur_sigma, m.noise_sigma, m.seed)
+    hr = torch.rand(2, 3, 32, 32)
+    d = Degradation(scale=4, blur_sigma=1.6, noise_sigma=0.0, crf=None, seed=0, subsample=True)
+    assert torch.equal(degrade(hr, d), quantise(bd_downsample(hr, 4)))
+    assert not torch.equal(
+        degrade(hr, d), degrade(hr, Degradation(scale=4, blur_sigma=1.6, noise_sigma=0.0, crf=None, seed=0))
+    )

@@ -10,7 +10,10 @@ they are reproduced bit for bit:
 The hypernetwork's premise is that every video has its own look, so training draws one random
 degradation per video (blur, noise, optional H.264) and applies it identically to all its
 frames: ``sample_degradation`` draws it once, ``degrade`` applies it, and the same seed always
-gives the same LR video, whichever frames are asked for.
+gives the same LR video, whichever frames are asked for. Users' videos are often clean
+downscales, or blurred and subsampled as BD does: ``DegradationRanges.clean_prob`` and
+``subsample_prob`` put those in the mix (``Degradation.subsample`` is not among the numbers of
+``as_tensor``, which the true-degradation control reads).
 
 Tensors are float in [0, 1], channels first, any leading dims: (..., C, H, W).
 """
@@ -285,6 +288,7 @@ class Degradation:
     noise_sigma: float
     crf: int | None
     seed: int
+    subsample: bool = False  # the blur then every scale-th pixel (as BD), not MATLAB bicubic
 
     def __post_init__(self) -> None:
         _check_scale(self.scale)
@@ -332,9 +336,10 @@ class DegradationRanges:
     noise_sigma: tuple[float, float] = (0.0, 12 / 255)
     crf: tuple[int, int] | None = None
     codec_prob: float = 0.0  # probability that a video goes through the H.264 round trip
-    clean_prob: float = (
-        0.0  # probability that a video is clean bicubic (no blur, no noise; the codec still may apply)
-    )
+    # probabilities that a video is a clean bicubic downscale (no blur, no noise; the codec still
+    # may apply), and that a blurred one is subsampled (as BD) instead of bicubic
+    clean_prob: float = 0.0
+    subsample_prob: float = 0.0
 
     def __post_init__(self) -> None:
         # frozen: normalise lists from configs to tuples through object.__setattr__
@@ -347,7 +352,7 @@ class DegradationRanges:
             raise DegradationError(
                 f"DegradationRanges: noise_sigma must lie in [0, 1] (8-bit levels / 255), got {self.noise_sigma!r}"
             )
-        for name in ("codec_prob", "clean_prob"):
+        for name in ("codec_prob", "clean_prob", "subsample_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise DegradationError(
                     f"DegradationRanges: {name} must be in [0, 1], got {getattr(self, name)!r}"
@@ -361,21 +366,25 @@ class DegradationRanges:
 def sample_degradation(rng: np.random.Generator, *, scale: int, ranges: DegradationRanges) -> Degradation:
     """Draw one video's degradation. The caller seeds rng from the video's own seed.
 
-    Always consumes the same six draws, so changing codec_prob, clean_prob or the crf range does
-    not shift the blur, noise or seed of the videos (the clean coin is the last draw, so the
-    first five are those of the videos drawn before it existed).
+    Always consumes the same seven draws, so changing codec_prob, clean_prob, subsample_prob or
+    the crf range does not shift the blur, noise or seed of the videos (the clean and subsample
+    coins are the last draws, so the first five are those of the videos drawn before they existed).
     """
     blur_sigma = float(rng.uniform(*ranges.blur_sigma))
     noise_sigma = float(rng.uniform(*ranges.noise_sigma))
     coin, crf_u = float(rng.random()), float(rng.random())
     seed = int(rng.integers(0, 2**31))
-    if float(rng.random()) < ranges.clean_prob:  # a clean downscale, as most users' videos are
+    clean = float(rng.random()) < ranges.clean_prob  # a clean downscale, as most users' videos are
+    subsample = float(rng.random()) < ranges.subsample_prob and not clean
+    if clean:
         blur_sigma = noise_sigma = 0.0
     crf = None
     if ranges.crf is not None and coin < ranges.codec_prob:
         low, high = ranges.crf
         crf = min(high, low + int(crf_u * (high - low + 1)))
-    return Degradation(scale=scale, blur_sigma=blur_sigma, noise_sigma=noise_sigma, crf=crf, seed=seed)
+    return Degradation(
+        scale=scale, blur_sigma=blur_sigma, noise_sigma=noise_sigma, crf=crf, seed=seed, subsample=subsample
+    )
 
 
 def _frame_noise(seed: int, index: int, shape: tuple[int, ...]) -> Tensor:
@@ -388,7 +397,8 @@ def _frame_noise(seed: int, index: int, shape: tuple[int, ...]) -> Tensor:
 def degrade(hr: Tensor, d: Degradation, *, frame_indices: Sequence[int] | None = None) -> Tensor:
     """(T, C, H, W) HR in [0, 1] -> (T, C, H/s, W/s) 8-bit-valued LR in [0, 1].
 
-    blur(d.blur_sigma) -> MATLAB bicubic / d.scale (exactly "BI" when blur_sigma == 0) -> Gaussian
+    blur(d.blur_sigma) -> MATLAB bicubic / d.scale (exactly "BI" when blur_sigma == 0; every
+    d.scale-th pixel instead, as BD, when d.subsample) -> Gaussian
     noise -> clamp and round to 8 bit -> optional H.264 round trip at d.crf. frame_indices are the
     absolute indices of the T frames in their video (default 0..T-1): frame i's noise depends
     only on (d.seed, i), so a clip gets the same LR as the same frames of the whole video. A
@@ -413,7 +423,10 @@ def degrade(hr: Tensor, d: Degradation, *, frame_indices: Sequence[int] | None =
             f"degrade: frame_indices must give one non-negative index per frame ({t}), got {list(frame_indices)!r}"
         )
 
-    lr = blur_downsample(hr, d.blur_sigma, d.scale)  # (t, c, h/s, w/s)
+    if d.subsample and d.blur_sigma > 0:
+        lr = bd_downsample(hr, d.scale, sigma=d.blur_sigma)  # (t, c, h/s, w/s)
+    else:
+        lr = blur_downsample(hr, d.blur_sigma, d.scale)
     if d.noise_sigma > 0:
         noise = torch.stack([_frame_noise(d.seed, i, tuple(lr.shape[1:])) for i in indices])
         lr = lr + d.noise_sigma * noise.to(dtype=lr.dtype, device=lr.device)
