@@ -7,6 +7,8 @@ held-out video, in one table:
     hypernet   base + the LoRA the hypernetwork predicts from the video in one pass, reading the
                context frames as in training (data.context_frames spread over the video)
     hypernet_stream  the same, its encoder streaming every frame of the video (as specialise does)
+    hypernet_guard   the hypernet's adapters at the strength the guard chooses from the LR clip alone
+               (hypernet.guard, as specialise applies them by default; guard.csv says what it chose)
     oracle     base + a per-video LoRA fitted to that video's own HR frames (the upper bound)
 
 Columns: PSNR-Y, SSIM-Y, PSNR-RGB, seconds to specialise, adapter size. Written to the run
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from omegaconf import DictConfig
 
 from hypernet.adaptation import finetune_adapters
 from hypernet.checkpointing import trained_input
+from hypernet.guard import GUARD_MARGIN_DB, check_margin, choose_strength
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
 from hypernet.runs import (
@@ -40,7 +43,8 @@ from hypernet.runs import (
 )
 from hypernet.sr import adapted_sr, bicubic_upscale, side_by_side
 
-METHODS = ("bicubic", "base", "selfsup", "hypernet", "hypernet_stream", "oracle")
+METHODS = ("bicubic", "base", "selfsup", "hypernet", "hypernet_stream", "hypernet_guard", "oracle")
+ADAPTED = ("hypernet", "hypernet_stream", "hypernet_guard")  # each one's gain over the base is summarised
 
 
 def adapter_kib(adapters: Adapters | None) -> float:
@@ -53,11 +57,13 @@ def evaluate_video(
     system, item: dict, cfg: DictConfig, *, every_frame: Callable[[], torch.Tensor] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], list[dict[str, Any]]]:
     """All methods on one video: rows for the table, each method's SR frames, and the hypernet's
-    PSNR-Y at every strength of cfg.strengths (its adapters' delta scaled). `every_frame()` gives
-    the whole LR video (T, C, h, w) that `hypernet_stream` reads."""
+    PSNR-Y at every strength of cfg.strengths (its adapters' delta scaled), with the guard's
+    choice as a row of the last. `every_frame()` gives the whole LR video (T, C, h, w) that
+    `hypernet_stream` reads."""
     base, spec = system.base, system.spec
     lr, hr = item["lr"][None], item["hr"][None]
     rows, outputs, strength_rows = [], {}, []
+    guard_row = None
     for method in cfg.methods:
         started = time.perf_counter()
         adapters = None
@@ -75,6 +81,20 @@ def evaluate_video(
                 whole.split(32, dim=1), num_frames=whole.shape[1], refine_context=item["context"][None]
             )
             adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
+        elif method == "hypernet_guard":  # the LR clip alone chooses; HR only scores it below
+            adapters = system.adapters_for(
+                item["context"][None], item["context_times"][None], item["degradation"][None]
+            )
+            adapters = {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
+            margin = GUARD_MARGIN_DB if cfg.get("guard_margin") is None else cfg.guard_margin
+            choice = choose_strength(base, spec, adapters, lr, margin=margin)
+            adapters = scale_adapters(adapters, choice.strength)
+            guard_row = {
+                "video_id": item["video_id"],
+                "strength": choice.strength,
+                **{f"over_base@{s:g}": d for s, d in choice.over_base.items()},
+                "reason": choice.reason,
+            }
         elif method == "hypernet":
             adapters = system.adapters_for(
                 item["context"][None], item["context_times"][None], item["degradation"][None]
@@ -118,25 +138,40 @@ def evaluate_video(
     base_psnr = next((r["psnr_y"] for r in rows if r["method"] == "base"), None)
     for row in strength_rows:
         row["gain_y"] = row["psnr_y"] - base_psnr if base_psnr is not None else float("nan")
-    return rows, outputs, strength_rows
+    if guard_row is not None:
+        guarded = next(r["psnr_y"] for r in rows if r["method"] == "hypernet_guard")
+        guard_row["gain_y"] = guarded - base_psnr
+    return rows, outputs, strength_rows, guard_row
 
 
-def summarise(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, float]:
+def summarise(
+    rows: list[dict[str, Any]], methods: list[str], guard_rows: list[dict[str, Any]] = ()
+) -> dict[str, float]:
     by = {m: [r for r in rows if r["method"] == m] for m in methods}
     summary: dict[str, float] = {}
     for m, rs in by.items():
         for key in ("psnr_y", "ssim_y", "psnr_rgb", "seconds", "adapter_kib"):
             summary[f"test/{m}/{key}"] = sum(r[key] for r in rs) / len(rs)
-    if "base" in by and "hypernet" in by:
-        gains = [h["psnr_y"] - b["psnr_y"] for h, b in zip(by["hypernet"], by["base"], strict=True)]
-        summary.update({f"test/hypernet_{k}": v for k, v in gain_summary(gains).items()})
-        if "hypernet_stream" in by:  # every frame read, against the spread frames training read
-            stream = [
-                s["psnr_y"] - b["psnr_y"] for s, b in zip(by["hypernet_stream"], by["base"], strict=True)
-            ]
-            summary.update({f"test/hypernet_stream_{k}": v for k, v in gain_summary(stream).items()})
-            difference = [s - g for s, g in zip(stream, gains, strict=True)]
-            summary.update({f"test/stream_over_spread_{k}": v for k, v in gain_summary(difference).items()})
+    gains = {
+        m: [r["psnr_y"] - b["psnr_y"] for r, b in zip(by[m], by["base"], strict=True)]
+        for m in ADAPTED
+        if m in by and "base" in by
+    }
+    for m, values in gains.items():
+        summary.update({f"test/{m}_{k}": v for k, v in gain_summary(values).items()})
+        summary[f"test/{m}_worst_gain_y"] = min(values)
+    if "hypernet" in gains and "hypernet_stream" in gains:  # every frame read, against the spread frames
+        difference = [s - g for s, g in zip(gains["hypernet_stream"], gains["hypernet"], strict=True)]
+        summary.update({f"test/stream_over_spread_{k}": v for k, v in gain_summary(difference).items()})
+    if "hypernet" in gains and "hypernet_guard" in gains:
+        # how often the guard keeps the base, and what it costs where the adapters help
+        summary["test/guard_kept_base"] = float(sum(r["strength"] == 0 for r in guard_rows))
+        summary["test/guard_mean_strength"] = sum(r["strength"] for r in guard_rows) / max(len(guard_rows), 1)
+        helped = [(h, g) for h, g in zip(gains["hypernet"], gains["hypernet_guard"], strict=True) if h > 0]
+        summary["test/guard_cost_where_adapters_help"] = (
+            sum(h - g for h, g in helped) / len(helped) if helped else float("nan")
+        )
+    if "hypernet" in gains:
         if "oracle" in by:
             oracle_gain = summary["test/oracle/psnr_y"] - summary["test/base/psnr_y"]
             summary["test/hypernet_fraction_of_oracle_gain"] = (
@@ -183,20 +218,40 @@ def markdown(
             lines.append(
                 f"; {other} takes {summary[f'test/{other}_time_over_hypernet']:.0f}x the hypernet's time to specialise"
             )
-    for group in groups:
-        key = f"test/{group}/hypernet_gain_y"
-        if key in summary:
-            lines.append(
-                f"\n\ntest group {group}: hypernet vs base {summary[key]:+.3f} +- "
-                f"{summary[f'test/{group}/hypernet_gain_y_stderr']:.3f} dB, "
-                f"{int(summary[f'test/{group}/hypernet_videos_improved'])} videos improved"
-            )
+    lines += group_table(summary, groups)
     lines += ["", "| video | " + " | ".join(methods) + " |", "|---" * (1 + len(methods)) + "|"]
     videos = list(dict.fromkeys(r["video_id"] for r in rows))
     table = {(r["video_id"], r["method"]): r["psnr_y"] for r in rows}
     for v in videos:
         lines.append(f"| {v} | " + " | ".join(f"{table[(v, m)]:.2f}" for m in methods) + " |")
     return "\n".join(lines).replace("\n;", ";") + "\n"
+
+
+def group_table(summary: dict[str, float], groups: Sequence[str]) -> list[str]:
+    """Every group's gains over the base, a line each (mean +- s.e., videos improved, the worst
+    video), the guarded ones and how often the guard kept the base beside them."""
+    adapted = [m for m in ADAPTED if f"test/{m}_gain_y" in summary]
+    if not adapted or len(groups) < 2:
+        return []
+    guard = "test/guard_kept_base" in summary
+    lines = [
+        "",
+        "| group | "
+        + " | ".join(f"{m} vs base (improved, worst)" for m in adapted)
+        + (" | guard kept the base |" if guard else " |"),
+        "|---" * (1 + len(adapted) + guard) + "|",
+    ]
+    for group in groups:
+        prefix = "test/" if group == "single" else f"test/{group}/"
+        cells = [
+            f"{summary[f'{prefix}{m}_gain_y']:+.3f} +- {summary[f'{prefix}{m}_gain_y_stderr']:.3f} "
+            f"({int(summary[f'{prefix}{m}_videos_improved'])}, {summary[f'{prefix}{m}_worst_gain_y']:+.3f})"
+            for m in adapted
+        ]
+        if guard:
+            cells.append(f"{int(summary[f'{prefix}guard_kept_base'])}")
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def strength_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -293,6 +348,8 @@ def check_options(cfg: DictConfig) -> None:
     for strength in cfg.get("strengths") or []:
         check_strength(strength, option="strengths")  # a bad strength fails before any work
     check_strength(cfg.get("strength", 1.0), option="strength")
+    if cfg.get("guard_margin") is not None:
+        check_margin(cfg.guard_margin, option="guard_margin")
     for option, minimum in (
         ("selfsup_steps", 1),
         ("oracle_steps", 1),
@@ -337,14 +394,16 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
     """Every method on every video of every group; writes the tables, plots and metrics.json."""
     torch.manual_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
-    rows, crops, strength_rows = [], [], []
+    rows, crops, strength_rows, guard_rows = [], [], [], []
     for group, videos in groups.items():
         for i in range(len(videos)):
-            video_rows, outputs, video_strengths = evaluate_video(
+            video_rows, outputs, video_strengths, guard_row = evaluate_video(
                 system, videos[i], cfg, every_frame=lambda videos=videos, i=i: videos.every_frame(i)
             )
             rows += [{**row, "group": group} for row in video_rows]
             strength_rows += [{**row, "group": group} for row in video_strengths]
+            if guard_row is not None:
+                guard_rows.append({"group": group, **guard_row})
             if group == "single" and i < cfg.crop_videos:
                 crops.append(
                     side_by_side(
@@ -354,13 +413,19 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
                 )
     methods = list(cfg.methods)
     main_rows = [r for r in rows if r["group"] == "single"]
-    summary = summarise(main_rows, methods)
-    for group in groups:  # other groups reported apart: test/multishot/..., test/large/...
+    summary = summarise(main_rows, methods, [r for r in guard_rows if r["group"] == "single"])
+    for group in groups:  # other groups reported apart: test/multishot/..., test/real_bi/...
         if group != "single":
-            grouped = summarise([r for r in rows if r["group"] == group], methods)
+            grouped = summarise(
+                [r for r in rows if r["group"] == group],
+                methods,
+                [r for r in guard_rows if r["group"] == group],
+            )
             summary.update({k.replace("test/", f"test/{group}/", 1): v for k, v in grouped.items()})
     output_dir.mkdir(parents=True, exist_ok=True)
     write_table_csv(output_dir / "results.csv", rows)
+    if guard_rows:
+        write_table_csv(output_dir / "guard.csv", guard_rows)
     atomic_write_text(output_dir / "results.md", markdown(main_rows, summary, methods, groups=list(groups)))
     write_metrics(output_dir, summary)
     plot_bars(output_dir / "gains.png", main_rows, methods)

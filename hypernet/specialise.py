@@ -8,8 +8,11 @@ goes. Nothing ever holds the whole video: memory is one chunk of frames, whateve
 
 Adapter files (`--adapter FILE[:STRENGTH]`, e.g. a domain adapter from `hypernet.finetune`) are
 merged in order with the hypernetwork's adapter on top (`--no-hypernet` leaves it out), as one
-adapter whose delta is their weighted sum (`lora.stack_adapters`); `--strength` scales all of it
-(0 is the base exactly). Every file is checked against the base before the video is read.
+adapter whose delta is their weighted sum (`lora.stack_adapters`). How strongly all of it applies
+is the guard's choice (`hypernet.guard`): from the LR video alone, the strength (0 is the base
+exactly) whose output, degraded again, reproduces the input best, and the base unless some
+strength beats it; `--strength` applies a fixed one instead, `--no-guard` applies them as trained.
+Every file is checked against the base before the video is read.
 
 Why the pieces look the way they do:
 
@@ -85,6 +88,14 @@ from hypernet.data.video_io import (
     to_tensor,
     write_mp4,
 )
+from hypernet.guard import (
+    GUARD_CLIP_LEN,
+    GUARD_CLIPS,
+    GUARD_MARGIN_DB,
+    GuardChoice,
+    check_margin,
+    choose_strength,
+)
 from hypernet.memory import peak_rss_mib
 from hypernet.models.lora import (
     Adapters,
@@ -92,6 +103,7 @@ from hypernet.models.lora import (
     check_strength,
     merge_adapters,
     save_adapters,
+    scale_adapters,
 )
 from hypernet.runs import DEFAULT_CHECKPOINT
 from hypernet.upscale import upscale_frames
@@ -152,7 +164,9 @@ def _check_options(
     *,
     adapters: list[tuple[Path, float]],
     hypernet: bool,
-    strength: float,
+    strength: float | None,
+    guard: bool,
+    guard_margin: float,
     merge: str,
     save_adapter: Path | None,
     base_only: bool,
@@ -167,9 +181,16 @@ def _check_options(
         raise InputError("--base-only and --adapter exclude each other: choose one")
     if base_only and save_adapter is not None:
         raise InputError("--base-only makes no adapters, so there is nothing to --save-adapter")
-    check_strength(strength, option="--strength")
-    if base_only and strength != 1:
+    if strength is not None:
+        check_strength(strength, option="--strength")
+    if base_only and strength is not None:
         raise InputError("--base-only applies no adapter, so there is nothing to give a --strength")
+    if strength is not None and not guard:
+        raise InputError(
+            "--no-guard and --strength exclude each other: --strength applies that strength without the "
+            "guard; --no-guard applies the adapters as trained (strength 1); give one"
+        )
+    check_margin(guard_margin)
     if not hypernet and not adapters:
         raise InputError("--no-hypernet leaves no adapter: give --adapter FILE, or use --base-only")
     if not hypernet and save_adapter is not None:
@@ -222,6 +243,21 @@ def predict_adapters(
     return system.adapters_for_video(read, num_frames=num_frames, context_frames=context_frames)
 
 
+def guard_clips(
+    input_path: str | os.PathLike, num_frames: int, *, device: torch.device | str, allow_truncated: bool
+) -> torch.Tensor:
+    """The LR clips the guard checks the adapters on: GUARD_CLIPS clips of GUARD_CLIP_LEN
+    consecutive frames spread over the video, (B, T, 3, h, w)."""
+    from hypernet.adaptation import clip_starts
+
+    clips = clip_starts(num_frames, GUARD_CLIP_LEN, GUARD_CLIPS)
+    frames = to_tensor(
+        read_frames(input_path, [i for clip in clips for i in clip], allow_truncated=allow_truncated),
+        device=device,
+    )
+    return frames.view(len(clips), len(clips[0]), *frames.shape[2:])
+
+
 def first_frames(
     input_path: str | os.PathLike, count: int, *, device: torch.device | str, allow_truncated: bool
 ) -> torch.Tensor:
@@ -240,7 +276,9 @@ def specialise(
     checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT,
     adapters: Iterable[str | os.PathLike | tuple] = (),
     hypernet: bool = True,
-    strength: float = 1.0,
+    strength: float | None = None,
+    guard: bool = True,
+    guard_margin: float = GUARD_MARGIN_DB,
     merge: str = "learned",
     save_adapter: str | os.PathLike | None = None,
     base_only: bool = False,
@@ -255,8 +293,10 @@ def specialise(
 ) -> dict[str, Any]:
     """Upscale `input_path` into `output_path` (an mp4) with the stage-2 `checkpoint`'s base,
     specialised by the adapter files `adapters` (FILE or FILE:STRENGTH, merged in order) with
-    the adapter the hypernetwork predicts for this video on top (`hypernet`), everything at
-    `strength` (0: the base exactly); or by none (`base_only`). `merge` says how a domain
+    the adapter the hypernetwork predicts for this video on top (`hypernet`), everything at the
+    strength the guard chooses from the LR video (`guard`, `guard_margin`; hypernet.guard), or at
+    `strength` (0: the base exactly) when one is given, or as trained with guard=False; or by
+    none (`base_only`). `merge` says how a domain
     adapter holding a learned merge adds to the hypernetwork's. Returns the figures of the run
     as a flat dict. `allow_truncated` upscales the frames there are of a file cut short, with a
     TruncatedVideoWarning, instead of refusing it."""
@@ -272,6 +312,8 @@ def specialise(
         adapters=adapters,
         hypernet=hypernet,
         strength=strength,
+        guard=guard,
+        guard_margin=guard_margin,
         merge=merge,
         save_adapter=save_adapter,
         base_only=base_only,
@@ -321,12 +363,20 @@ def specialise(
                 ),
             )
             bar.advance(task)
-        plan = None if base_only else stack_plan(files, predicted, strength=strength, merge=merge)
-        if plan is not None:  # the last check: the adapters leave a picture
+        chosen: GuardChoice | None = None
+        fixed = 1.0 if strength is None else strength  # the guard chooses below the trained strength
+        plan = None if base_only else stack_plan(files, predicted, strength=fixed, merge=merge)
+        if plan is not None:  # the adapters leave a picture (at full strength, before the guard)
             sample = first_frames(
                 input_path, min(chunk_size, SAMPLE_FRAMES), device=device, allow_truncated=allow_truncated
             )
-            check_adapted_output(base, sample, plan, strength=strength, input_path=input_path)
+            check_adapted_output(base, sample, plan, strength=fixed, input_path=input_path)
+        if plan is not None and guard and strength is None:
+            task = bar.add_task("choosing the adapters' strength from the LR video (guard)", total=1)
+            clips = guard_clips(input_path, info.num_frames, device=device, allow_truncated=allow_truncated)
+            chosen = choose_strength(base, *stack_parts(*plan), clips, margin=guard_margin)
+            plan = stack_plan(files, predicted, strength=chosen.strength, merge=merge)
+            bar.advance(task)
         mode = (
             "base-only"
             if base_only
@@ -338,8 +388,13 @@ def specialise(
             folders.enter_context(output_folder(output_path))
             if save_adapter is not None and predicted is not None:
                 folders.enter_context(output_folder(save_adapter, option="--save-adapter"))
-                save_adapters(save_adapter, *predicted, base=base, video=0)  # before merging into the base
-            if plan is not None:
+                spec, adapters = predicted  # before merging into the base; as the guard applies them
+                made_by = {}
+                if chosen is not None:
+                    adapters = scale_adapters(adapters, chosen.strength)
+                    made_by = {"strength": f"{chosen.strength:g}", "guard": chosen.reason}
+                save_adapters(save_adapter, spec, adapters, base=base, video=0, extra_metadata=made_by)
+            if plan is not None and not (chosen is not None and chosen.strength == 0):
                 merge_adapters(base, *stack_parts(*plan), video=0)
 
             task = bar.add_task("upscaling", total=info.num_frames)
@@ -355,6 +410,8 @@ def specialise(
         "input": str(input_path),
         "output": str(output_path),
         "mode": mode,
+        "strength": None if base_only else (chosen.strength if chosen is not None else fixed),
+        "guard": None if chosen is None else chosen.reason,
         "frames": frames,
         "input_height": info.height,
         "input_width": info.width,
@@ -407,9 +464,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--strength",
         type=float,
-        default=1.0,
-        help="scale every adapter's weight change: 0 is the base exactly, 1 as trained (default), "
-        "above 1 extrapolates",
+        default=None,
+        help="apply every adapter's weight change at this fixed strength instead of the guard's "
+        "choice: 0 is the base exactly, 1 as trained, above 1 extrapolates",
+    )
+    parser.add_argument(
+        "--no-guard",
+        dest="guard",
+        action="store_false",
+        help="apply the adapters as trained (strength 1), without the guard that otherwise chooses "
+        "their strength from the LR video alone and keeps the base where they would hurt",
+    )
+    parser.add_argument(
+        "--guard-margin",
+        type=float,
+        default=GUARD_MARGIN_DB,
+        metavar="DB",
+        help="how much better (PSNR-Y, dB) the adapted output, degraded again, must reproduce the "
+        f"input than the base's for the guard to apply the adapters (default {GUARD_MARGIN_DB:g})",
     )
     parser.add_argument(
         "--merge",
@@ -421,7 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--base-only", action="store_true", help="upscale with the base alone, no adapters (for comparison)"
     )
-    parser.add_argument("--save-adapter", type=Path, help="also save the adapters to this .safetensors file")
+    parser.add_argument(
+        "--save-adapter",
+        type=Path,
+        help="also save the hypernetwork's adapter to this .safetensors file, at the strength the guard chose",
+    )
     parser.add_argument("--chunk-size", type=int, default=32, help="frames decoded and upscaled at a time")
     parser.add_argument(
         "--context-frames",
@@ -455,6 +531,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 adapters=args.adapters,
                 hypernet=args.hypernet,
                 strength=args.strength,
+                guard=args.guard,
+                guard_margin=args.guard_margin,
                 merge=args.merge,
                 save_adapter=args.save_adapter,
                 base_only=args.base_only,
@@ -476,6 +554,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{figures['output_width']}x{figures['output_height']} at {figures['fps']:g} fps "
         f"({figures['mode']}), {figures['seconds']:.1f} s, peak memory {figures['peak_rss_mib']:.0f} MiB"
     )
+    if figures["guard"] is not None:
+        print(f"guard: {figures['guard']}")
     if args.save_adapter is not None:
         print(f"adapters: {args.save_adapter}")
     return figures

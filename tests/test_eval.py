@@ -113,7 +113,52 @@ def test_eval_reports_test_groups_apart(tiny_checkpoints, tmp_path):
     assert {r["group"] for r in rows} == {"single", "multishot"} and len(rows) == 2 * 5 * 2
     assert all("-shots2-" in r["video_id"] for r in rows if r["group"] == "multishot")
     assert "test/hypernet_gain_y" in summary and "test/multishot/hypernet_gain_y" in summary
-    assert "test group multishot" in (tmp_path / "results.md").read_text()
+    assert "| multishot | " in (tmp_path / "results.md").read_text()
+
+
+def test_eval_reports_real_size_groups_and_the_guard(gated_checkpoint, tmp_path):
+    cfg = compose_eval(
+        [
+            *TINY_DATA,
+            "methods=[base,hypernet,hypernet_guard]",
+            "data.test_real_sides=[12,20]",
+            "data.test_real_scenes=1",
+            f"checkpoint={gated_checkpoint}",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
+    summary = evaluation.run(cfg)
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    groups = ["single", "real_bi", "real_bd", "real_random", "real_crf23", "real_crf33"]
+    assert sorted({r["group"] for r in rows}) == sorted(groups)
+    # per real group: 2 scenes and the 5 held-out photos at LR 20 (HR 80), 3 methods each
+    assert sum(r["group"] == "real_bi" for r in rows) == 7 * 3
+    with (tmp_path / "guard.csv").open() as f:
+        guard = list(csv.DictReader(f))
+    assert len(guard) == 5 + 5 * 7 and {"strength", "over_base@1", "reason", "gain_y"} <= set(guard[0])
+    assert all(float(g["strength"]) in (0, 0.25, 0.5, 0.75, 1) for g in guard)
+    for group in groups[1:]:
+        for key in ("hypernet_gain_y", "hypernet_guard_worst_gain_y", "guard_kept_base"):
+            assert f"test/{group}/{key}" in summary
+    kept = sum(float(g["strength"]) == 0 for g in guard if g["group"] == "real_bi")
+    assert summary["test/real_bi/guard_kept_base"] == kept
+    table = (tmp_path / "results.md").read_text()
+    assert "| real_crf33 | " in table and "guard kept the base" in table
+
+
+def test_the_guards_choice_uses_no_hr(gated_checkpoint):
+    system = load_hypernet(gated_checkpoint)
+    cfg = compose_eval([*TINY_DATA, "methods=[base,hypernet_guard]", f"checkpoint={gated_checkpoint}"])
+    cfg = evaluation.fed_as_trained(cfg, system)
+    from hypernet.data.datamodule import check_data
+
+    item = check_data(cfg, stages=("test",)).test_sets["single"][0]
+    other = {**item, "hr": torch.rand_like(item["hr"])}  # another HR: the same LR, context and times
+    rows, _, _, chosen = evaluation.evaluate_video(system, item, cfg)
+    rows_other, _, _, again = evaluation.evaluate_video(system, other, cfg)
+    assert chosen["strength"] == again["strength"] and chosen["reason"] == again["reason"]
+    assert rows[0]["psnr_y"] != rows_other[0]["psnr_y"]  # HR only scores the choice
 
 
 def test_eval_sweeps_adapter_strength(tiny_checkpoints, tmp_path):

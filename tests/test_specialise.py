@@ -93,7 +93,9 @@ def luma(frames: np.ndarray) -> np.ndarray:
 
 
 def test_hypernet_output_is_the_base_with_this_videos_adapters(gated_checkpoint, video, tmp_path):
-    ours = specialise(video, tmp_path / "ours.mp4", checkpoint=gated_checkpoint, crf=0, progress=False)
+    ours = specialise(
+        video, tmp_path / "ours.mp4", checkpoint=gated_checkpoint, guard=False, crf=0, progress=False
+    )
     alone = specialise(
         video, tmp_path / "base.mp4", checkpoint=gated_checkpoint, base_only=True, crf=0, progress=False
     )

@@ -1,0 +1,71 @@
+"""The guard (hypernet.guard): the adapters' strength chosen from the LR video alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hypernet.adaptation import finetune_adapters
+from hypernet.data.degrade import bicubic_downsample, quantise
+from hypernet.data.procedural import ProceduralConfig, procedural_video
+from hypernet.guard import GUARD_MARGIN_DB, check_margin, choose_strength
+from hypernet.metrics import psnr
+from hypernet.models.lora import init_adapters, scale_adapters
+from hypernet.sr import adapted_sr
+from hypernet.systems.hyper_lora import load_hypernet
+
+
+@pytest.fixture(scope="module")
+def system(checkpoint):
+    return load_hypernet(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def clip() -> tuple[torch.Tensor, torch.Tensor]:
+    """A moving procedural scene, 5 frames, clean bicubic: LR (1, 5, 3, 24, 24) and its HR."""
+    video = procedural_video(11, ProceduralConfig.from_options(None), num_frames=5, frame_size=96)
+    hr = video.hr_frames(list(range(5)))[None]
+    return quantise(bicubic_downsample(hr, 4)), hr
+
+
+def psnr_y(sr: torch.Tensor, hr: torch.Tensor) -> float:
+    return psnr(sr.clamp(0, 1).flatten(0, 1), hr.flatten(0, 1), y_channel=True).mean().item()
+
+
+def test_adapters_that_ruin_the_output_get_strength_zero(system, clip):
+    lr, hr = clip
+    base, spec = system.base, system.spec
+    oracle = finetune_adapters(base, spec, lr, hr=hr, steps=30, learning_rate=3e-3)
+    reference = psnr_y(adapted_sr(base, spec, None, lr), hr)
+    harmful = None
+    for factor in (4, 16, 64, 256):  # scaled up until they ruin the output
+        harmful = scale_adapters(oracle, factor)
+        if psnr_y(adapted_sr(base, spec, harmful, lr), hr) < reference - 3:
+            break
+    else:
+        pytest.fail("scaling the adapters up never ruined the output")
+    choice = choose_strength(base, spec, harmful, lr)
+    assert choice.strength == 0
+    assert "strength 0" in choice.reason and all(d < 0 for s, d in choice.over_base.items() if s)
+
+
+def test_an_adapter_fitted_on_the_videos_own_hr_keeps_at_least_half_its_strength(system, clip):
+    lr, hr = clip
+    base, spec = system.base, system.spec
+    oracle = finetune_adapters(base, spec, lr, hr=hr, steps=60, learning_rate=3e-3)
+    gain = psnr_y(adapted_sr(base, spec, oracle, lr), hr) - psnr_y(adapted_sr(base, spec, None, lr), hr)
+    assert gain > 0.3  # the oracle really helps this video
+    choice = choose_strength(base, spec, oracle, lr)
+    assert choice.strength >= 0.5, choice.reason
+
+
+def test_strength_zero_is_the_base_exactly_and_the_margin_is_checked(system, clip):
+    lr, _ = clip
+    base, spec = system.base, system.spec
+    zero = init_adapters(spec, num_videos=1)  # B = 0: no change to any weight
+    choice = choose_strength(base, spec, zero, lr)
+    assert choice.strength == 0 and set(choice.over_base.values()) == {0.0}
+    assert check_margin(0) == 0 and check_margin(GUARD_MARGIN_DB) == GUARD_MARGIN_DB
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="--guard-margin"):
+            check_margin(bad)
