@@ -1,0 +1,103 @@
+"""Collect experiments/real_sizes: the study's best recipe without and with the training coverage of
+users' degradations, each with and without the guard, on the 20 standard test videos and on the
+real-size groups (LR 128 to 320 pixels; clean bicubic, BD, random blur/noise, H.264 CRF 23 and 33).
+
+    .venv/bin/python scripts/collect_real_sizes.py [--runs outputs/real_sizes] [-o experiments/real_sizes]
+
+Reads each model's `hypernet.eval` folder (eval_<model>/: results.csv, guard.csv, metrics.json)
+and writes beside the study's run.sh:
+
+    results.md      per model and test group: the base over bicubic, the hypernetwork's gain over
+                    the base without and with the guard (mean +- s.e., videos improved, the worst
+                    video), how often the guard kept the base and what it cost where the adapters help
+    per_video.csv   every test video's PSNR-Y by method, and the strength the guard chose
+    metrics.json    each evaluation's metrics.json, by model
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from hypernet.files import atomic_write_text
+from hypernet.metrics import gain_summary
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = {
+    "mixed_s0": "without the coverage (content_scaling's mixed recipe)",
+    "coverage_s0": "with the coverage (clean, subsampled and H.264 videos in both stages)",
+}
+GROUPS = ("single", "real_bi", "real_bd", "real_random", "real_crf23", "real_crf33")
+METHODS = ("bicubic", "base", "hypernet", "hypernet_guard")
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def gain_cell(gains: list[float]) -> str:
+    s = gain_summary(gains)
+    return f"{s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} ({int(s['videos_improved'])}/{len(gains)}, worst {min(gains):+.3f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "real_sizes")
+    parser.add_argument("-o", "--out", type=Path, default=REPO / "experiments" / "real_sizes")
+    args = parser.parse_args()
+    lines = [
+        "# real_sizes results",
+        "",
+        "Produced by `experiments/real_sizes/run.sh` (collected by `scripts/collect_real_sizes.py`).",
+        "Gains are PSNR-Y over the model's own base, dB: mean +- s.e. (videos improved / videos, the worst video).",
+        "",
+        "| model | test group | videos | base over bicubic | hypernet | hypernet + guard | guard kept the base | guard's cost where the adapters help |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    per_video, metrics = [], {}
+    for model, meaning in MODELS.items():
+        folder = args.runs / f"eval_{model}"
+        metrics[model] = json.loads((folder / "metrics.json").read_text())
+        table = {
+            (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
+            for r in read_rows(folder / "results.csv")
+        }
+        chosen = {(r["group"], r["video_id"]): float(r["strength"]) for r in read_rows(folder / "guard.csv")}
+        for group in GROUPS:
+            videos = sorted({v for g, v, _ in table if g == group})
+            psnr = {m: [table[(group, v, m)] for v in videos] for m in METHODS}
+            over = {m: [a - b for a, b in zip(psnr[m], psnr["base"], strict=True)] for m in METHODS}
+            helped = [(h, g) for h, g in zip(over["hypernet"], over["hypernet_guard"], strict=True) if h > 0]
+            cost = (
+                f"{sum(h - g for h, g in helped) / len(helped):+.3f} ({len(helped)} videos)"
+                if helped
+                else "-"
+            )
+            kept = sum(chosen[(group, v)] == 0 for v in videos)
+            base_over_bicubic = -sum(over["bicubic"]) / len(videos)
+            lines.append(
+                f"| {model} | {group} | {len(videos)} | {base_over_bicubic:+.3f} | {gain_cell(over['hypernet'])} | "
+                f"{gain_cell(over['hypernet_guard'])} | {kept}/{len(videos)} | {cost} |"
+            )
+            for i, video in enumerate(videos):
+                per_video.append(
+                    {"model": model, "group": group, "video_id": video}
+                    | {f"psnr_y_{m}": f"{psnr[m][i]:.4f}" for m in METHODS}
+                    | {"guard_strength": chosen[(group, video)]}
+                )
+        lines.append(f"| | | | | | | | *{model}: {meaning}* |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")
+    with (args.out / "per_video.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(per_video[0]))
+        writer.writeheader()
+        writer.writerows(per_video)
+    atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
