@@ -3,8 +3,10 @@ two CPU cores in under 10 minutes: a look at the data, stage 1 (the base), stage
 hypernetwork), and the evaluation against every baseline on the 20 held-out photo videos.
 
 Both stages train on the content of `experiments/content_scaling` (procedural scenes and
-meta-augmented photographs, `experiment=base_content` / `hyper_content`) at a shorter budget
-(QUICKSTART_BASE, QUICKSTART_HYPER); the study's longer runs are the full-budget versions.
+meta-augmented photographs) with the degradations users' videos have (clean bicubic, subsampled,
+H.264, besides blur and noise: `experiment=base_coverage` / `hyper_coverage`,
+`experiments/real_sizes`) at a shorter budget (QUICKSTART_BASE, QUICKSTART_HYPER); the study's
+longer runs are the full-budget versions.
 
 Everything lands in `outputs/quickstart/` (override with --out):
     preview.png   the data: HR frames and their degraded LR frames
@@ -28,14 +30,17 @@ from hypernet.runs import read_run
 DEFAULT_OUT = Path("outputs/quickstart")
 # the study's recipes at the quickstart's budget (the study: 48 and 40 epochs), set by time alone:
 # under 10 minutes in all on two CPU cores (32 + 32 epochs took 600-617 s: too close)
-QUICKSTART_BASE = ["experiment=base_content", "trainer.max_epochs=28"]
+QUICKSTART_BASE = ["experiment=base_coverage", "trainer.max_epochs=28"]
 QUICKSTART_HYPER = [
-    "experiment=hyper_content",
+    "experiment=hyper_coverage",
     "trainer.max_epochs=28",
-    "data.test_shots=0",  # the 20 test videos
+    "data.test_shots=0",  # the 20 test videos (the real-size groups: experiments/quickstart/run.sh)
+    "data.test_real_sides=[]",
     "threads=1",  # one core trains, the loader's worker draws on the other (as the study ran it)
 ]
-QUICKSTART_EVAL = ["data.test_shots=0"]  # the 20 videos; the model's inputs come from its checkpoint
+# the 20 videos, with the hypernet as `specialise` applies it by default (the guard's strength);
+# the model's inputs come from its checkpoint
+QUICKSTART_EVAL = ["data.test_shots=0", "methods=[bicubic,base,selfsup,hypernet,hypernet_guard,oracle]"]
 
 
 def step(module: str, overrides: list[str], output_dir: Path, *, reuse: bool = True) -> tuple[dict, bool]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hypernet.files import atomic_write_text
 from hypernet.metrics import gain_summary
+from hypernet.runs import write_table_csv
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -85,16 +86,13 @@ def main() -> None:
             for i, video in enumerate(videos):
                 per_video.append(
                     {"model": model, "group": group, "video_id": video}
-                    | {f"psnr_y_{m}": f"{psnr[m][i]:.4f}" for m in METHODS}
+                    | {f"psnr_y_{m}": psnr[m][i] for m in METHODS}
                     | {"guard_strength": chosen[(group, video)]}
                 )
         lines.append(f"| | | | | | | | *{model}: {meaning}* |")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")
-    with (args.out / "per_video.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(per_video[0]))
-        writer.writeheader()
-        writer.writerows(per_video)
+    write_table_csv(args.out / "per_video.csv", per_video)
     atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     print((args.out / "results.md").read_text())
 

@@ -316,3 +316,71 @@ def test_finetune_then_specialise_with_that_adapter(checkpoint, tmp_path):
         == 0
     )
     assert finetune_main(["-o", str(tmp_path / "x.safetensors"), "--checkpoint", str(checkpoint)]) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# the guard: on by default, its choice said in the log and the adapter file
+
+
+def test_the_guard_chooses_the_strength_and_says_why(gated_checkpoint, video, tmp_path, capsys):
+    from hypernet.adapters import info
+    from hypernet.models.lora import load_adapters
+
+    adapter = tmp_path / "a.safetensors"
+    out = tmp_path / "guarded.mp4"
+    figures = main(
+        [
+            str(video),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(gated_checkpoint),
+            "--save-adapter",
+            str(adapter),
+            "--no-progress",
+        ]
+    )
+    assert figures["strength"] in (0.0, 0.25, 0.5, 0.75, 1.0) and figures["guard"].startswith(
+        f"strength {figures['strength']:g}: "
+    )
+    assert f"guard: {figures['guard']}" in capsys.readouterr().out  # the run's log
+    _, saved, made_by = load_adapters(adapter)
+    assert made_by["strength"] == f"{figures['strength']:g}" and made_by["guard"] == figures["guard"]
+    assert f"guard {figures['guard']}" in info(adapter)  # adapters info says it too
+    # the file holds the adapter as the guard applied it
+    system = load_hypernet(gated_checkpoint)
+    predicted = predict_adapters(system, video, num_frames=FRAMES, context_frames=3)
+    for name, (a, b) in predicted.items():
+        assert torch.allclose(saved[name][1], b * figures["strength"])
+    # strength 0 is the base exactly; otherwise the adapters at that strength
+    alone = tmp_path / "base.mp4"
+    specialise(video, alone, checkpoint=gated_checkpoint, base_only=True, progress=False)
+    fixed = tmp_path / "fixed.mp4"
+    specialise(video, fixed, checkpoint=gated_checkpoint, strength=figures["strength"], progress=False)
+    assert np.abs(decode(out) - decode(fixed)).max() <= 2
+    if figures["strength"] == 0:
+        assert np.abs(decode(out) - decode(alone)).max() <= 2
+
+
+def test_a_given_strength_or_no_guard_skips_the_guard(gated_checkpoint, video, tmp_path):
+    fixed = specialise(video, tmp_path / "a.mp4", checkpoint=gated_checkpoint, strength=0.5, progress=False)
+    trained = specialise(video, tmp_path / "b.mp4", checkpoint=gated_checkpoint, guard=False, progress=False)
+    assert (fixed["strength"], fixed["guard"]) == (0.5, None)
+    assert (trained["strength"], trained["guard"]) == (1.0, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--no-guard", "--strength", "0.5"], "--no-guard and --strength exclude each other"),
+        (["--guard-margin", "-0.1"], "--guard-margin=-0.1"),
+        (["--guard-margin", "nan"], "--guard-margin=nan"),
+    ],
+)
+def test_bad_guard_options_exit_2_with_one_line(checkpoint, video, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(video), "-o", str(tmp_path / "o.mp4"), "--checkpoint", str(checkpoint), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -67,19 +67,15 @@ REAL_DEGRADATIONS: dict[str, dict[str, Any]] = {
     "bi": {"mode": "BI"},
     "bd": {"mode": "BD"},
     "random": {"mode": "random", "blur_sigma": [0.4, 2.4], "noise_sigma": [0.0, 12 / 255]},
-    "crf23": {
-        "mode": "random",
-        "blur_sigma": [0, 0],
-        "noise_sigma": [0, 0],
-        "crf": [23, 23],
-        "codec_prob": 1.0,
-    },
-    "crf33": {
-        "mode": "random",
-        "blur_sigma": [0, 0],
-        "noise_sigma": [0, 0],
-        "crf": [33, 33],
-        "codec_prob": 1.0,
+    **{
+        f"crf{crf}": {
+            "mode": "random",
+            "blur_sigma": [0, 0],
+            "noise_sigma": [0, 0],
+            "crf": [crf, crf],
+            "codec_prob": 1.0,
+        }
+        for crf in (23, 33)
     },
 }
 REAL_GROUPS = tuple(f"real_{name}" for name in REAL_DEGRADATIONS)
