@@ -15,6 +15,8 @@ into one line and exit code 143 or 130; `check_run_folder` keeps a new run out o
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import platform
@@ -306,14 +308,17 @@ def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any]) -> None:
 
 
 def write_table_csv(path: str | Path, rows: list[Mapping[str, Any]]) -> None:
-    """Rows of dicts (same keys) as CSV, numbers with 4 decimals."""
+    """Rows of dicts (same keys) as CSV, numbers with 4 decimals; a text holding a comma or a
+    quote is quoted (a guard's reason, say)."""
     if not rows:
         return
     keys = list(rows[0])
-    lines = [",".join(keys)]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(keys)
     for row in rows:
-        lines.append(",".join(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+        writer.writerow(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys)
+    atomic_write_text(path, text.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------

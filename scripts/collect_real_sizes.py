@@ -7,7 +7,9 @@ real-size groups (LR 128 to 320 pixels; clean bicubic, BD, random blur/noise, H.
 Reads each model's `hypernet.eval` folder (eval_<model>/: results.csv, guard.csv, metrics.json)
 and writes beside the study's run.sh:
 
-    results.md      per model and test group: the base over bicubic, the hypernetwork's gain over
+    results.md      the diagnosis (mixed_s0 by LR side and degradation: size, degradation or
+                    motion?); the bases of both recipes on every group; per model and test
+                    group: the base over bicubic, the hypernetwork's gain over
                     the base without and with the guard (mean +- s.e., videos improved, the worst
                     video), how often the guard kept the base and what it cost where the adapters help
     per_video.csv   every test video's PSNR-Y by method, and the strength the guard chose
@@ -42,6 +44,76 @@ def read_rows(path: Path) -> list[dict]:
 def gain_cell(gains: list[float]) -> str:
     s = gain_summary(gains)
     return f"{s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} ({int(s['videos_improved'])}/{len(gains)}, worst {min(gains):+.3f})"
+
+
+def side_of(video_id: str) -> str:
+    """The LR side a real-size video is drawn at ("scene128-0" -> "128"), "photo" for a photograph."""
+    name = video_id.rsplit("-", 1)[0]
+    return name.removeprefix("scene") if name.startswith("scene") else "photo"
+
+
+def diagnosis(folder: Path) -> list[str]:
+    """mixed_s0's gain by degradation and LR side: which of size, degradation or motion costs."""
+    table = {
+        (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
+        for r in read_rows(folder / "results.csv")
+    }
+    half = {(r["group"], r["video_id"]): float(r["gain_y"]) for r in read_rows(folder / "strength.csv")}
+    lines = [
+        "",
+        "## Diagnosis: mixed_s0 (no coverage) by LR side and degradation",
+        "",
+        "The same moving scenes (3 a side) and the held-out photos at each degradation; LR 24 is the training size.",
+        "",
+        "| degradation | LR side | videos | base over bicubic | hypernet | hypernet at strength 0.5 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group in GROUPS[1:]:
+        videos = sorted({v for g, v, _ in table if g == group})
+        for side in sorted(
+            {side_of(v) for v in videos}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0)
+        ):
+            chosen = [v for v in videos if side_of(v) == side]
+            base = [table[(group, v, "base")] for v in chosen]
+            over = [table[(group, v, "hypernet")] - b for v, b in zip(chosen, base, strict=True)]
+            bicubic = sum(b - table[(group, v, "bicubic")] for v, b in zip(chosen, base, strict=True)) / len(
+                chosen
+            )
+            lines.append(
+                f"| {group.removeprefix('real_')} | {side} | {len(chosen)} | {bicubic:+.3f} | {gain_cell(over)} | "
+                f"{gain_cell([half[(group, v)] for v in chosen])} |"
+            )
+    return lines
+
+
+def bases(runs: Path) -> list[str]:
+    """The two recipes' bases on the same videos: what the coverage does for the base alone."""
+    lines = [
+        "",
+        "## The bases: base_content (mixed_s0's) against base_coverage (coverage_s0's), same videos",
+        "",
+        "| test group | base_content over bicubic | base_coverage over bicubic | base_coverage over base_content |",
+        "|---|---|---|---|",
+    ]
+    tables = {
+        model: {
+            (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
+            for r in read_rows(runs / f"eval_{model}" / "results.csv")
+        }
+        for model in MODELS
+    }
+    for group in GROUPS:
+        videos = sorted({v for g, v, _ in tables["mixed_s0"] if g == group})
+        over_bicubic = {
+            model: sum(t[(group, v, "base")] - t[(group, v, "bicubic")] for v in videos) / len(videos)
+            for model, t in tables.items()
+        }
+        old, new = over_bicubic["mixed_s0"], over_bicubic["coverage_s0"]
+        diff = [
+            tables["coverage_s0"][(group, v, "base")] - tables["mixed_s0"][(group, v, "base")] for v in videos
+        ]
+        lines.append(f"| {group} | {old:+.3f} | {new:+.3f} | {gain_cell(diff)} |")
+    return lines
 
 
 def main() -> None:
@@ -90,6 +162,8 @@ def main() -> None:
                     | {"guard_strength": chosen[(group, video)]}
                 )
         lines.append(f"| | | | | | | | *{model}: {meaning}* |")
+    lines += diagnosis(args.runs / "diagnosis_mixed_s0")
+    lines += bases(args.runs)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")
     write_table_csv(args.out / "per_video.csv", per_video)

@@ -37,4 +37,11 @@ OMP_NUM_THREADS=1 train mixed_s0 experiment=hyper_content base_ckpt=$out/base_co
 OMP_NUM_THREADS=2 train base_coverage experiment=base_coverage seed=0
 OMP_NUM_THREADS=2 train coverage_s0 experiment=hyper_coverage base_ckpt=$out/base_coverage/checkpoints/best.ckpt seed=0
 for model in mixed_s0 coverage_s0; do evaluate $model; done
+# the diagnosis: size, degradation or motion? mixed_s0 at LR 24 (its training size) to 320, 3 scenes a side
+if [ ! -f $out/diagnosis_mixed_s0/metrics.json ]; then
+  rm -rf $out/diagnosis_mixed_s0
+  OMP_NUM_THREADS=2 $py -m hypernet.eval checkpoint=$out/mixed_s0/checkpoints/best.ckpt \
+    'data.test_real_sides=[24,64,128,320]' data.test_real_scenes=3 'methods=[bicubic,base,hypernet]' \
+    'strengths=[0.5]' paths.output_dir=$out/diagnosis_mixed_s0 > $out/diagnosis_mixed_s0.log 2>&1
+fi
 $py scripts/collect_real_sizes.py
