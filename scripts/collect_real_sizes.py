@@ -86,6 +86,42 @@ def diagnosis(folder: Path) -> list[str]:
     return lines
 
 
+def guard_signal(runs: Path) -> list[str]:
+    """Does the guard's evidence track the truth? Over the real-size videos: how much better the
+    adapted output (strength 1) reproduces the LR frames than the base's, against its true gain."""
+    import numpy as np
+
+    lines = [
+        "",
+        "## The guard's evidence against the truth (real-size videos, strength 1)",
+        "",
+        "| model | videos | correlation of LR reproduction gain with true gain | same sign | true gain where the evidence says the adapters help |",
+        "|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        folder = runs / f"eval_{model}"
+        table = {
+            (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
+            for r in read_rows(folder / "results.csv")
+        }
+        evidence, truth = [], []
+        for r in read_rows(folder / "guard.csv"):
+            if r["group"] != "single":
+                evidence.append(float(r["over_base@1"]))
+                truth.append(
+                    table[(r["group"], r["video_id"], "hypernet")]
+                    - table[(r["group"], r["video_id"], "base")]
+                )
+        evidence, truth = np.array(evidence), np.array(truth)
+        said = truth[evidence > 0]
+        lines.append(
+            f"| {model} | {len(truth)} | {np.corrcoef(evidence, truth)[0, 1]:+.2f} | "
+            f"{int(np.sum(np.sign(evidence) == np.sign(truth)))}/{len(truth)} | "
+            f"{said.mean():+.3f} over {len(said)} videos |"
+        )
+    return lines
+
+
 def bases(runs: Path) -> list[str]:
     """The two recipes' bases on the same videos: what the coverage does for the base alone."""
     lines = [
@@ -162,6 +198,7 @@ def main() -> None:
                     | {"guard_strength": chosen[(group, video)]}
                 )
         lines.append(f"| | | | | | | | *{model}: {meaning}* |")
+    lines += guard_signal(args.runs)
     lines += diagnosis(args.runs / "diagnosis_mixed_s0")
     lines += bases(args.runs)
     args.out.mkdir(parents=True, exist_ok=True)
