@@ -351,7 +351,7 @@ def test_the_guard_chooses_the_strength_and_says_why(gated_checkpoint, video, tm
     system = load_hypernet(gated_checkpoint)
     predicted = predict_adapters(system, video, num_frames=FRAMES, context_frames=3)
     for name, (a, b) in predicted.items():
-        assert torch.allclose(saved[name][1], b * figures["strength"])
+        assert torch.equal(saved[name][0], a) and torch.allclose(saved[name][1], b * figures["strength"])
     # strength 0 is the base exactly; otherwise the adapters at that strength
     alone = tmp_path / "base.mp4"
     specialise(video, alone, checkpoint=gated_checkpoint, base_only=True, progress=False)
