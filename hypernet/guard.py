@@ -13,9 +13,13 @@ input best under about the video's own degradation, and the adapters are then ju
 Each strength of GUARD_STRENGTHS (0 is the base exactly) upscales a few LR clips of the video (cut
 to their centre, GUARD_CROP pixels at most, for cost); the output goes down again and is scored by
 PSNR-Y against the LR frames. The best strength wins if it beats the base by more than `margin`
-dB; otherwise the base. Measured on validation scenes and the test groups in
-experiments/real_sizes: it keeps the base where the adapters would hurt on clean bicubic input,
-and costs little where they help; it does not see the small loss on BD input.
+dB; otherwise the base.
+
+What it is worth, measured in experiments/real_sizes: little. Its evidence does not track the
+adapters' true gain on videos of users' sizes (correlation -0.16 and -0.21 over 50 of them): it
+trims losses by keeping the base often and picking strengths below 1, not by knowing which videos
+lose, and it gives up most of the gain where the adapters help. It is the LR-only check the
+project has; a guard that learns what helps, where HR exists, is the open problem.
 """
 
 from __future__ import annotations
