@@ -287,6 +287,22 @@ def test_hydras_errors_read_as_one_line_naming_the_override(override, names):
         assert name in line, (name, line)
 
 
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        (
+            "data.test_real_sides=[128,1024]",
+            ["data.test_real_sides", "1024", "larger than the content allows"],
+        ),
+        ("guard_margin=-1", ["guard_margin=-1"]),
+    ],
+)
+def test_eval_refuses_a_real_size_too_large_or_a_bad_guard_margin(override, names, checkpoint, tmp_path):
+    """Issue 20's bad inputs through the command line: one line, exit 2, nothing written."""
+    refused("eval", [f"checkpoint={checkpoint}", override], tmp_path, *names)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_data_folder_without_videos_is_refused_before_anything_is_written(tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()
