@@ -35,8 +35,10 @@ OMP_NUM_THREADS=2 train base_content experiment=base_content data.test_shots=3 s
 OMP_NUM_THREADS=1 train mixed_s0 experiment=hyper_content base_ckpt=$out/base_content/checkpoints/best.ckpt seed=0
 # with it
 OMP_NUM_THREADS=2 train base_coverage experiment=base_coverage seed=0
-OMP_NUM_THREADS=2 train coverage_s0 experiment=hyper_coverage base_ckpt=$out/base_coverage/checkpoints/best.ckpt seed=0
-for model in mixed_s0 coverage_s0; do evaluate $model; done
+for seed in 0 1; do
+  OMP_NUM_THREADS=2 train coverage_s$seed experiment=hyper_coverage base_ckpt=$out/base_coverage/checkpoints/best.ckpt seed=$seed
+done
+for model in mixed_s0 coverage_s0 coverage_s1; do evaluate $model; done
 # the diagnosis: size, degradation or motion? mixed_s0 at LR 24 (its training size) to 320, 3 scenes a side
 if [ ! -f $out/diagnosis_mixed_s0/metrics.json ]; then
   rm -rf $out/diagnosis_mixed_s0
