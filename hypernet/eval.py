@@ -53,6 +53,15 @@ def adapter_kib(adapters: Adapters | None) -> float:
     return sum(t.numel() * t.element_size() for pair in adapters.values() for t in pair) / 1024
 
 
+def hypernet_adapters(system, item: dict) -> Adapters:
+    """The adapters the hypernetwork makes for one evaluation item, read as in training (its
+    context frames and their times), detached."""
+    adapters = system.adapters_for(
+        item["context"][None], item["context_times"][None], item["degradation"][None]
+    )
+    return {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
+
+
 def evaluate_video(
     system, item: dict, cfg: DictConfig, *, every_frame: Callable[[], torch.Tensor] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -82,10 +91,7 @@ def evaluate_video(
             )
             adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "hypernet_guard":  # the LR clip alone chooses; HR only scores it below
-            adapters = system.adapters_for(
-                item["context"][None], item["context_times"][None], item["degradation"][None]
-            )
-            adapters = {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
+            adapters = hypernet_adapters(system, item)
             margin = GUARD_MARGIN_DB if cfg.get("guard_margin") is None else cfg.guard_margin
             choice = choose_strength(base, spec, adapters, lr, margin=margin)
             adapters = scale_adapters(adapters, choice.strength)
@@ -96,10 +102,7 @@ def evaluate_video(
                 "reason": choice.reason,
             }
         elif method == "hypernet":
-            adapters = system.adapters_for(
-                item["context"][None], item["context_times"][None], item["degradation"][None]
-            )
-            adapters = {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
+            adapters = hypernet_adapters(system, item)
             for strength in cfg.get("strengths") or []:
                 with torch.no_grad():
                     scaled = adapted_sr(

@@ -130,10 +130,12 @@ def choose_strength(
             outputs[strength] = torch.cat([adapted_sr(base, spec, adapted, clip[None]) for clip in lr]).clamp(
                 0, 1
             )
-        fits = {name: reproduction_db(d, outputs[0.0], lr) for name, d in degradations(base.scale).items()}
+        family = degradations(base.scale)
+        fits = {name: reproduction_db(d, outputs[0.0], lr) for name, d in family.items()}
         degradation = max(fits, key=fits.get)
-        degrade = degradations(base.scale)[degradation]
-        over_base = {s: reproduction_db(degrade, out, lr) - fits[degradation] for s, out in outputs.items()}
+        over_base = {
+            s: reproduction_db(family[degradation], out, lr) - fits[degradation] for s, out in outputs.items()
+        }
     best = max(over_base, key=over_base.get)
     return GuardChoice(
         strength=best if over_base[best] > margin else 0.0,

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hypernet.adaptation import clip_starts
 from hypernet.adapter_stack import (
     SAMPLE_FRAMES,
     AdapterFile,
@@ -248,8 +249,6 @@ def guard_clips(
 ) -> torch.Tensor:
     """The LR clips the guard checks the adapters on: GUARD_CLIPS clips of GUARD_CLIP_LEN
     consecutive frames spread over the video, (B, T, 3, h, w)."""
-    from hypernet.adaptation import clip_starts
-
     clips = clip_starts(num_frames, GUARD_CLIP_LEN, GUARD_CLIPS)
     frames = to_tensor(
         read_frames(input_path, [i for clip in clips for i in clip], allow_truncated=allow_truncated),
@@ -394,7 +393,7 @@ def specialise(
                     adapters = scale_adapters(adapters, chosen.strength)
                     made_by = {"strength": f"{chosen.strength:g}", "guard": chosen.reason}
                 save_adapters(save_adapter, spec, adapters, base=base, video=0, extra_metadata=made_by)
-            if plan is not None and not (chosen is not None and chosen.strength == 0):
+            if plan is not None:
                 merge_adapters(base, *stack_parts(*plan), video=0)
 
             task = bar.add_task("upscaling", total=info.num_frames)

@@ -419,15 +419,8 @@ class VSRDataModule(L.LightningDataModule):
                 suffix = "" if shots == 1 else f"-shots{shots}"
                 suffix += "" if hr_size == self.hr_size else f"-hr{hr_size}"
                 videos.append(
-                    StillsVideo(
-                        image_path=path,
-                        seed=seed,
-                        num_frames=self.num_frames,
-                        frame_size=hr_size,
-                        zoom_range=self.zoom_range,
-                        pyramid=pyramid,
-                        shots=shots,
-                        video_id=f"{path.stem}{suffix}-{seed}",
+                    self._still_video(
+                        path, pyramid, seed, hr_size, f"{path.stem}{suffix}-{seed}", shots=shots
                     )
                 )
         if not videos:
@@ -436,18 +429,39 @@ class VSRDataModule(L.LightningDataModule):
             )
         return videos
 
+    def _still_video(
+        self, path: Path, pyramid: list, seed: int, frame_size: int, video_id: str, *, shots: int = 1
+    ) -> StillsVideo:
+        """A held-out photograph's video, as long as the data's videos, with their zoom range."""
+        return StillsVideo(
+            image_path=path,
+            seed=seed,
+            num_frames=self.num_frames,
+            frame_size=frame_size,
+            zoom_range=self.zoom_range,
+            pyramid=pyramid,
+            shots=shots,
+            video_id=video_id,
+        )
+
+    def _scene(self, seed: int, frame_size: int, video_id: str, *, shots: int = 1):
+        """A fixed-seed procedural scene (seed from val_seed), as long as the data's videos."""
+        return procedural_video(
+            seed % (2**31),
+            self.procedural,
+            num_frames=self.num_frames,
+            frame_size=frame_size,
+            zoom_range=self.zoom_range,
+            shots=shots,
+            video_id=video_id,
+        )
+
     def procedural_videos(self, count: int, *, shots: int = 1) -> list:
         """count fixed-seed procedural scenes (seeded by val_seed, never drawn in training, whose
         seeds come from (seed, index))."""
         return [
-            procedural_video(
-                stable_seed(self.val_seed, "procedural", j) % (2**31),
-                self.procedural,
-                num_frames=self.num_frames,
-                frame_size=self.hr_size,
-                zoom_range=self.zoom_range,
-                shots=shots,
-                video_id=f"procedural-val-{j}",
+            self._scene(
+                stable_seed(self.val_seed, "procedural", j), self.hr_size, f"procedural-val-{j}", shots=shots
             )
             for j in range(count)
         ]
@@ -460,14 +474,10 @@ class VSRDataModule(L.LightningDataModule):
         videos = []
         for side in self.test_real_sides:
             for j in range(self.test_real_scenes):
+                video_id = f"scene{side}-{j}" if split == "test" else f"scene{side}-{split}{j}"
                 videos.append(
-                    procedural_video(
-                        stable_seed(self.val_seed, "real", split, side, j) % (2**31),
-                        self.procedural,
-                        num_frames=self.num_frames,
-                        frame_size=side * self.scale,
-                        zoom_range=self.zoom_range,
-                        video_id=f"scene{side}-{j}" if split == "test" else f"scene{side}-{split}{j}",
+                    self._scene(
+                        stable_seed(self.val_seed, "real", split, side, j), side * self.scale, video_id
                     )
                 )
         if split != "test" or self.test_source != "stills":
@@ -478,17 +488,7 @@ class VSRDataModule(L.LightningDataModule):
             if allowed:
                 side = max(allowed)
                 seed = stable_seed(self.val_seed, "real", path.name) % (2**31)
-                videos.append(
-                    StillsVideo(
-                        image_path=path,
-                        seed=seed,
-                        num_frames=self.num_frames,
-                        frame_size=side * self.scale,
-                        zoom_range=self.zoom_range,
-                        pyramid=pyramid,
-                        video_id=f"{path.stem}{side}",
-                    )
-                )
+                videos.append(self._still_video(path, pyramid, seed, side * self.scale, f"{path.stem}{side}"))
         return videos
 
     def _evaluation_set(self, videos: list, degradation: DegradationConfig | None = None) -> VideoListDataset:
