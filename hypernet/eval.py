@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from hypernet.adaptation import finetune_adapters
 from hypernet.checkpointing import trained_input
-from hypernet.guard import GUARD_MARGIN_DB, check_margin, choose_strength
+from hypernet.guard import check_margin, choose_strength
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
 from hypernet.runs import (
@@ -92,8 +92,10 @@ def evaluate_video(
             adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "hypernet_guard":  # the LR clip alone chooses; HR only scores it below
             adapters = hypernet_adapters(system, item)
-            margin = GUARD_MARGIN_DB if cfg.get("guard_margin") is None else cfg.guard_margin
-            choice = choose_strength(base, spec, adapters, lr, margin=margin)
+            learned = system.learned_guard if cfg.get("learned_guard", True) else None
+            choice = choose_strength(
+                base, spec, adapters, lr, margin=cfg.get("guard_margin"), learned=learned
+            )
             adapters = scale_adapters(adapters, choice.strength)
             guard_row = {
                 "video_id": item["video_id"],
@@ -353,6 +355,8 @@ def check_options(cfg: DictConfig) -> None:
     check_strength(cfg.get("strength", 1.0), option="strength")
     if cfg.get("guard_margin") is not None:
         check_margin(cfg.guard_margin, option="guard_margin")
+    if not isinstance(cfg.get("learned_guard", True), bool):
+        raise ValueError(f"learned_guard={cfg.learned_guard!r} must be true or false")
     for option, minimum in (
         ("selfsup_steps", 1),
         ("oracle_steps", 1),
@@ -453,6 +457,7 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
                 "methods": methods,
                 "context_frames": int(cfg.data.context_frames),  # how the model was fed, as used
                 "context_tile": cfg.context_tile,
+                "learned_guard": bool(cfg.get("learned_guard", True) and system.learned_guard is not None),
                 "overrides": command_overrides(),
             }
         ),

@@ -10,8 +10,10 @@ Adapter files (`--adapter FILE[:STRENGTH]`, e.g. a domain adapter from `hypernet
 merged in order with the hypernetwork's adapter on top (`--no-hypernet` leaves it out), as one
 adapter whose delta is their weighted sum (`lora.stack_adapters`). How strongly all of it applies
 is the guard's choice (`hypernet.guard`): from the LR video alone, the strength (0 is the base
-exactly) whose output, degraded again, reproduces the input best, and the base unless some
-strength beats it; `--strength` applies a fixed one instead, `--no-guard` applies them as trained.
+exactly) the checkpoint's learned guard predicts gains most (`hypernet.fit_guard`; without one,
+the strength whose output, degraded again, reproduces the input best), and the base unless some
+strength beats it by the margin; `--strength` applies a fixed one instead, `--no-guard` applies
+them as trained.
 Every file is checked against the base before the video is read.
 
 Why the pieces look the way they do:
@@ -167,7 +169,7 @@ def _check_options(
     hypernet: bool,
     strength: float | None,
     guard: bool,
-    guard_margin: float,
+    guard_margin: float | None,
     merge: str,
     save_adapter: Path | None,
     base_only: bool,
@@ -191,7 +193,8 @@ def _check_options(
             "--no-guard and --strength exclude each other: --strength applies that strength without the "
             "guard; --no-guard applies the adapters as trained (strength 1); give one"
         )
-    check_margin(guard_margin)
+    if guard_margin is not None:
+        check_margin(guard_margin)
     if not hypernet and not adapters:
         raise InputError("--no-hypernet leaves no adapter: give --adapter FILE, or use --base-only")
     if not hypernet and save_adapter is not None:
@@ -277,7 +280,7 @@ def specialise(
     hypernet: bool = True,
     strength: float | None = None,
     guard: bool = True,
-    guard_margin: float = GUARD_MARGIN_DB,
+    guard_margin: float | None = None,
     merge: str = "learned",
     save_adapter: str | os.PathLike | None = None,
     base_only: bool = False,
@@ -373,7 +376,9 @@ def specialise(
         if plan is not None and guard and strength is None:
             task = bar.add_task("choosing the adapters' strength from the LR video (guard)", total=1)
             clips = guard_clips(input_path, info.num_frames, device=device, allow_truncated=allow_truncated)
-            chosen = choose_strength(base, *stack_parts(*plan), clips, margin=guard_margin)
+            # the learned guard knows the hypernetwork's adapters alone, not a stack with files
+            learned = system.learned_guard if predicted is not None and not files else None
+            chosen = choose_strength(base, *stack_parts(*plan), clips, margin=guard_margin, learned=learned)
             plan = stack_plan(files, predicted, strength=chosen.strength, merge=merge)
             bar.advance(task)
         mode = (
@@ -477,10 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--guard-margin",
         type=float,
-        default=GUARD_MARGIN_DB,
+        default=None,
         metavar="DB",
-        help="how much better (PSNR-Y, dB) the adapted output, degraded again, must reproduce the "
-        f"input than the base's for the guard to apply the adapters (default {GUARD_MARGIN_DB:g})",
+        help="how much the guard's evidence (dB) must favour a strength over the base: the learned "
+        "guard's predicted PSNR-Y gain (default: the margin it was fitted with), or without one how "
+        "much better the adapted output, degraded again, reproduces the input than the base's "
+        f"(default {GUARD_MARGIN_DB:g})",
     )
     parser.add_argument(
         "--merge",

@@ -8,7 +8,16 @@ import torch
 from hypernet.adaptation import finetune_adapters
 from hypernet.data.degrade import bicubic_downsample, blur_downsample, quantise
 from hypernet.data.procedural import ProceduralConfig, procedural_video
-from hypernet.guard import GUARD_MARGIN_DB, check_margin, choose_strength
+from hypernet.guard import (
+    GUARD_MARGIN_DB,
+    GUARD_STRENGTHS,
+    LearnedGuard,
+    check_margin,
+    choose_strength,
+    fit_learned_guard,
+    guard_features,
+    strength_outputs,
+)
 from hypernet.metrics import psnr
 from hypernet.models.base import WindowVSR
 from hypernet.models.lora import find_targets, init_adapters, scale_adapters
@@ -107,3 +116,42 @@ def test_strength_zero_is_the_base_exactly_and_the_margin_is_checked(system, cli
     for bad in (-0.1, float("nan"), float("inf"), True, "0.1"):
         with pytest.raises(ValueError, match="--guard-margin"):
             check_margin(bad)
+
+
+@pytest.fixture(scope="module")
+def learned(system) -> LearnedGuard:
+    """A learned guard fitted on this base's adapters where HR exists: on 16 other scenes (clean
+    bicubic or blurred), an adapter fitted on each one's HR (it helps) and the same adapter with
+    its weight change reversed (it hurts), their gains at every strength measured against HR."""
+    base, spec = system.base, system.spec
+    examples = []
+    for i in range(16):
+        video = procedural_video(200 + i, ProceduralConfig.from_options(None), num_frames=5, frame_size=96)
+        hr = video.hr_frames(list(range(5)))[None]
+        lr = quantise(blur_downsample(hr[0], 0.0 if i % 2 else 1.2, 4))[None]
+        oracle = finetune_adapters(base, spec, lr, hr=hr, steps=60, learning_rate=3e-3)
+        for adapters in (oracle, {k: (a, -b) for k, (a, b) in oracle.items()}):
+            outputs = strength_outputs(base, spec, adapters, lr, GUARD_STRENGTHS)
+            scores = {s: psnr_y(out, hr) for s, out in outputs.items()}
+            examples.append(
+                (guard_features(lr, outputs, scale=4), {s: v - scores[0.0] for s, v in scores.items()})
+            )
+    return fit_learned_guard(examples)
+
+
+def test_the_learned_guard_keeps_the_base_for_ruined_adapters_and_most_of_an_hr_fitted_one(
+    system, clip, learned
+):
+    lr, hr = clip
+    base, spec = system.base, system.spec
+    oracle = finetune_adapters(base, spec, lr, hr=hr, steps=60, learning_rate=3e-3)
+    choice = choose_strength(base, spec, oracle, lr, learned=learned)
+    assert choice.learned and choice.strength >= 0.5, choice.reason
+    assert "the learned guard predicts" in choice.reason
+    reference = psnr_y(adapted_sr(base, spec, None, lr), hr)
+    for factor in (4, 16, 64, 256):  # scaled up until they ruin the output
+        harmful = scale_adapters(oracle, factor)
+        if psnr_y(adapted_sr(base, spec, harmful, lr), hr) < reference - 3:
+            break
+    choice = choose_strength(base, spec, harmful, lr, learned=learned)
+    assert choice.strength == 0, choice.reason

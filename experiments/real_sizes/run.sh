@@ -21,12 +21,27 @@ train() {  # label, overrides...
   rm -rf "${out:?}/$label"  # an unfinished run starts again from scratch
   $py -m hypernet.train "${common[@]}" "$@" paths.output_dir=$out/$label > "$out/$label.log" 2>&1
 }
-evaluate() {  # model
+evaluate() {  # model: the guard's reproduction rule
   local label=eval_$1
   [ -f "$out/$label/metrics.json" ] && return 0
   rm -rf "${out:?}/$label"
   OMP_NUM_THREADS=2 $py -m hypernet.eval checkpoint=$out/$1/checkpoints/best.ckpt \
     'methods=[bicubic,base,hypernet,hypernet_guard]' 'data.test_real_sides=[128,192,256,320]' \
+    learned_guard=false paths.output_dir=$out/$label > "$out/$label.log" 2>&1
+}
+fit_guard() {  # model: its learned guard, fitted on fresh videos where HR exists, into its best.ckpt
+  local label=guard_$1
+  [ -f "$out/$label/metrics.json" ] && return 0
+  rm -rf "${out:?}/$label"
+  OMP_NUM_THREADS=2 $py -m hypernet.fit_guard checkpoint=$out/$1/checkpoints/best.ckpt \
+    paths.output_dir=$out/$label > "$out/$label.log" 2>&1
+}
+evaluate_learned() {  # model: the learned guard (the default of specialise and eval)
+  local label=eval_learned_$1
+  [ -f "$out/$label/metrics.json" ] && return 0
+  rm -rf "${out:?}/$label"
+  OMP_NUM_THREADS=2 $py -m hypernet.eval checkpoint=$out/$1/checkpoints/best.ckpt \
+    'methods=[base,hypernet,hypernet_guard]' 'data.test_real_sides=[128,192,256,320]' \
     paths.output_dir=$out/$label > "$out/$label.log" 2>&1
 }
 mkdir -p $out
@@ -39,6 +54,7 @@ for seed in 0 1; do
   OMP_NUM_THREADS=2 train coverage_s$seed experiment=hyper_coverage base_ckpt=$out/base_coverage/checkpoints/best.ckpt seed=$seed
 done
 for model in mixed_s0 coverage_s0 coverage_s1; do evaluate $model; done
+for model in mixed_s0 coverage_s0; do fit_guard $model; evaluate_learned $model; done
 # the diagnosis: size, degradation or motion? mixed_s0 at LR 24 (its training size) to 320, 3 scenes a side
 if [ ! -f $out/diagnosis_mixed_s0/metrics.json ]; then
   rm -rf $out/diagnosis_mixed_s0

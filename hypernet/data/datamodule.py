@@ -491,7 +491,25 @@ class VSRDataModule(L.LightningDataModule):
                 videos.append(self._still_video(path, pyramid, seed, side * self.scale, f"{path.stem}{side}"))
         return videos
 
-    def _evaluation_set(self, videos: list, degradation: DegradationConfig | None = None) -> VideoListDataset:
+    def guard_fit_videos(self, count: int, sides: Sequence[int]) -> list:
+        """The videos the learned guard is fitted on (hypernet.fit_guard): seeds of their own,
+        training photographs (never the held-out ones) and procedural scenes in turn, at LR sides
+        cycling through `sides`; a photograph too small for the side gives way to a scene."""
+        photos, pyramids, videos = self._stills_images("train"), {}, []
+        for j in range(count):
+            side, seed = sides[j % len(sides)], stable_seed(self.val_seed, "guard", j) % (2**31)
+            if j % 2 and photos:
+                path = photos[(j // 2) % len(photos)]
+                pyramid = pyramids.setdefault(path, image_pyramid(load_image(path)))
+                if side * self.scale <= min(pyramid[0].shape[-2:]):
+                    videos.append(
+                        self._still_video(path, pyramid, seed, side * self.scale, f"{path.stem}{side}-g{j}")
+                    )
+                    continue
+            videos.append(self._scene(seed, side * self.scale, f"scene{side}-g{j}"))
+        return videos
+
+    def evaluation_set(self, videos: list, degradation: DegradationConfig | None = None) -> VideoListDataset:
         # evaluation clips are whole frames: no patch crop, fixed context
         sample = SampleConfig(
             clip_len=self.sample.clip_len, context_frames=self.sample.context_frames, patch_size=None
@@ -503,7 +521,7 @@ class VSRDataModule(L.LightningDataModule):
         """One evaluation set per degradation of REAL_DEGRADATIONS, all of the same videos."""
         videos = self.real_size_videos(split=split)
         return {
-            f"real_{name}": self._evaluation_set(
+            f"real_{name}": self.evaluation_set(
                 videos, degradation_config(scale=self.scale, degradation=options)
             )
             for name, options in REAL_DEGRADATIONS.items()
@@ -516,7 +534,7 @@ class VSRDataModule(L.LightningDataModule):
             videos = self.procedural_videos(self.val_procedural_videos)
         else:
             videos = self._file_videos(self.val_source, "val")
-        return self._evaluation_set(videos)
+        return self.evaluation_set(videos)
 
     def build_test_sets(self) -> dict[str, VideoListDataset]:
         """Test groups by name: single (the main test), multishot, large."""
@@ -532,7 +550,7 @@ class VSRDataModule(L.LightningDataModule):
                 groups["large"] = self.held_out_stills(hr_size=self.test_large_hr)
         else:
             groups = {"single": self._file_videos(self.test_source, "val")}
-        sets = {name: self._evaluation_set(videos) for name, videos in groups.items()}
+        sets = {name: self.evaluation_set(videos) for name, videos in groups.items()}
         if self.test_real_sides:
             sets |= self.real_size_sets()
         return sets

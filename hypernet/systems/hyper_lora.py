@@ -90,6 +90,10 @@ def load_hypernet(
             f"checkpoint {path} is not a readable stage-2 (HyperLoRASystem) checkpoint: {e}"
         ) from e
     check_finite(system, path)
+    if saved.get("guard") is not None:
+        from hypernet.guard import LearnedGuard
+
+        system.learned_guard = LearnedGuard.from_state(saved["guard"])
     return system.eval()
 
 
@@ -251,6 +255,7 @@ class HyperLoRASystem(SRSystem):
         self.refine = build_part(parts["refine"], spec=self.spec)
         self.tables = EvaluationTables()
         self._spreads: dict[str, list[torch.Tensor]] = {}
+        self.learned_guard = None  # hypernet.fit_guard fits one and stores it in the checkpoint
 
     # -------------------------------------------------------------- frozen base
     def train(self, mode: bool = True) -> HyperLoRASystem:

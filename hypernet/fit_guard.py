@@ -1,0 +1,135 @@
+"""`python -m hypernet.fit_guard checkpoint=PATH`: fit a stage-2 checkpoint's learned guard and
+store it in that checkpoint.
+
+The guard decides, from a video's LR frames alone, at what strength its adapters are applied
+(hypernet.guard). The learned guard is a regression from what the LR frames show to what the
+adapters gain, so it has to see the adapters gain and lose: it is fitted on fresh videos
+(`videos`, training photographs and procedural scenes at the LR `sides`, under users'
+degradations: `degradation`) where HR exists, scoring every strength against the base as the
+guard would see it (the centre of one clip). Nothing here touches a validation or test video.
+
+Writes: the checkpoint, with its "guard" replaced (atomically; the rest of the file unchanged),
+and in the run folder guard_fit.csv (each video's measurements and gains) and metrics.json (the
+leave-one-out record: the rule's mean gain and worst video on videos it was not fitted on).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from hypernet.files import atomic_write_bytes
+from hypernet.guard import (
+    GUARD_CROP,
+    GUARD_STRENGTHS,
+    LearnedGuard,
+    centre_crop,
+    fit_learned_guard,
+    guard_features,
+    strength_outputs,
+)
+from hypernet.metrics import psnr
+from hypernet.runs import check_run_folder, refusals, run_command, write_metrics, write_table_csv
+
+
+def guard_example(system, item: dict) -> tuple[dict[str, float], dict[float, float]]:
+    """One video's guard measurements (LR only) and its adapters' true gain (dB PSNR-Y over the
+    base, on the same centre crop) at every strength of GUARD_STRENGTHS."""
+    from hypernet.eval import hypernet_adapters
+
+    scale = system.scale
+    lr = item["lr"][None]
+    hr = centre_crop(item["hr"][None], GUARD_CROP, scale=scale).flatten(0, 1)
+    crop = centre_crop(lr, GUARD_CROP)
+    outputs = strength_outputs(
+        system.base, system.spec, hypernet_adapters(system, item), crop, GUARD_STRENGTHS
+    )
+    features = guard_features(crop, outputs, scale=scale)
+    scores = {s: psnr(out.flatten(0, 1), hr, crop_border=scale).mean().item() for s, out in outputs.items()}
+    return features, {s: scores[s] - scores[0.0] for s in outputs}
+
+
+def store_guard(checkpoint: str | Path, guard: LearnedGuard) -> None:
+    """Put `guard` into the checkpoint file, replacing any guard it held; atomically."""
+    from hypernet.checkpointing import read_checkpoint
+
+    saved = read_checkpoint(checkpoint, option="checkpoint=")
+    saved["guard"] = guard.state()
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    atomic_write_bytes(checkpoint, buffer.getvalue())
+
+
+def prepare(cfg: DictConfig):
+    """Every check before anything is written: the options, the run folder, the checkpoint, the
+    data options; returns the config as the checkpoint feeds it, the system and the fit videos."""
+    from hypernet.data.datamodule import build_datamodule, degradation_config
+    from hypernet.eval import fed_as_trained
+    from hypernet.systems.hyper_lora import load_hypernet
+
+    if isinstance(cfg.videos, bool) or not isinstance(cfg.videos, int) or cfg.videos < 10:
+        raise ValueError(f"videos={cfg.videos!r}: the guard needs an int >= 10 videos to fit on")
+    sides = list(cfg.sides) if OmegaConf.is_list(cfg.sides) else None
+    if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 8 for s in sides):
+        raise ValueError(f"sides={cfg.sides!r}: give a list of LR sides (ints >= 8), e.g. [24,48,96,160]")
+    check_run_folder(cfg.paths.output_dir, resumable=False)
+    system = load_hypernet(cfg.checkpoint, option="checkpoint=")
+    cfg = fed_as_trained(cfg, system)
+    datamodule = build_datamodule(cfg)
+    try:
+        degradation = degradation_config(
+            scale=system.scale, degradation=OmegaConf.to_container(cfg.degradation)
+        )
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"degradation: {e}") from None
+    videos = datamodule.evaluation_set(datamodule.guard_fit_videos(cfg.videos, sides), degradation)
+    return cfg, system, videos
+
+
+def fit(cfg: DictConfig, system, videos) -> dict[str, float]:
+    torch.manual_seed(cfg.seed)
+    examples, rows = [], []
+    for i in range(len(videos)):
+        item = videos[i]
+        features, gains = guard_example(system, item)
+        examples.append((features, gains))
+        rows.append(
+            {"video_id": item["video_id"], **{f"gain@{s:g}": g for s, g in gains.items()}, **features}
+        )
+        if (i + 1) % 20 == 0:
+            print(f"{i + 1}/{len(videos)} videos measured", flush=True)
+    guard = fit_learned_guard(
+        examples,
+        fitted={
+            "seed": cfg.seed,
+            "sides": list(cfg.sides),
+            "degradation": OmegaConf.to_container(cfg.degradation),
+        },
+    )
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_table_csv(output_dir / "guard_fit.csv", rows)
+    record = {k: v for k, v in guard.fitted.items() if isinstance(v, int | float)}
+    write_metrics(output_dir, record)
+    store_guard(cfg.checkpoint, guard)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="fit_guard")
+def hydra_main(cfg: DictConfig) -> None:
+    with refusals():
+        prepared = prepare(cfg)
+    record = fit(*prepared)
+    print(" ".join(f"{k}={v:.4g}" for k, v in record.items()))
+
+
+def main() -> None:
+    run_command(hydra_main)
+
+
+if __name__ == "__main__":
+    main()
