@@ -28,7 +28,6 @@ import torch
 from omegaconf import DictConfig
 
 from hypernet.adaptation import finetune_adapters
-from hypernet.checkpointing import trained_input
 from hypernet.guard import check_margin, choose_strength
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
@@ -51,15 +50,6 @@ def adapter_kib(adapters: Adapters | None) -> float:
     if adapters is None:
         return 0.0
     return sum(t.numel() * t.element_size() for pair in adapters.values() for t in pair) / 1024
-
-
-def hypernet_adapters(system, item: dict) -> Adapters:
-    """The adapters the hypernetwork makes for one evaluation item, read as in training (its
-    context frames and their times), detached."""
-    adapters = system.adapters_for(
-        item["context"][None], item["context_times"][None], item["degradation"][None]
-    )
-    return {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
 
 
 def evaluate_video(
@@ -91,7 +81,7 @@ def evaluate_video(
             )
             adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "hypernet_guard":  # the LR clip alone chooses; HR only scores it below
-            adapters = hypernet_adapters(system, item)
+            adapters = system.adapters_for_item(item)
             learned = system.learned_guard if cfg.get("learned_guard", True) else None
             choice = choose_strength(
                 base, spec, adapters, lr, margin=cfg.get("guard_margin"), learned=learned
@@ -104,7 +94,7 @@ def evaluate_video(
                 "reason": choice.reason,
             }
         elif method == "hypernet":
-            adapters = hypernet_adapters(system, item)
+            adapters = system.adapters_for_item(item)
             for strength in cfg.get("strengths") or []:
                 with torch.no_grad():
                     scaled = adapted_sr(
@@ -311,38 +301,6 @@ def plot_bars(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> Non
     plt.close(fig)
 
 
-def fed_as_trained(cfg: DictConfig, system) -> DictConfig:
-    """A copy of cfg with the model's input options filled from its checkpoint: `data.scale`,
-    `data.context_frames` and `context_tile` are null unless given, and then the checkpoint's; a
-    given one that differs is used and warned about once (checkpointing.trained_input).
-    `context_tile=0` reads context frames whole whatever the checkpoint says."""
-    import copy
-
-    from omegaconf import OmegaConf
-
-    from hypernet.systems.hyper_lora import trained_context_frames
-
-    cfg = copy.deepcopy(cfg)
-    OmegaConf.set_struct(cfg, False)
-    if cfg.data.get("scale") is not None and cfg.data.scale != system.scale:
-        raise ValueError(
-            f"data.scale={cfg.data.scale}: the model of {cfg.checkpoint} upscales x{system.scale}; "
-            "leave data.scale unset (the checkpoint's) or evaluate a model of that scale"
-        )
-    cfg.data.scale = system.scale
-    cfg.data.context_frames = trained_context_frames(
-        system, cfg.data.get("context_frames"), option="data.context_frames", checkpoint=cfg.checkpoint
-    )
-    tile = trained_input(
-        "context_tile",
-        cfg.get("context_tile"),
-        system.hparams["hypernet"]["encoder"].get("context_tile") or 0,
-        checkpoint=cfg.checkpoint,
-    )
-    cfg.context_tile = tile or None
-    return cfg
-
-
 def check_options(cfg: DictConfig) -> None:
     """eval's own options, before anything is read or written."""
     unknown = [m for m in cfg.methods if m not in METHODS]
@@ -373,11 +331,11 @@ def check_options(cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, dict[str, Any]]:
     """Every check before anything is written: the options, the output folder (not another run's
     or evaluation's), the checkpoint, then the data options and folders (the data module's
-    `check_data`) once the checkpoint has filled in how its model is fed (`fed_as_trained`).
+    `check_data`) once the checkpoint has filled in how its model is fed (`hyper_lora.fed_as_trained`).
     Returns that config, the system and the groups of videos to evaluate: the test videos
     (data.test_source, every group), or the validation videos when there are none."""
     from hypernet.data.datamodule import check_data
-    from hypernet.systems.hyper_lora import load_hypernet
+    from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet
 
     check_options(cfg)
     check_run_folder(cfg.paths.output_dir, resumable=False)

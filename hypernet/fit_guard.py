@@ -39,14 +39,12 @@ from hypernet.runs import check_run_folder, refusals, run_command, write_metrics
 def guard_example(system, item: dict) -> tuple[dict[str, float], dict[float, float]]:
     """One video's guard measurements (LR only) and its adapters' true gain (dB PSNR-Y over the
     base, on the same centre crop) at every strength of GUARD_STRENGTHS."""
-    from hypernet.eval import hypernet_adapters
-
     scale = system.scale
     lr = item["lr"][None]
     hr = centre_crop(item["hr"][None], GUARD_CROP, scale=scale).flatten(0, 1)
     crop = centre_crop(lr, GUARD_CROP)
     outputs = strength_outputs(
-        system.base, system.spec, hypernet_adapters(system, item), crop, GUARD_STRENGTHS
+        system.base, system.spec, system.adapters_for_item(item), crop, GUARD_STRENGTHS
     )
     features = guard_features(crop, outputs, scale=scale)
     scores = {s: psnr(out.flatten(0, 1), hr, crop_border=scale).mean().item() for s, out in outputs.items()}
@@ -68,8 +66,7 @@ def prepare(cfg: DictConfig):
     """Every check before anything is written: the options, the run folder, the checkpoint, the
     data options; returns the config as the checkpoint feeds it, the system and the fit videos."""
     from hypernet.data.datamodule import build_datamodule, degradation_config
-    from hypernet.eval import fed_as_trained
-    from hypernet.systems.hyper_lora import load_hypernet
+    from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet
 
     if isinstance(cfg.videos, bool) or not isinstance(cfg.videos, int) or cfg.videos < 10:
         raise ValueError(f"videos={cfg.videos!r}: the guard needs an int >= 10 videos to fit on")

@@ -1,25 +1,28 @@
 """The guard: the adapters' strength for one video, chosen from its LR frames alone, so that
 `specialise` keeps the base where the adapters would make the video worse.
 
-No HR exists at `specialise` time, so the guard asks what the LR frames can answer: does the
-adapted output, degraded again, reproduce the input frames better than the base's does? Which
-degradation to apply again is itself unknown, and it decides the answer: under clean bicubic a
-deblurring adapter looks wrong on a blurred video, and under a blur an over-sharpening one looks
-right on a clean video. The guard takes the one that best explains the base's own output (a
-Gaussian blur of GUARD_SIGMAS, then MATLAB bicubic or, as BD, every scale-th pixel): a base
-trained on clean, blurred and subsampled videos alike (experiment=base_coverage) reproduces its
-input best under about the video's own degradation, and the adapters are then judged under it.
-
 Each strength of GUARD_STRENGTHS (0 is the base exactly) upscales a few LR clips of the video (cut
-to their centre, GUARD_CROP pixels at most, for cost); the output goes down again and is scored by
-PSNR-Y against the LR frames. The best strength wins if it beats the base by more than `margin`
-dB; otherwise the base.
+to their centre, GUARD_CROP pixels at most, for cost). Two guards then judge the outputs.
 
-What it is worth, measured in experiments/real_sizes: little. Its evidence does not track the
-adapters' true gain on videos of users' sizes (correlation -0.16 and -0.21 over 50 of them): it
-trims losses by keeping the base often and picking strengths below 1, not by knowing which videos
-lose, and it gives up most of the gain where the adapters help. It is the LR-only check the
-project has; a guard that learns what helps, where HR exists, is the open problem.
+The learned guard (`LearnedGuard`, the default once a checkpoint holds one). What the adapters do
+to a video depends on its degradation and its content together, and the LR frames show much of
+both: blur, noise and blocking in their statistics, the degradation that best explains the base's
+output, how far each strength moves the output and how it reproduces the input. A ridge
+regression from those measurements (`guard_features`) to the adapters' gain in PSNR-Y at each
+strength is fitted per checkpoint where HR exists (`python -m hypernet.fit_guard`: fresh videos of
+users' sizes and degradations, never a validation or test video) and stored in the checkpoint.
+The strength of the best predicted gain wins if that beats the margin chosen with the fit (the
+one whose leave-one-out predictions gain most while harming at most HARM_RATE of the fit's
+videos); a strength whose measurements lie outside what the guard was fitted on is not judged.
+
+The reproduction rule (checkpoints without a learned guard; eval's learned_guard=false). Does the
+adapted output, degraded again, reproduce the input frames better than the base's does? Which
+degradation to apply again is itself unknown, and it decides the answer; the rule takes the one
+that best explains the base's own output (a Gaussian blur of GUARD_SIGMAS, then MATLAB bicubic or,
+as BD, every scale-th pixel). What it is worth, measured in experiments/real_sizes: little. Its
+evidence does not track the adapters' true gain on videos of users' sizes (correlation -0.16 and
+-0.21 over 50 of them): adapters that keep the input's compression and noise reproduce it best.
+It trims losses by keeping the base often, not by knowing which videos lose.
 """
 
 from __future__ import annotations
@@ -189,20 +192,11 @@ def choose_strength(
     )
 
 
-# The learned guard. The rule above reads one number the LR frames give and trusts it; what the
-# adapters do to a video depends on its degradation, its content and its size together, and the
-# LR frames show each of those (blur, noise and blocking in their statistics, the best-fitting
-# degradation of the base's output, how far each strength moves the output). A ridge regression
-# from those measurements to the adapters' gain at each strength, fitted where HR exists (fresh
-# videos of users' degradations and sizes, `hypernet.fit_guard`) and stored in the checkpoint,
-# then predicts the gain from the LR frames alone.
+# The learned guard: what it reads (guard_features), the regression, its fit.
 
-FEATURE_BOXES = (
-    "best",
-    "blur 0, bicubic",
-    "blur 1.2, bicubic",
-    "blur 1.6, subsampled",
-)  # over_base under each
+# the degradations each strength's reproduction of the input is measured under ("best": the one
+# that explains the base's output best)
+FEATURE_BOXES = ("best", "blur 0, bicubic", "blur 1.2, bicubic", "blur 1.6, subsampled")
 
 
 def _feature_strength(name: str) -> float | None:

@@ -4,8 +4,9 @@ real-size groups (LR 128 to 320 pixels; clean bicubic, BD, random blur/noise, H.
 
     .venv/bin/python scripts/collect_real_sizes.py [--runs outputs/real_sizes] [-o experiments/real_sizes]
 
-Reads each model's `hypernet.eval` folder (eval_<model>/: results.csv, guard.csv, metrics.json)
-and writes beside the study's run.sh:
+Reads each model's `hypernet.eval` folder (eval_<model>/: results.csv, guard.csv, metrics.json;
+the reproduction rule), and for the models with a learned guard its fit (guard_<model>/) and its
+evaluation with it (eval_learned_<model>/), and writes beside the study's run.sh:
 
     results.md      the diagnosis (mixed_s0 by LR side and degradation: size, degradation or
                     motion?); the bases of both recipes on every group; per model and test
@@ -13,7 +14,8 @@ and writes beside the study's run.sh:
                     the base without and with the guard (mean +- s.e., videos improved, the worst
                     video), how often the guard kept the base and what it cost where the adapters help
     per_video.csv   every test video's PSNR-Y by method, and the strength the guard chose
-    metrics.json    each evaluation's metrics.json, by model
+    metrics.json    each evaluation's metrics.json, by model (the learned guard's: <model>_learned_guard,
+                    and its fit's leave-one-out record: <model>_guard_fit)
 """
 
 from __future__ import annotations
@@ -123,6 +125,67 @@ def guard_signal(runs: Path) -> list[str]:
     return lines
 
 
+LEARNED = ("mixed_s0", "coverage_s0")  # the models whose learned guard run.sh fits (hypernet.fit_guard)
+
+
+def learned_guard(runs: Path) -> tuple[list[str], dict[tuple[str, str, str], tuple[float, float]]]:
+    """The learned guard (the default of specialise and eval once a checkpoint holds one) on the same
+    videos: its gain over the base per group beside the hypernetwork's, and what its fit promised
+    (leave-one-out on the fit's own videos). Also each video's (PSNR-Y, strength) with it."""
+    lines = [
+        "",
+        "## The learned guard (hypernet.fit_guard), the same videos",
+        "",
+        "Fitted per checkpoint on 320 fresh videos where HR exists (training photographs and procedural scenes, LR 24 to 160, "
+        "clean / blurred / subsampled / H.264); its penalty and margin chosen on their leave-one-out predictions.",
+        "",
+        "| model | test group | videos | hypernet | hypernet + learned guard | kept the base | cost where the adapters help | correlation of predicted with true gain (strength 1) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    import numpy as np
+
+    per_video = {}
+    for model in LEARNED:
+        folder = runs / f"eval_learned_{model}"
+        table = {
+            (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
+            for r in read_rows(folder / "results.csv")
+        }
+        guard = {(r["group"], r["video_id"]): r for r in read_rows(folder / "guard.csv")}
+        for group in GROUPS:
+            videos = sorted({v for g, v, _ in table if g == group})
+            over = {
+                m: [table[(group, v, m)] - table[(group, v, "base")] for v in videos]
+                for m in ("hypernet", "hypernet_guard")
+            }
+            helped = [(h, g) for h, g in zip(over["hypernet"], over["hypernet_guard"], strict=True) if h > 0]
+            cost = (
+                f"{sum(h - g for h, g in helped) / len(helped):+.3f} ({len(helped)} videos)"
+                if helped
+                else "-"
+            )
+            kept = sum(float(guard[(group, v)]["strength"]) == 0 for v in videos)
+            predicted = np.array([float(guard[(group, v)]["over_base@1"]) for v in videos])
+            correlation = np.corrcoef(predicted, over["hypernet"])[0, 1]
+            lines.append(
+                f"| {model} | {group} | {len(videos)} | {gain_cell(over['hypernet'])} | {gain_cell(over['hypernet_guard'])} | "
+                f"{kept}/{len(videos)} | {cost} | {correlation:+.2f} |"
+            )
+            for v in videos:
+                per_video[(model, group, v)] = (
+                    table[(group, v, "hypernet_guard")],
+                    float(guard[(group, v)]["strength"]),
+                )
+        fit = json.loads((runs / f"guard_{model}" / "metrics.json").read_text())
+        lines.append(
+            f"| | | | | | | | *{model}'s fit: margin {fit['margin']:g} dB, penalty {fit['alpha']:g}; leave-one-out over its "
+            f"{int(fit['videos'])} videos: {fit['loo_guarded_gain']:+.3f} a video (unguarded {fit['unguarded_gain']:+.3f}), "
+            f"{int(fit['loo_harmed'])} harmed by more than 0.05 dB (unguarded {int(fit['unguarded_harmed'])}), "
+            f"correlation {fit['loo_correlation_at_1']:+.2f}* |"
+        )
+    return lines, per_video
+
+
 def bases(runs: Path) -> list[str]:
     """The two recipes' bases on the same videos: what the coverage does for the base alone."""
     lines = [
@@ -199,9 +262,21 @@ def main() -> None:
                     | {"guard_strength": chosen[(group, video)]}
                 )
         lines.append(f"| | | | | | | | *{model}: {meaning}* |")
+    learned_lines, learned_per_video = learned_guard(args.runs)
+    for row in per_video:
+        psnr, strength = learned_per_video.get((row["model"], row["group"], row["video_id"]), ("", ""))
+        row["psnr_y_hypernet_learned_guard"], row["learned_guard_strength"] = psnr, strength
+    lines += learned_lines
     lines += guard_signal(args.runs)
     lines += diagnosis(args.runs / "diagnosis_mixed_s0")
     lines += bases(args.runs)
+    for model in LEARNED:
+        metrics[f"{model}_learned_guard"] = json.loads(
+            (args.runs / f"eval_learned_{model}" / "metrics.json").read_text()
+        )
+        metrics[f"{model}_guard_fit"] = json.loads(
+            (args.runs / f"guard_{model}" / "metrics.json").read_text()
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")
     write_table_csv(args.out / "per_video.csv", per_video)

@@ -21,6 +21,7 @@ from tests.helpers import (  # noqa: E402
     FRAMES,
     HEIGHT,
     TINY_BASE,
+    TINY_FIT_GUARD,
     WIDTH,
     compose_train,
     moving_texture,
@@ -52,6 +53,23 @@ def gated_checkpoint(tiny_checkpoints, tmp_path_factory) -> Path:
     state["state_dict"]["generator.gates"].fill_(0.5)
     path = tmp_path_factory.mktemp("gated") / "gated.ckpt"
     torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def learned_checkpoint(gated_checkpoint, tmp_path_factory) -> Path:
+    """The gated checkpoint with a learned guard fitted into it (hypernet.fit_guard on 12 small
+    videos), through the entry point's prepare and fit."""
+    import shutil
+
+    from hypernet import fit_guard
+    from hypernet.config import compose_config
+
+    folder = tmp_path_factory.mktemp("learned")
+    path = folder / "learned.ckpt"
+    shutil.copy(gated_checkpoint, path)
+    overrides = [*TINY_FIT_GUARD, f"checkpoint={path}", f"paths.output_dir={folder / 'fit'}"]
+    fit_guard.fit(*fit_guard.prepare(compose_config("fit_guard", overrides)))
     return path
 
 

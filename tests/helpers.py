@@ -77,6 +77,18 @@ def moving_texture(num_frames: int, height: int, width: int, *, seed: int = 0) -
     return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
 
 
+# a learned guard fitted quickly: the tiny data (as tests/test_eval.py's), 12 videos at LR 8 and 12
+TINY_FIT_GUARD = [
+    "data.hr_size=32",
+    "data.num_frames=8",
+    "data.clip_len=3",
+    "data.context_frames=3",
+    "data.val_videos_per_image=1",
+    "videos=12",
+    "sides=[8,12]",
+]
+
+
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     """The training config of `overrides`, its run folder at output_dir (as the entry point composes it)."""
     return compose_config("train", [*overrides, f"paths.output_dir={output_dir}"])

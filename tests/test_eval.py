@@ -11,7 +11,7 @@ from hypernet.config import compose_config
 from hypernet.metrics import psnr
 from hypernet.models.lora import init_adapters
 from hypernet.sr import adapted_sr
-from hypernet.systems.hyper_lora import load_hypernet
+from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet
 
 TINY_DATA = [
     "data.hr_size=32",
@@ -150,7 +150,7 @@ def test_eval_reports_real_size_groups_and_the_guard(gated_checkpoint, tmp_path)
 def test_the_guards_choice_uses_no_hr(gated_checkpoint):
     system = load_hypernet(gated_checkpoint)
     cfg = compose_eval([*TINY_DATA, "methods=[base,hypernet_guard]", f"checkpoint={gated_checkpoint}"])
-    cfg = evaluation.fed_as_trained(cfg, system)
+    cfg = fed_as_trained(cfg, system)
     from hypernet.data.datamodule import check_data
 
     item = check_data(cfg, stages=("test",)).test_sets["single"][0]

@@ -4,6 +4,7 @@ from what a video's LR frames show to what its adapters gain, stored in the chec
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from hypernet.checkpointing import read_checkpoint
 from hypernet.config import compose_config
 from hypernet.guard import FIT_MARGINS, LearnedGuard, fit_learned_guard
 from hypernet.systems.hyper_lora import load_hypernet
+from tests.helpers import TINY_FIT_GUARD
 from tests.test_eval import TINY_DATA, compose_eval
 
 STRENGTHS = (0.0, 0.5, 1.0)
@@ -65,26 +67,27 @@ def test_the_learned_guard_refuses_too_few_videos_and_unknown_measurements():
         guard.predict({"helps": 0.5})
 
 
-FIT = [*(o for o in TINY_DATA if o.startswith("data.")), "videos=12", "sides=[8,12]"]
+FIT = TINY_FIT_GUARD
 
 
-def test_fit_guard_stores_the_guard_in_the_checkpoint_and_eval_uses_it(gated_checkpoint, tmp_path):
-    checkpoint = tmp_path / "model.ckpt"
-    shutil.copy(gated_checkpoint, checkpoint)
-    cfg = compose_config(
-        "fit_guard", [*FIT, f"checkpoint={checkpoint}", f"paths.output_dir={tmp_path / 'fit'}"]
-    )
-    record = fit_guard.fit(*fit_guard.prepare(cfg))
-    assert record["videos"] == 12 and "loo_guarded_gain" in record
-    rows = (tmp_path / "fit" / "guard_fit.csv").read_text().splitlines()
+def test_fit_guard_stores_the_guard_in_the_checkpoint_and_eval_uses_it(
+    gated_checkpoint, learned_checkpoint, tmp_path
+):
+    fitted = learned_checkpoint.parent / "fit"
+    record = json.loads((fitted / "metrics.json").read_text())
+    assert record["videos"] == 12 and {"loo_guarded_gain", "loo_harmed", "margin", "alpha"} <= set(record)
+    rows = (fitted / "guard_fit.csv").read_text().splitlines()
     assert len(rows) == 1 + 12 and "gain@1" in rows[0] and "fit best" in rows[0]
-    before, after = read_checkpoint(gated_checkpoint, option="x"), read_checkpoint(checkpoint, option="x")
+    before = read_checkpoint(gated_checkpoint, option="x")
+    after = read_checkpoint(learned_checkpoint, option="x")
     assert after["guard"]["features"] and "guard" not in before
+    assert after["guard"]["margin"] == record["margin"]
     for name, tensor in before["state_dict"].items():  # the model itself is untouched
         assert torch.equal(after["state_dict"][name], tensor)
-    assert isinstance(load_hypernet(checkpoint).learned_guard, LearnedGuard)
+    assert isinstance(load_hypernet(learned_checkpoint).learned_guard, LearnedGuard)
     assert load_hypernet(gated_checkpoint).learned_guard is None
 
+    checkpoint = learned_checkpoint
     out = tmp_path / "eval"
     evaluation.run(
         compose_eval(

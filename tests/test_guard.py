@@ -120,12 +120,12 @@ def test_strength_zero_is_the_base_exactly_and_the_margin_is_checked(system, cli
 
 @pytest.fixture(scope="module")
 def learned(system) -> LearnedGuard:
-    """A learned guard fitted on this base's adapters where HR exists: on 16 other scenes (clean
+    """A learned guard fitted on this base's adapters where HR exists: on 8 other scenes (clean
     bicubic or blurred), an adapter fitted on each one's HR (it helps) and the same adapter with
     its weight change reversed (it hurts), their gains at every strength measured against HR."""
     base, spec = system.base, system.spec
     examples = []
-    for i in range(16):
+    for i in range(8):
         video = procedural_video(200 + i, ProceduralConfig.from_options(None), num_frames=5, frame_size=96)
         hr = video.hr_frames(list(range(5)))[None]
         lr = quantise(blur_downsample(hr[0], 0.0 if i % 2 else 1.2, 4))[None]

@@ -384,3 +384,16 @@ def test_bad_guard_options_exit_2_with_one_line(checkpoint, video, tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_specialise_uses_the_checkpoints_learned_guard(learned_checkpoint, video, tmp_path, capsys):
+    figures = main(
+        [str(video), "-o", str(tmp_path / "o.mp4"), "--checkpoint", str(learned_checkpoint), "--no-progress"]
+    )
+    assert "the learned guard predicts" in figures["guard"]
+    assert f"guard: {figures['guard']}" in capsys.readouterr().out
+    # a margin no prediction beats keeps the base
+    kept = specialise(
+        video, tmp_path / "k.mp4", checkpoint=learned_checkpoint, guard_margin=100.0, progress=False
+    )
+    assert kept["strength"] == 0 and "no strength gains more than 100 dB" in kept["guard"]

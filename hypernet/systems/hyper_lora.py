@@ -107,6 +107,37 @@ def trained_context_frames(
     return trained_input(option, given, trained, checkpoint=checkpoint, fallback=8)
 
 
+def fed_as_trained(cfg: Any, system: HyperLoRASystem) -> Any:
+    """A copy of an entry point's cfg (eval, fit_guard) with the model's input options filled from
+    its checkpoint: `data.scale`, `data.context_frames` and `context_tile` are null unless given,
+    and then the checkpoint's; a given one that differs is used and warned about once
+    (checkpointing.trained_input).
+    `context_tile=0` reads context frames whole whatever the checkpoint says."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.set_struct(cfg, False)
+    if cfg.data.get("scale") is not None and cfg.data.scale != system.scale:
+        raise ValueError(
+            f"data.scale={cfg.data.scale}: the model of {cfg.checkpoint} upscales x{system.scale}; "
+            "leave data.scale unset (the checkpoint's) or evaluate a model of that scale"
+        )
+    cfg.data.scale = system.scale
+    cfg.data.context_frames = trained_context_frames(
+        system, cfg.data.get("context_frames"), option="data.context_frames", checkpoint=cfg.checkpoint
+    )
+    tile = trained_input(
+        "context_tile",
+        cfg.get("context_tile"),
+        system.hparams["hypernet"]["encoder"].get("context_tile") or 0,
+        checkpoint=cfg.checkpoint,
+    )
+    cfg.context_tile = tile or None
+    return cfg
+
+
 def merged(options: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """`options` with `changes` put in, group by group (nested dicts merge, values replace)."""
     out = dict(options)
@@ -283,6 +314,15 @@ class HyperLoRASystem(SRSystem):
         the degradation-ceiling control reads `degradation` (V, P) instead."""
         adapters = self.generator(self.encoder.encode_context(context, times, degradation))
         return self.refine(self.base, adapters, context)
+
+    @torch.no_grad()
+    def adapters_for_item(self, item: dict) -> Adapters:
+        """The adapters for one evaluation item (a dataset's dict for one video), read as in
+        training (its context frames and their times), detached."""
+        adapters = self.adapters_for(
+            item["context"][None], item["context_times"][None], item["degradation"][None]
+        )
+        return {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
 
     @torch.no_grad()
     def adapters_for_video(
