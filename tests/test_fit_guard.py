@@ -153,3 +153,16 @@ def test_fit_guard_command_says_one_line_and_exits_2(gated_checkpoint, tmp_path)
     assert result.returncode == 2
     assert "videos=3" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_strength_measured_outside_the_fit_is_not_judged():
+    examples = [
+        ({**features, "change@0.5": features["helps"] / 2, "change@1": features["helps"]}, gains)
+        for features, gains in synthetic_examples(30, seed=2)
+    ]
+    guard = fit_learned_guard(examples)
+    inside = {"helps": 0.9, "noise": 0.5, "change@0.5": 0.45, "change@1": 0.9}
+    assert guard.outside(inside, 0.5) == [] and guard.outside(inside, 1.0) == []
+    ruined = {**inside, "change@1": 100.0}  # strength 1 moves the output far beyond anything fitted
+    assert guard.outside(ruined, 1.0) == ["change@1"] and guard.outside(ruined, 0.5) == []
+    assert guard.outside({**inside, "noise": -5.0}, 0.5) == ["noise"]  # the video's own, for every strength
