@@ -6,7 +6,8 @@ The guard decides, from a video's LR frames alone, at what strength its adapters
 adapters gain, so it has to see the adapters gain and lose: it is fitted on fresh videos
 (`videos`, training photographs and procedural scenes at the LR `sides`, under users'
 degradations: `degradation`) where HR exists, scoring every strength against the base as the
-guard would see it (the centre of one clip). Nothing here touches a validation or test video.
+guard sees a video (the centre of a clip of GUARD_CLIP_LEN frames; specialise reads two such
+clips and averages). Nothing here touches a validation or test video.
 
 Writes: the checkpoint, with its "guard" replaced (atomically; the rest of the file unchanged),
 and in the run folder guard_fit.csv (each video's measurements and gains) and metrics.json (the
@@ -16,6 +17,7 @@ leave-one-out record: the rule's mean gain and worst video on videos it was not 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import hydra
@@ -24,8 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from hypernet.files import atomic_write_bytes
 from hypernet.guard import (
+    GUARD_CLIP_LEN,
     GUARD_CROP,
     GUARD_STRENGTHS,
+    HARM_RATE,
     LearnedGuard,
     centre_crop,
     fit_learned_guard,
@@ -51,11 +55,20 @@ def guard_example(system, item: dict) -> tuple[dict[str, float], dict[float, flo
     return features, {s: scores[s] - scores[0.0] for s in outputs}
 
 
-def store_guard(checkpoint: str | Path, guard: LearnedGuard) -> None:
-    """Put `guard` into the checkpoint file, replacing any guard it held; atomically."""
+def store_guard(checkpoint: str | Path, guard: LearnedGuard, system) -> None:
+    """Put `guard` into the checkpoint file, replacing any guard it held; atomically. Refused if
+    the file no longer holds the weights the guard was fitted on (a run wrote it meanwhile)."""
     from hypernet.checkpointing import read_checkpoint
 
     saved = read_checkpoint(checkpoint, option="checkpoint=")
+    fitted_on = system.state_dict()
+    if set(saved["state_dict"]) != set(fitted_on) or any(
+        not torch.equal(saved["state_dict"][k].cpu(), v.cpu()) for k, v in fitted_on.items()
+    ):
+        raise ValueError(
+            f"checkpoint={checkpoint} changed while its guard was fitted (another run wrote it): "
+            "nothing stored; fit again on the checkpoint as it is now"
+        )
     saved["guard"] = guard.state()
     buffer = io.BytesIO()
     torch.save(saved, buffer)
@@ -65,7 +78,7 @@ def store_guard(checkpoint: str | Path, guard: LearnedGuard) -> None:
 def prepare(cfg: DictConfig):
     """Every check before anything is written: the options, the run folder, the checkpoint, the
     data options; returns the config as the checkpoint feeds it, the system and the fit videos."""
-    from hypernet.data.datamodule import build_datamodule, degradation_config
+    from hypernet.data.datamodule import MAX_REAL_HR, build_datamodule, degradation_config
     from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet
 
     if isinstance(cfg.videos, bool) or not isinstance(cfg.videos, int) or cfg.videos < 10:
@@ -73,9 +86,25 @@ def prepare(cfg: DictConfig):
     sides = list(cfg.sides) if OmegaConf.is_list(cfg.sides) else None
     if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 8 for s in sides):
         raise ValueError(f"sides={cfg.sides!r}: give a list of LR sides (ints >= 8), e.g. [24,48,96,160]")
+    if not OmegaConf.is_dict(cfg.degradation):
+        raise ValueError(
+            f"degradation={cfg.degradation!r}: give the options of a degradation (mode, blur_sigma, "
+            "noise_sigma, clean_prob, subsample_prob, crf, codec_prob), as configs/fit_guard.yaml does"
+        )
     check_run_folder(cfg.paths.output_dir, resumable=False)
     system = load_hypernet(cfg.checkpoint, option="checkpoint=")
+    if not os.access(cfg.checkpoint, os.W_OK) or not os.access(Path(cfg.checkpoint).parent, os.W_OK):
+        raise ValueError(
+            f"checkpoint={cfg.checkpoint}: the guard is stored in the checkpoint, which is not writable"
+        )
+    too_large = [s for s in sides if s * system.scale > MAX_REAL_HR]
+    if too_large:
+        raise ValueError(
+            f"sides={sides}: {too_large} need HR frames above {MAX_REAL_HR} pixels at x{system.scale}; "
+            "the guard reads at most a 128-pixel centre, so smaller sides do"
+        )
     cfg = fed_as_trained(cfg, system)
+    cfg.data.clip_len = GUARD_CLIP_LEN  # each fit video is measured on one clip as the guard reads one
     datamodule = build_datamodule(cfg)
     try:
         degradation = degradation_config(
@@ -107,12 +136,18 @@ def fit(cfg: DictConfig, system, videos) -> dict[str, float]:
             "degradation": OmegaConf.to_container(cfg.degradation),
         },
     )
+    if guard.fitted["loo_harmed"] > HARM_RATE * len(examples):
+        print(
+            f"warning: no penalty and margin harm at most {HARM_RATE:.0%} of the fit's videos; the guard "
+            f"takes the one that harms fewest ({guard.fitted['loo_harmed']} of {len(examples)})",
+            flush=True,
+        )
+    store_guard(cfg.checkpoint, guard, system)  # first: the record below describes a stored guard
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_table_csv(output_dir / "guard_fit.csv", rows)
     record = {k: v for k, v in guard.fitted.items() if isinstance(v, int | float)}
     write_metrics(output_dir, record)
-    store_guard(cfg.checkpoint, guard)
     return record
 
 

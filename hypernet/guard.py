@@ -13,7 +13,10 @@ strength is fitted per checkpoint where HR exists (`python -m hypernet.fit_guard
 users' sizes and degradations, never a validation or test video) and stored in the checkpoint.
 The strength of the best predicted gain wins if that beats the margin chosen with the fit (the
 one whose leave-one-out predictions gain most while harming at most HARM_RATE of the fit's
-videos); a strength whose measurements lie outside what the guard was fitted on is not judged.
+videos). A video any of whose measurements lie outside what the guard was fitted on keeps the
+base: every strength's prediction reads every measurement, and a regression says nothing there.
+specialise uses the rule below instead when adapter files are stacked under the hypernetwork's
+(the learned guard knows the hypernetwork's adapters alone).
 
 The reproduction rule (checkpoints without a learned guard; eval's learned_guard=false). Does the
 adapted output, degraded again, reproduce the input frames better than the base's does? Which
@@ -58,7 +61,7 @@ def check_margin(margin: float, *, option: str = "--guard-margin") -> float:
     ):
         raise ValueError(
             f"{option}={margin!r}: the guard's margin is a number of dB >= 0 that a strength must gain over "
-            f"the base (default {GUARD_MARGIN_DB:g}; 0 takes any gain)"
+            f"the base (default: a learned guard's fitted margin, else {GUARD_MARGIN_DB:g}; 0 takes any gain)"
         )
     return float(margin)
 
@@ -75,7 +78,7 @@ class GuardChoice:
     over_base: dict[float, float]
     margin: float
     learned: bool = False
-    outside: dict[float, list[str]] = field(default_factory=dict)  # strengths the learned guard cannot judge
+    outside: list[str] = field(default_factory=list)  # measurements beyond the learned guard's fit
 
     @property
     def reason(self) -> str:
@@ -88,10 +91,10 @@ class GuardChoice:
                     f"the learned guard predicts {self.over_base[self.strength]:+.3f} dB PSNR-Y over the base"
                 )
             if self.outside:
-                names = sorted({n for names in self.outside.values() for n in names})
-                why += (
-                    f"; not judged at {', '.join(f'{s:g}' for s in self.outside)}: measurements outside what "
-                    f"it was fitted on ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                names = self.outside
+                why = (
+                    f"the video's measurements lie outside what the learned guard was fitted on "
+                    f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}), so it judges no strength"
                 )
             return f"strength {self.strength:g}: {why} (predicted by strength: {tried}; base output fits {self.degradation})"
         under = f"degraded again as the base's output fits best ({self.degradation})"
@@ -174,14 +177,14 @@ def choose_strength(
         if learned is not None:
             features = guard_features(lr, outputs, scale=base.scale)
             over_base = learned.predict(features)
-            outside = {s: names for s in learned.strengths if (names := learned.outside(features, s))}
+            outside = learned.outside(features)
         else:
             over_base = {
                 s: reproduction_db(family[degradation], out, lr) - fits[degradation]
                 for s, out in outputs.items()
             }
-            outside = {}
-    best = max((s for s in over_base if s not in outside), key=over_base.get)
+            outside = []
+    best = 0.0 if outside else max(over_base, key=over_base.get)
     return GuardChoice(
         strength=best if over_base[best] > margin else 0.0,
         degradation=degradation,
@@ -199,11 +202,6 @@ def choose_strength(
 FEATURE_BOXES = ("best", "blur 0, bicubic", "blur 1.2, bicubic", "blur 1.6, subsampled")
 
 
-def _feature_strength(name: str) -> float | None:
-    """The strength a feature is measured at ("change@0.5" -> 0.5), None for the video's own."""
-    return float(name.split("@")[1].split()[0]) if "@" in name else None
-
-
 def _db(x: torch.Tensor) -> float:
     return 10 * math.log10(x.double().mean().item() + 1e-10)
 
@@ -214,7 +212,7 @@ def lr_statistics(lr: torch.Tensor) -> dict[str, float]:
     phase of the horizontal and vertical differences, over their mean)."""
     y = rgb_to_y(lr).double()
     dx, dy = (y[..., :, 1:] - y[..., :, :-1]).abs(), (y[..., 1:, :] - y[..., :-1, :]).abs()
-    kernel = torch.tensor([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=y.dtype)[None, None]
+    kernel = torch.tensor([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=y.dtype, device=y.device)[None, None]
     noise = torch.nn.functional.conv2d(y, kernel).abs().mean().item() * math.sqrt(math.pi / 2) / 6
     blocking = [
         (by_phase.max() / profile.mean().clamp_min(1e-8)).item()
@@ -274,16 +272,14 @@ class LearnedGuard:
         gains = ((x - self.mean) / self.std) @ self.weights + self.bias
         return {0.0: 0.0, **dict(zip(self.strengths, gains.tolist(), strict=True))}
 
-    def outside(self, features: dict[str, float], strength: float) -> list[str]:
-        """The features read for `strength` (its own and the video's) that lie outside the range
-        the guard was fitted on by more than RANGE_SLACK of it: the regression says nothing there
-        (adapters scaled until they ruin the output land far outside)."""
+    def outside(self, features: dict[str, float]) -> list[str]:
+        """The features that lie outside the range the guard was fitted on by more than
+        RANGE_SLACK of it (adapters scaled until they ruin the output land far outside)."""
         slack = RANGE_SLACK * (self.high - self.low)
         return [
             name
             for i, name in enumerate(self.features)
-            if _feature_strength(name) in (None, strength)
-            and not self.low[i] - slack[i] <= features[name] <= self.high[i] + slack[i]
+            if not self.low[i] - slack[i] <= features[name] <= self.high[i] + slack[i]
         ]
 
     def state(self) -> dict:

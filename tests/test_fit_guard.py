@@ -155,14 +155,30 @@ def test_fit_guard_command_says_one_line_and_exits_2(gated_checkpoint, tmp_path)
     assert not (tmp_path / "o").exists()
 
 
-def test_a_strength_measured_outside_the_fit_is_not_judged():
+def test_a_video_measured_outside_the_fit_is_not_judged():
     examples = [
         ({**features, "change@0.5": features["helps"] / 2, "change@1": features["helps"]}, gains)
         for features, gains in synthetic_examples(30, seed=2)
     ]
     guard = fit_learned_guard(examples)
     inside = {"helps": 0.9, "noise": 0.5, "change@0.5": 0.45, "change@1": 0.9}
-    assert guard.outside(inside, 0.5) == [] and guard.outside(inside, 1.0) == []
-    ruined = {**inside, "change@1": 100.0}  # strength 1 moves the output far beyond anything fitted
-    assert guard.outside(ruined, 1.0) == ["change@1"] and guard.outside(ruined, 0.5) == []
-    assert guard.outside({**inside, "noise": -5.0}, 0.5) == ["noise"]  # the video's own, for every strength
+    assert guard.outside(inside) == []
+    # strength 1 moves the output far beyond anything fitted: every strength's prediction reads it
+    ruined = {**inside, "change@1": 100.0}
+    assert guard.outside(ruined) == ["change@1"]
+    assert guard.predict(ruined)[0.5] != pytest.approx(guard.predict(inside)[0.5], abs=0.05)
+    assert guard.outside({**inside, "noise": -5.0}) == ["noise"]
+
+
+def test_a_guard_is_not_stored_into_a_checkpoint_that_changed_meanwhile(
+    checkpoint, gated_checkpoint, tmp_path
+):
+    target = tmp_path / "model.ckpt"
+    shutil.copy(gated_checkpoint, target)  # another run rewrote the file: its gates are not the fitted ones
+    untouched = target.read_bytes()
+    guard = fit_learned_guard(synthetic_examples(20, seed=0))
+    with pytest.raises(ValueError, match="changed while its guard was fitted"):
+        fit_guard.store_guard(target, guard, load_hypernet(checkpoint))
+    assert target.read_bytes() == untouched
+    fit_guard.store_guard(target, guard, load_hypernet(gated_checkpoint))  # the weights it was fitted on
+    assert read_checkpoint(target, option="x")["guard"]["margin"] == guard.margin

