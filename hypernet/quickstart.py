@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"Upscale your own video: .venv/bin/python -m hypernet.specialise VIDEO.mp4 -o upscaled.mp4  (uses {hyper_ckpt})"
     )
+    print(
+        f"Fit its learned guard first (about 8 minutes): .venv/bin/python -m hypernet.fit_guard checkpoint={hyper_ckpt}"
+    )
     return result
 
 
