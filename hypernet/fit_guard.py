@@ -78,14 +78,13 @@ def store_guard(checkpoint: str | Path, guard: LearnedGuard, system) -> None:
 def prepare(cfg: DictConfig):
     """Every check before anything is written: the options, the run folder, the checkpoint, the
     data options; returns the config as the checkpoint feeds it, the system and the fit videos."""
-    from hypernet.data.datamodule import MAX_REAL_HR, build_datamodule, degradation_config
+    from hypernet.data.datamodule import build_datamodule, check_lr_sides, degradation_config
     from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet
 
     if isinstance(cfg.videos, bool) or not isinstance(cfg.videos, int) or cfg.videos < 10:
         raise ValueError(f"videos={cfg.videos!r}: the guard needs an int >= 10 videos to fit on")
-    sides = list(cfg.sides) if OmegaConf.is_list(cfg.sides) else None
-    if not sides or any(isinstance(s, bool) or not isinstance(s, int) or s < 8 for s in sides):
-        raise ValueError(f"sides={cfg.sides!r}: give a list of LR sides (ints >= 8), e.g. [24,48,96,160]")
+    if OmegaConf.is_list(cfg.sides) and not cfg.sides:
+        raise ValueError("sides=[]: give the LR sides of the fit videos, e.g. [24,48,96,160]")
     if not OmegaConf.is_dict(cfg.degradation):
         raise ValueError(
             f"degradation={cfg.degradation!r}: give the options of a degradation (mode, blur_sigma, "
@@ -97,12 +96,9 @@ def prepare(cfg: DictConfig):
         raise ValueError(
             f"checkpoint={cfg.checkpoint}: the guard is stored in the checkpoint, which is not writable"
         )
-    too_large = [s for s in sides if s * system.scale > MAX_REAL_HR]
-    if too_large:
-        raise ValueError(
-            f"sides={sides}: {too_large} need HR frames above {MAX_REAL_HR} pixels at x{system.scale}; "
-            "the guard reads at most a 128-pixel centre, so smaller sides do"
-        )
+    sides = check_lr_sides(
+        cfg.sides, scale=system.scale, option="sides", meaning="LR sides of the fit videos"
+    )
     cfg = fed_as_trained(cfg, system)
     cfg.data.clip_len = GUARD_CLIP_LEN  # each fit video is measured on one clip as the guard reads one
     datamodule = build_datamodule(cfg)

@@ -84,17 +84,16 @@ class GuardChoice:
     def reason(self) -> str:
         tried = ", ".join(f"{s:g}: {d:+.3f}" for s, d in self.over_base.items() if s)
         if self.learned:
-            if self.strength == 0:
+            if self.outside:
+                why = (
+                    f"the video's measurements lie outside what the learned guard was fitted on "
+                    f"({', '.join(self.outside[:3])}{', ...' if len(self.outside) > 3 else ''}), so it judges no strength"
+                )
+            elif self.strength == 0:
                 why = f"the learned guard predicts no strength gains more than {self.margin:g} dB PSNR-Y over the base"
             else:
                 why = (
                     f"the learned guard predicts {self.over_base[self.strength]:+.3f} dB PSNR-Y over the base"
-                )
-            if self.outside:
-                names = self.outside
-                why = (
-                    f"the video's measurements lie outside what the learned guard was fitted on "
-                    f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}), so it judges no strength"
                 )
             return f"strength {self.strength:g}: {why} (predicted by strength: {tried}; base output fits {self.degradation})"
         under = f"degraded again as the base's output fits best ({self.degradation})"
@@ -175,7 +174,7 @@ def choose_strength(
         fits = {name: reproduction_db(d, outputs[0.0], lr) for name, d in family.items()}
         degradation = max(fits, key=fits.get)
         if learned is not None:
-            features = guard_features(lr, outputs, scale=base.scale)
+            features = guard_features(lr, outputs, scale=base.scale, fits=fits)
             over_base = learned.predict(features)
             outside = learned.outside(features)
         else:
@@ -226,12 +225,21 @@ def lr_statistics(lr: torch.Tensor) -> dict[str, float]:
     }
 
 
-def guard_features(lr: torch.Tensor, outputs: dict[float, torch.Tensor], *, scale: int) -> dict[str, float]:
+def guard_features(
+    lr: torch.Tensor,
+    outputs: dict[float, torch.Tensor],
+    *,
+    scale: int,
+    fits: dict[str, float] | None = None,
+) -> dict[str, float]:
     """The LR-only measurements the learned guard reads, for clips `lr` (B, T, C, h, w) cut as
-    the guard cuts them and the output at each strength (strength_outputs; 0 is the base)."""
+    the guard cuts them and the output at each strength (strength_outputs; 0 is the base).
+    `fits`: how each degradation of `degradations(scale)` reproduces `lr` from the base's output,
+    when the caller has measured it already."""
     base_out = outputs[0.0]
     family = degradations(scale)
-    fits = {name: reproduction_db(d, base_out, lr) for name, d in family.items()}
+    if fits is None:
+        fits = {name: reproduction_db(d, base_out, lr) for name, d in family.items()}
     best = max(fits, key=fits.get)
     features = {f"fit {name}": fits[name] - fits[best] for name in family}
     features["fit best"] = fits[best]

@@ -12,8 +12,8 @@ adapter whose delta is their weighted sum (`lora.stack_adapters`). How strongly 
 is the guard's choice (`hypernet.guard`): from the LR video alone, the strength (0 is the base
 exactly) the checkpoint's learned guard predicts gains most (`hypernet.fit_guard`; without one,
 or with adapter files stacked under the hypernetwork's, the strength whose output, degraded
-again, reproduces the input best), and the base unless some strength beats it by the margin; `--strength` applies a fixed one instead, `--no-guard` applies
-them as trained.
+again, reproduces the input best), and the base unless some strength beats it by the margin;
+`--strength` applies a fixed one instead, `--no-guard` applies them as trained.
 Every file is checked against the base before the video is read.
 
 Why the pieces look the way they do:

@@ -168,28 +168,35 @@ def check_frame_options(
         )
 
 
-def check_real_sides(sides: Any, *, scale: int, test_source: str | None) -> tuple[int, ...]:
-    """data.test_real_sides: LR frame sides, each from MIN_SIZE up to what the content allows."""
+def check_lr_sides(sides: Any, *, scale: int, option: str, meaning: str) -> tuple[int, ...]:
+    """LR frame sides given as `option` (a list): ints from MIN_SIZE up to what the built-in
+    content allows (an HR side of at most MAX_REAL_HR); ValueError naming `option` otherwise."""
     sides = to_plain(sides)
     if not isinstance(sides, list | tuple):
-        raise ValueError(f"data.test_real_sides={sides!r} must be a list of LR frame sides, e.g. [128, 320]")
-    sides = tuple(sides)
-    if not sides:
-        return ()
-    if test_source not in ("stills", "procedural"):
-        raise ValueError(
-            f"data.test_real_sides={list(sides)}: the real-size groups are built-in videos; "
-            f"set data.test_source=stills or procedural (it is {test_source})"
-        )
+        raise ValueError(f"{option}={sides!r} must be a list of LR frame sides, e.g. [128, 320]")
     for side in sides:
-        check_count("test_real_sides", side, MIN_SIZE, "LR frame sides of the real-size groups")
+        if isinstance(side, bool) or not isinstance(side, int) or side < MIN_SIZE:
+            raise ValueError(f"{option}={side!r} must be an int >= {MIN_SIZE} ({meaning})")
         if side * scale > MAX_REAL_HR:
             raise ValueError(
-                f"data.test_real_sides: {side} is larger than the content allows: a real-size video's "
+                f"{option}: {side} is larger than the content allows: a real-size video's "
                 f"HR side (LR side x data.scale={scale} = {side * scale}) is at most {MAX_REAL_HR}; "
                 f"use LR sides up to {MAX_REAL_HR // scale}"
             )
-    return sides
+    return tuple(sides)
+
+
+def check_real_sides(sides: Any, *, scale: int, test_source: str | None) -> tuple[int, ...]:
+    """data.test_real_sides: LR frame sides, each from MIN_SIZE up to what the content allows."""
+    plain = to_plain(sides)
+    if isinstance(plain, list | tuple) and plain and test_source not in ("stills", "procedural"):
+        raise ValueError(
+            f"data.test_real_sides={list(plain)}: the real-size groups are built-in videos; "
+            f"set data.test_source=stills or procedural (it is {test_source})"
+        )
+    return check_lr_sides(
+        plain, scale=scale, option="data.test_real_sides", meaning="LR frame sides of the real-size groups"
+    )
 
 
 def degradation_config(*, scale: int, degradation: dict[str, Any] | None) -> DegradationConfig:
