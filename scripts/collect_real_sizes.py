@@ -144,8 +144,9 @@ def learned_guard(runs: Path) -> tuple[list[str], dict[tuple[str, str, str], tup
     ]
     import numpy as np
 
-    per_video = {}
+    per_video, pooled = {}, []
     for model in LEARNED:
+        real_predicted, real_true, largest = [], [], {}
         folder = runs / f"eval_learned_{model}"
         table = {
             (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
@@ -167,6 +168,13 @@ def learned_guard(runs: Path) -> tuple[list[str], dict[tuple[str, str, str], tup
             kept = sum(float(guard[(group, v)]["strength"]) == 0 for v in videos)
             predicted = np.array([float(guard[(group, v)]["over_base@1"]) for v in videos])
             correlation = np.corrcoef(predicted, over["hypernet"])[0, 1]
+            largest[group] = max(
+                max(float(guard[(group, v)][f"over_base@{s:g}"]) for s in (0.25, 0.5, 0.75, 1))
+                for v in videos
+            )
+            if group != "single":
+                real_predicted += list(predicted)
+                real_true += over["hypernet"]
             lines.append(
                 f"| {model} | {group} | {len(videos)} | {gain_cell(over['hypernet'])} | {gain_cell(over['hypernet_guard'])} | "
                 f"{kept}/{len(videos)} | {cost} | {correlation:+.2f} |"
@@ -183,6 +191,23 @@ def learned_guard(runs: Path) -> tuple[list[str], dict[tuple[str, str, str], tup
             f"{int(fit['loo_harmed'])} harmed by more than 0.05 dB (unguarded {int(fit['unguarded_harmed'])}), "
             f"correlation {fit['loo_correlation_at_1']:+.2f}* |"
         )
+        real_predicted, real_true = np.array(real_predicted), np.array(real_true)
+        pooled.append(
+            f"| {model} | {len(real_true)} | {np.corrcoef(real_predicted, real_true)[0, 1]:+.2f} | "
+            f"{int(np.sum(np.sign(real_predicted) == np.sign(real_true)))}/{len(real_true)} | "
+            + " | ".join(f"{largest[g]:+.3f}" for g in GROUPS)
+            + " |"
+        )
+    lines += [
+        "",
+        "Over all the real-size videos (strength 1), and the largest gain it predicts at any strength in each group:",
+        "",
+        "| model | videos | correlation of predicted with true gain | same sign | "
+        + " | ".join(f"largest predicted, {g}" for g in GROUPS)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(GROUPS),
+        *pooled,
+    ]
     return lines, per_video
 
 
