@@ -501,12 +501,11 @@ class VSRDataModule(L.LightningDataModule):
     def guard_fit_videos(self, count: int, sides: Sequence[int]) -> list:
         """The videos the learned guard is fitted on (hypernet.fit_guard): seeds of their own,
         procedural scenes (even j) and training photographs (odd j; never the held-out ones) in
-        turn, video j at LR side sides[j % len(sides)], so with an even number of sides each kind
-        meets half of them (the default's photographs: LR 48 and 160); a photograph too small for
-        its side gives way to a scene."""
+        turn, the pair j // 2 at LR side sides[(j // 2) % len(sides)], so each kind meets every
+        side; a photograph too small for its side gives way to a scene."""
         photos, pyramids, videos = self._stills_images("train"), {}, []
         for j in range(count):
-            side, seed = sides[j % len(sides)], stable_seed(self.val_seed, "guard", j) % (2**31)
+            side, seed = sides[(j // 2) % len(sides)], stable_seed(self.val_seed, "guard", j) % (2**31)
             if j % 2 and photos:
                 path = photos[(j // 2) % len(photos)]
                 pyramid = pyramids.setdefault(path, image_pyramid(load_image(path)))
