@@ -11,6 +11,16 @@ held-out video, in one table:
                (hypernet.guard, as specialise applies them by default; guard.csv says what it chose)
     oracle     base + a per-video LoRA fitted to that video's own HR frames (the upper bound)
 
+The memory controls (issue 21; the recurrence group's items carry what they read):
+
+    hypernet_other   the hypernet's adapters made from another video of the same group (the next
+               one): what is left when the adapters know the group but not the video
+    hypernet_without_closeups  the hypernet reading the video with its close-ups removed (the
+               same count of context frames, spread over the wide shot alone); recurrence only
+    crossscale  a per-video LoRA fitted on the video's own cross-scale pairs, from LR alone: its
+               close-ups degraded once more as inputs, the close-ups as targets (internal
+               learning, ZSSR-style, with the group's known degradation); recurrence only
+
 Columns: PSNR-Y, SSIM-Y, PSNR-RGB, seconds to specialise, adapter size. Written to the run
 folder as results.csv, results.md, metrics.json, a per-video bar plot and side-by-side crops.
 """
@@ -28,6 +38,7 @@ import torch
 from omegaconf import DictConfig
 
 from hypernet.adaptation import finetune_adapters
+from hypernet.data.recurrence import crossscale_pairs
 from hypernet.guard import check_margin, choose_strength
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
@@ -42,8 +53,28 @@ from hypernet.runs import (
 )
 from hypernet.sr import adapted_sr, bicubic_upscale, side_by_side
 
-METHODS = ("bicubic", "base", "selfsup", "hypernet", "hypernet_stream", "hypernet_guard", "oracle")
-ADAPTED = ("hypernet", "hypernet_stream", "hypernet_guard")  # each one's gain over the base is summarised
+METHODS = (
+    "bicubic",
+    "base",
+    "selfsup",
+    "hypernet",
+    "hypernet_stream",
+    "hypernet_guard",
+    "hypernet_other",
+    "hypernet_without_closeups",
+    "crossscale",
+    "oracle",
+)
+# each one's gain over the base is summarised
+ADAPTED = (
+    "hypernet",
+    "hypernet_stream",
+    "hypernet_guard",
+    "hypernet_other",
+    "hypernet_without_closeups",
+    "crossscale",
+)
+RECURRENCE_ONLY = {"hypernet_without_closeups": "context_without_closeups", "crossscale": "closeups"}
 
 
 def adapter_kib(adapters: Adapters | None) -> float:
@@ -53,22 +84,54 @@ def adapter_kib(adapters: Adapters | None) -> float:
 
 
 def evaluate_video(
-    system, item: dict, cfg: DictConfig, *, every_frame: Callable[[], torch.Tensor] | None = None
+    system,
+    item: dict,
+    cfg: DictConfig,
+    *,
+    every_frame: Callable[[], torch.Tensor] | None = None,
+    other: Callable[[], dict] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], list[dict[str, Any]]]:
     """All methods on one video: rows for the table, each method's SR frames, and the hypernet's
     PSNR-Y at every strength of cfg.strengths (its adapters' delta scaled), with the guard's
     choice as a row of the last. `every_frame()` gives the whole LR video (T, C, h, w) that
-    `hypernet_stream` reads."""
+    `hypernet_stream` reads, `other()` another video's item of the same group (hypernet_other).
+    A memory control whose frames the item does not hold (RECURRENCE_ONLY) has no row."""
     base, spec = system.base, system.spec
     lr, hr = item["lr"][None], item["hr"][None]
     rows, outputs, strength_rows = [], {}, []
     guard_row = None
     for method in cfg.methods:
+        if RECURRENCE_ONLY.get(method, "lr") not in item:
+            continue
         started = time.perf_counter()
         adapters = None
         if method == "selfsup":
             adapters = finetune_adapters(
                 base, spec, lr, steps=cfg.selfsup_steps, learning_rate=cfg.finetune_lr, seed=cfg.seed
+            )
+        elif method == "crossscale":  # from LR alone: the close-ups are the targets
+            inputs, targets = crossscale_pairs(
+                item["closeups"], item["degradation"], clip_len=lr.shape[1], seed=cfg.seed
+            )
+            adapters = finetune_adapters(
+                base,
+                spec,
+                inputs,
+                hr=targets,
+                steps=cfg.crossscale_steps,
+                learning_rate=cfg.finetune_lr,
+                seed=cfg.seed,
+            )
+        elif method == "hypernet_other":
+            adapters = system.adapters_for_item(other())
+        elif method == "hypernet_without_closeups":
+            adapters = system.adapters_for_item(
+                {
+                    "context": item["context_without_closeups"],
+                    "context_times": item["context_without_closeups_times"],
+                    "degradation": item["degradation"],
+                    "context_closeup": torch.zeros_like(item["context_closeup"]),  # none to refine on
+                }
             )
         elif method == "oracle":
             adapters = finetune_adapters(
@@ -143,18 +206,23 @@ def summarise(
     rows: list[dict[str, Any]], methods: list[str], guard_rows: list[dict[str, Any]] = ()
 ) -> dict[str, float]:
     by = {m: [r for r in rows if r["method"] == m] for m in methods}
+    by = {m: rs for m, rs in by.items() if rs}  # a memory control outside the recurrence group has none
     summary: dict[str, float] = {}
     for m, rs in by.items():
         for key in ("psnr_y", "ssim_y", "psnr_rgb", "seconds", "adapter_kib"):
             summary[f"test/{m}/{key}"] = sum(r[key] for r in rs) / len(rs)
+    base_psnr = {r["video_id"]: r["psnr_y"] for r in by.get("base", [])}
     gains = {
-        m: [r["psnr_y"] - b["psnr_y"] for r, b in zip(by[m], by["base"], strict=True)]
-        for m in ADAPTED
-        if m in by and "base" in by
+        m: [r["psnr_y"] - base_psnr[r["video_id"]] for r in by[m]] for m in ADAPTED if m in by and base_psnr
     }
     for m, values in gains.items():
         summary.update({f"test/{m}_{k}": v for k, v in gain_summary(values).items()})
         summary[f"test/{m}_worst_gain_y"] = min(values)
+    for control in ("hypernet_other", "hypernet_without_closeups"):  # what the video's own reading adds
+        if "hypernet" in gains and control in gains:
+            difference = [h - c for h, c in zip(gains["hypernet"], gains[control], strict=True)]
+            name = control.removeprefix("hypernet_")
+            summary.update({f"test/own_over_{name}_{k}": v for k, v in gain_summary(difference).items()})
     if "hypernet" in gains and "hypernet_stream" in gains:  # every frame read, against the spread frames
         difference = [s - g for s, g in zip(gains["hypernet_stream"], gains["hypernet"], strict=True)]
         summary.update({f"test/stream_over_spread_{k}": v for k, v in gain_summary(difference).items()})
@@ -172,7 +240,12 @@ def summarise(
             summary["test/hypernet_fraction_of_oracle_gain"] = (
                 summary["test/hypernet_gain_y"] / oracle_gain if oracle_gain > 0 else float("nan")
             )
-        for other in ("selfsup", "oracle"):
+        if "crossscale" in gains:  # the internal-learning reference: how much of it, at what cost
+            reference = summary["test/crossscale_gain_y"]
+            summary["test/hypernet_fraction_of_crossscale_gain"] = (
+                summary["test/hypernet_gain_y"] / reference if reference > 0 else float("nan")
+            )
+        for other in ("selfsup", "crossscale", "oracle"):
             if other in by:
                 summary[f"test/{other}_time_over_hypernet"] = summary[f"test/{other}/seconds"] / max(
                     summary["test/hypernet/seconds"], 1e-9
@@ -214,6 +287,7 @@ def markdown(
                 f"; {other} takes {summary[f'test/{other}_time_over_hypernet']:.0f}x the hypernet's time to specialise"
             )
     lines += group_table(summary, groups)
+    lines += memory_lines(summary)
     lines += ["", "| video | " + " | ".join(methods) + " |", "|---" * (1 + len(methods)) + "|"]
     videos = list(dict.fromkeys(r["video_id"] for r in rows))
     table = {(r["video_id"], r["method"]): r["psnr_y"] for r in rows}
@@ -225,7 +299,7 @@ def markdown(
 def group_table(summary: dict[str, float], groups: Sequence[str]) -> list[str]:
     """Every group's gains over the base, a line each (mean +- s.e., videos improved, the worst
     video), the guarded ones and how often the guard kept the base beside them."""
-    adapted = [m for m in ADAPTED if f"test/{m}_gain_y" in summary]
+    adapted = [m for m in ADAPTED if any(k.endswith(f"/{m}_gain_y") for k in summary)]
     if not adapted or len(groups) < 2:
         return []
     guard = "test/guard_kept_base" in summary
@@ -241,11 +315,37 @@ def group_table(summary: dict[str, float], groups: Sequence[str]) -> list[str]:
         cells = [
             f"{summary[f'{prefix}{m}_gain_y']:+.3f} +- {summary[f'{prefix}{m}_gain_y_stderr']:.3f} "
             f"({int(summary[f'{prefix}{m}_videos_improved'])}, {summary[f'{prefix}{m}_worst_gain_y']:+.3f})"
+            if f"{prefix}{m}_gain_y" in summary
+            else "-"
             for m in adapted
         ]
         if guard:
             cells.append(f"{int(summary[f'{prefix}guard_kept_base'])}")
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def memory_lines(summary: dict[str, float]) -> list[str]:
+    """The recurrence group's memory controls: what the video's own reading adds over another
+    video's adapters and over the same video without its close-ups, and how much of the
+    internal-learning reference the hypernet reaches, at what share of its time."""
+    prefix = "test/recurrence/"
+    if f"{prefix}hypernet_gain_y" not in summary:
+        return []
+    lines = ["", "memory (test/recurrence, wide shots scored):"]
+    for name, what in (("other", "another video's adapters"), ("without_closeups", "its close-ups removed")):
+        key = f"{prefix}own_over_{name}_gain_y"
+        if key in summary:
+            lines.append(
+                f"- own adapters over {what}: {summary[key]:+.3f} +- {summary[f'{key}_stderr']:.3f} dB, "
+                f"{int(summary[f'{prefix}own_over_{name}_videos_improved'])} videos better"
+            )
+    if f"{prefix}crossscale_gain_y" in summary:
+        lines.append(
+            f"- internal-learning reference (crossscale): {summary[f'{prefix}crossscale_gain_y']:+.3f} dB; the hypernet "
+            f"reaches {100 * summary[f'{prefix}hypernet_fraction_of_crossscale_gain']:.0f}% of it in "
+            f"1/{summary[f'{prefix}crossscale_time_over_hypernet']:.0f} of its time"
+        )
     return lines
 
 
@@ -318,6 +418,7 @@ def check_options(cfg: DictConfig) -> None:
     for option, minimum in (
         ("selfsup_steps", 1),
         ("oracle_steps", 1),
+        ("crossscale_steps", 1),
         ("crop_border", 0),
         ("crop_videos", 0),
     ):
@@ -363,7 +464,11 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
     for group, videos in groups.items():
         for i in range(len(videos)):
             video_rows, outputs, video_strengths, guard_row = evaluate_video(
-                system, videos[i], cfg, every_frame=lambda videos=videos, i=i: videos.every_frame(i)
+                system,
+                videos[i],
+                cfg,
+                every_frame=lambda videos=videos, i=i: videos.every_frame(i),
+                other=lambda videos=videos, i=i: videos[(i + 1) % len(videos)],
             )
             rows += [{**row, "group": group} for row in video_rows]
             strength_rows += [{**row, "group": group} for row in video_strengths]
@@ -378,6 +483,7 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
                 )
     methods = list(cfg.methods)
     main_rows = [r for r in rows if r["group"] == "single"]
+    main_methods = [m for m in methods if any(r["method"] == m for r in main_rows)]
     summary = summarise(main_rows, methods, [r for r in guard_rows if r["group"] == "single"])
     for group in groups:  # other groups reported apart: test/multishot/..., test/real_bi/...
         if group != "single":
@@ -391,9 +497,11 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
     write_table_csv(output_dir / "results.csv", rows)
     if guard_rows:
         write_table_csv(output_dir / "guard.csv", guard_rows)
-    atomic_write_text(output_dir / "results.md", markdown(main_rows, summary, methods, groups=list(groups)))
+    atomic_write_text(
+        output_dir / "results.md", markdown(main_rows, summary, main_methods, groups=list(groups))
+    )
     write_metrics(output_dir, summary)
-    plot_bars(output_dir / "gains.png", main_rows, methods)
+    plot_bars(output_dir / "gains.png", main_rows, main_methods)
     if strength_rows:
         write_table_csv(output_dir / "strength.csv", strength_rows)
         summary.update(strength_summary([r for r in strength_rows if r["group"] == "single"]))

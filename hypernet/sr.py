@@ -7,6 +7,7 @@ scripts."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hypernet.data.degrade import imresize
@@ -45,6 +46,41 @@ def self_supervised_loss(
     lower = imresize(lr, scale=1 / scale).clamp(0, 1)
     height, width = lower.shape[-2] * scale, lower.shape[-1] * scale
     return charbonnier(adapted_sr(base, spec, adapters, lower), lr[..., :height, :width])
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, *, radius: int = 4) -> torch.Tensor:
+    """(..., H, W) blurred by a Gaussian whose sigma is a tensor (so it can be learned), two 1-D
+    passes, reflect padding; H and W must exceed the radius."""
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    g = torch.exp(-(taps**2) / (2 * sigma.to(x.dtype) ** 2))
+    g = g / g.sum()
+    flat = F.pad(x.reshape(-1, 1, *x.shape[-2:]), (radius,) * 4, mode="reflect")
+    flat = F.conv2d(F.conv2d(flat, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+    return flat.view(x.shape)
+
+
+def inner_loss(
+    base: nn.Module,
+    spec: LoRASpec,
+    adapters: Adapters,
+    frames: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    blur_sigma: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The refine steps' loss over V videos' LR frames (V, K, C, h, w), each read as a training pair
+    of its own: degraded once more (blurred by blur_sigma when given, MATLAB bicubic down by the
+    scale) and upscaled back by the adapted base, it should give the frame again (ZSSR's pairs;
+    from a close-up, the detail a wider view of it lacks). A video's frames are averaged,
+    weighted by `weights` (V, K) (its close-ups alone, say; none: every frame), and the videos
+    summed, so a video's steps do not depend on which other videos share its batch."""
+    source = frames if blur_sigma is None else gaussian_blur(frames, blur_sigma)
+    lower = imresize(source, scale=1 / base.scale).clamp(0, 1)
+    height, width = lower.shape[-2] * base.scale, lower.shape[-1] * base.scale
+    upscaled = adapted_sr(base, spec, adapters, lower)
+    error = torch.sqrt((upscaled - frames[..., :height, :width]) ** 2 + 1e-6).mean(dim=(-3, -2, -1))  # (V, K)
+    weights = torch.ones_like(error) if weights is None else weights.to(error.dtype)
+    return ((error * weights).sum(1) / weights.sum(1).clamp_min(1)).sum()
 
 
 def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:

@@ -82,6 +82,14 @@ def check_config(cfg: DictConfig) -> None:
         )
     if "base_ckpt" in cfg.stage and not cfg.get("base_ckpt"):
         raise ValueError("stage=hyper needs base_ckpt=PATH: the stage-1 checkpoint of the base to specialise")
+    refine = cfg.get("hypernet", {}).get("refine", {}).get("mode") if "base_ckpt" in cfg.stage else None
+    source = cfg.data.source
+    sources = [source] if isinstance(source, str) else [k for k, v in source.items() if v]
+    if refine == "crossscale" and "recurrence" not in sources:
+        raise ValueError(
+            f"hypernet.refine.mode=crossscale takes its steps on the context's close-ups, and data.source={source} "
+            "draws none: add recurrence videos, e.g. data.source={procedural: 0.5, recurrence: 0.5}"
+        )
 
 
 def check_trainer(trainer: DictConfig) -> None:

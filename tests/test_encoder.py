@@ -21,7 +21,7 @@ from hypernet.models.encoder import (
 )
 from hypernet.models.tokenizers import BaseActivationTokenizer, LRStats, RunningNorm, mean_and_std
 
-SOURCES = ["conv", "base"]
+SOURCES = ["conv", "base", "base_grid"]  # base_grid: the base's activations with 2x2 spatial tokens
 
 
 def small_base() -> nn.Module:
@@ -35,6 +35,9 @@ def body_convs(base: nn.Module) -> list[str]:
 
 def make_encoder(source: str, base: nn.Module | None = None, **kwargs) -> VideoEncoder:
     torch.manual_seed(0)
+    if source == "base_grid":
+        source = "base"
+        kwargs.setdefault("grid", 2)
     if source == "base":
         base = base if base is not None else small_base()
         kwargs.update(base=base, layer_names=body_convs(base))
@@ -460,3 +463,27 @@ def test_attention_draws_its_initial_weights_as_a_seed_gave_them():
     queries, context = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
     ours, theirs = attention(queries, context), mha(queries, context, context, need_weights=False)[0]
     torch.testing.assert_close(ours, theirs)
+
+
+def test_spatial_tokens_keep_where_and_what():
+    """grid > 0 adds one token per cell of each layer's grid-averaged activations: two videos with
+    the same content rearranged (its quarters swapped) have the same pooled tokens but different
+    cell tokens; grid=0 draws the weights it drew before the option existed."""
+    base = small_base()
+    layers = body_convs(base)
+    torch.manual_seed(0)
+    plain = BaseActivationTokenizer(base=base, layer_names=layers, dim=16)
+    torch.manual_seed(0)
+    spatial = BaseActivationTokenizer(base=base, layer_names=layers, dim=16, grid=2)
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, spatial.state_dict()[name])
+    video = make_video(3, frames=2, size=16)
+    swapped = torch.cat([video[..., 8:, :], video[..., :8, :]], dim=-2)  # the top and bottom halves swapped
+    with torch.no_grad():
+        tokens, tokens_swapped = spatial(video), spatial(swapped)
+    assert tokens.shape == (1, 2, len(layers) * (1 + 4), 16)
+    assert torch.allclose(plain(video), tokens[:, :, : len(layers)])  # the pooled tokens as before
+    cells = slice(len(layers), None)
+    assert (tokens[:, :, cells] - tokens_swapped[:, :, cells]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match=r"hypernet.encoder.grid=-1"):
+        BaseActivationTokenizer(base=base, layer_names=layers, dim=16, grid=-1)

@@ -37,6 +37,7 @@ def tiny_system(base_ckpt: Path, *overrides: str) -> HyperLoRASystem:
         ("stats", "direct"),
         ("degradation", "direct"),
         ("base", "refine"),
+        ("base", "crossscale"),
     ],
 )
 def test_gradient_reaches_every_hypernet_parameter_and_not_the_base(base_ckpt, source, mode):
@@ -72,11 +73,15 @@ def test_identity_at_initialisation(base_ckpt, mode):
         assert torch.equal(system.sr(batch["lr"], adapters), system.sr(batch["lr"], None))
 
 
-def test_refine_second_order_gradient_matches_finite_differences(base_ckpt):
+@pytest.mark.parametrize("mode", ["refine", "crossscale"])
+def test_refine_second_order_gradient_matches_finite_differences(base_ckpt, mode):
+    """The SR loss's gradient reaches the hypernetwork through the inner steps: the step sizes and
+    (crossscale) the blur act on the adapters only through those steps, and match finite
+    differences, as does the generator's gate."""
     torch.manual_seed(0)
     system = (
         tiny_system(
-            base_ckpt, "hypernet.refine.mode=refine", "hypernet.refine.steps=2", "hypernet.refine.lr=0.5"
+            base_ckpt, f"hypernet.refine.mode={mode}", "hypernet.refine.steps=2", "hypernet.refine.lr=0.5"
         )
         .double()
         .train()
@@ -84,15 +89,20 @@ def test_refine_second_order_gradient_matches_finite_differences(base_ckpt):
     with torch.no_grad():
         system.generator.gates.fill_(0.3)
     batch = {k: v.double() for k, v in tiny_batch(v=1).items()}
+    closeups = torch.tensor([[True, False, True]])  # crossscale: its steps read frames 0 and 2
 
     def outer_loss() -> torch.Tensor:
-        adapters = system.adapters_for(batch["context"], batch["context_times"])
+        adapters = system.adapters_for(batch["context"], batch["context_times"], closeups=closeups)
         return ((system.sr(batch["lr"], adapters) - batch["hr"]) ** 2).mean()
 
     system.zero_grad()
     outer_loss().backward()
-    for param, index in ((system.refine.log_lr, 0), (system.generator.gates, 1)):
+    checked = [(system.refine.log_lr, 0), (system.generator.gates, 1)]
+    if mode == "crossscale":
+        checked.append((system.refine.log_blur, ()))
+    for param, index in checked:
         analytic = param.grad[index].item()
+        assert analytic != 0
         eps = 1e-5
         with torch.no_grad():
             param[index] += eps
@@ -287,3 +297,48 @@ def test_stage2_optimizer_steps_the_hypernet_as_the_per_tensor_adam_does(base_ck
         loop.step()
     for param, copy in zip(params, copies, strict=True):
         torch.testing.assert_close(param.detach(), copy.detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["refine", "crossscale"])
+def test_a_videos_refined_adapters_do_not_depend_on_its_batch(base_ckpt, mode):
+    """The inner loss sums the videos' own means: a video refined alone takes the steps it takes
+    beside others (a mean over the batch would make its step size shrink with the batch)."""
+    system = tiny_system(base_ckpt, f"hypernet.refine.mode={mode}", "hypernet.refine.lr=0.5").double().eval()
+    with torch.no_grad():
+        system.generator.gates.fill_(0.3)
+    batch = {k: v.double() for k, v in tiny_batch(v=3).items()}
+    closeups = torch.tensor([[True, False, True], [True, True, True], [False, True, False]])
+    together = system.adapters_for(batch["context"], batch["context_times"], closeups=closeups)
+    alone = system.adapters_for(batch["context"][1:2], batch["context_times"][1:2], closeups=closeups[1:2])
+    for name, (a, b) in alone.items():
+        torch.testing.assert_close(a[0], together[name][0][1], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(b[0], together[name][1][1], rtol=1e-9, atol=1e-12)
+
+
+def test_crossscale_takes_no_step_on_a_video_without_closeups(base_ckpt):
+    system = (
+        tiny_system(base_ckpt, "hypernet.refine.mode=crossscale", "hypernet.refine.lr=0.5").double().eval()
+    )
+    with torch.no_grad():
+        system.generator.gates.fill_(0.3)
+    batch = {k: v.double() for k, v in tiny_batch(v=2).items()}
+    none = torch.zeros(2, 3, dtype=torch.bool)
+    generated = system.generator(system.encoder.encode_context(batch["context"], batch["context_times"]))
+    refined = system.adapters_for(batch["context"], batch["context_times"], closeups=none)
+    some = system.adapters_for(batch["context"], batch["context_times"], closeups=~none)
+    for name, (a, b) in generated.items():
+        assert torch.equal(refined[name][1], b) and torch.equal(refined[name][0], a)
+    assert any(not torch.equal(some[name][1], b) for name, (_, b) in generated.items())
+
+
+def test_crossscale_without_closeups_in_the_data_is_refused_before_training(base_ckpt, tmp_path):
+    from hypernet.train import check_config
+
+    cfg = compose_train(
+        [*TINY_BASE, *TINY_HYPER, f"base_ckpt={base_ckpt}", "hypernet.refine.mode=crossscale"],
+        tmp_path / "run",
+    )
+    with pytest.raises(ValueError, match=r"hypernet.refine.mode=crossscale .* data.source=stills draws none"):
+        check_config(cfg)
+    with pytest.raises(ValueError, match=r"hypernet.refine.blur=5"):
+        tiny_system(base_ckpt, "hypernet.refine.mode=crossscale", "hypernet.refine.blur=5")

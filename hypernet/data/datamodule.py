@@ -56,8 +56,15 @@ from hypernet.data.datasets import (
 )
 from hypernet.data.degrade import DegradationRanges
 from hypernet.data.procedural import ProceduralConfig, procedural_video
+from hypernet.data.recurrence import (
+    RECURRENCE_DEGRADATION,
+    RecurrenceError,
+    check_recurrence_frames,
+    recurrence_scene,
+    recurrence_still,
+)
 
-SOURCES = ("stills", "procedural", "folder", "reds", "vimeo90k", "vid4")
+SOURCES = ("stills", "procedural", "recurrence", "folder", "reds", "vimeo90k", "vid4")
 
 # The degradations of the real-size test groups, fixed here (not taken from data.degradation) so
 # that every run is scored on the same videos: clean MATLAB bicubic (most users' downscales), the
@@ -79,7 +86,8 @@ REAL_DEGRADATIONS: dict[str, dict[str, Any]] = {
     },
 }
 REAL_GROUPS = tuple(f"real_{name}" for name in REAL_DEGRADATIONS)
-TEST_GROUPS = ("single", "multishot", "large", *REAL_GROUPS)
+TEST_GROUPS = ("single", "multishot", "large", "recurrence", *REAL_GROUPS)
+RECURRENCE_PHOTO_VIDEOS = 2  # recurrence videos of every held-out photograph large enough for the zoom
 # The largest HR frame side of a real-size group: a procedural scene is drawn on a canvas twice
 # the frame's side, and a 4096-pixel canvas (200 MB a pyramid level) is as far as the content goes.
 MAX_REAL_HR = 2048
@@ -229,6 +237,7 @@ class VSRDataModule(L.LightningDataModule):
         test_large_hr: int | None = None,
         test_real_sides: Sequence[int] = (),
         test_real_scenes: int = 2,
+        test_recurrence: int = 0,
         shots: int | list[int] = 1,
         procedural: dict[str, Any] | None = None,
         photo_augment: dict[str, Any] | None = None,
@@ -259,7 +268,13 @@ class VSRDataModule(L.LightningDataModule):
             raise ValueError(
                 "data.source=vid4: Vid4 is a test set; train on another source and set data.test_source=vid4"
             )
-        if source not in ("stills", "procedural", "mix") and root is None:
+        for option, value in (("data.val_source", val_source or source), ("data.test_source", test_source)):
+            if value == "recurrence":
+                raise ValueError(
+                    f"{option}=recurrence: recurrence draws training videos; validate on procedural scenes "
+                    "(data.val_source=procedural) and test memory with data.test_recurrence"
+                )
+        if source not in (*FRESH_SOURCES, "mix") and root is None:
             raise ValueError(f"data.source={source} needs data.root (the dataset folder)")
         if val_source is None and source == "mix":
             raise ValueError(
@@ -317,6 +332,14 @@ class VSRDataModule(L.LightningDataModule):
             "test_real_scenes", test_real_scenes, 1, "procedural scenes per side of the real-size groups"
         )
         self.test_real_scenes = test_real_scenes
+        check_count(
+            "test_recurrence", test_recurrence, 0, "procedural scenes of the recurrence group, 0 for none"
+        )
+        if test_recurrence:
+            check_recurrence_frames(num_frames=num_frames, clip_len=clip_len, option="data.test_recurrence")
+        if "recurrence" in self.sources:
+            check_recurrence_frames(num_frames=num_frames, clip_len=clip_len, option="data.source")
+        self.test_recurrence = test_recurrence
         self.val_procedural_videos = val_procedural_videos
         self.test_shots = test_shots
         self.test_large_hr = test_large_hr
@@ -378,7 +401,7 @@ class VSRDataModule(L.LightningDataModule):
         return items[: -self.val_videos] if split == "train" else items[-self.val_videos :]
 
     def build_train_set(self):
-        if self.source in ("stills", "procedural", "mix"):
+        if self.source in FRESH_SOURCES or self.source == "mix":
             return FreshVideoDataset(
                 sources=self.sources,
                 image_paths=self._stills_images("train") if "stills" in self.sources else (),
@@ -498,6 +521,57 @@ class VSRDataModule(L.LightningDataModule):
                 videos.append(self._still_video(path, pyramid, seed, side * self.scale, f"{path.stem}{side}"))
         return videos
 
+    def recurrence_videos(self, *, split: str = "test") -> list:
+        """The videos of the recurrence group (recurrence.py): data.test_recurrence procedural
+        scenes, then (test_source=stills) RECURRENCE_PHOTO_VIDEOS of every held-out photograph
+        large enough for the zoom, all at data.hr_size. `split="val"` draws other scenes from
+        other seeds (and no photographs), to study a method on without touching the test videos."""
+        videos = []
+        for j in range(self.test_recurrence):
+            video_id = f"recurrence-{j}" if split == "test" else f"recurrence-{split}{j}"
+            videos.append(
+                recurrence_scene(
+                    stable_seed(self.val_seed, "recurrence", split, j) % (2**31),
+                    self.procedural,
+                    num_frames=self.num_frames,
+                    frame_size=self.hr_size,
+                    video_id=video_id,
+                )
+            )
+        if split != "test" or self.test_source != "stills":
+            return videos
+        too_small = None
+        for path in self._stills_images("val"):
+            pyramid = image_pyramid(load_image(path))
+            for j in range(RECURRENCE_PHOTO_VIDEOS):
+                seed = stable_seed(self.val_seed, "recurrence", path.name, j) % (2**31)
+                try:
+                    video = recurrence_still(
+                        path,
+                        pyramid,
+                        seed,
+                        num_frames=self.num_frames,
+                        frame_size=self.hr_size,
+                        video_id=f"recurrence-{path.stem}-{j}",
+                    )
+                except RecurrenceError as e:
+                    too_small = e
+                    break  # too small for the zoom at this frame size
+                videos.append(video)
+        if not any(isinstance(v.video, StillsVideo) for v in videos):
+            raise RecurrenceError(
+                f"data.test_recurrence: no held-out photograph is large enough for the group's zoom at "
+                f"data.hr_size={self.hr_size} ({too_small}); lower data.hr_size or test on procedural scenes "
+                "alone (data.test_source=procedural)"
+            )
+        return videos
+
+    def recurrence_set(self, *, split: str = "test") -> VideoListDataset:
+        return self.evaluation_set(
+            self.recurrence_videos(split=split),
+            degradation_config(scale=self.scale, degradation=RECURRENCE_DEGRADATION),
+        )
+
     def guard_fit_videos(self, count: int, sides: Sequence[int]) -> list:
         """The videos the learned guard is fitted on (hypernet.fit_guard): seeds of their own,
         procedural scenes (even j) and training photographs (odd j; never the held-out ones) in
@@ -545,7 +619,7 @@ class VSRDataModule(L.LightningDataModule):
         return self.evaluation_set(videos)
 
     def build_test_sets(self) -> dict[str, VideoListDataset]:
-        """Test groups by name: single (the main test), multishot, large."""
+        """Test groups by name: single (the main test), multishot, large, recurrence, real_*."""
         if self.test_source is None:
             return {}
         if self.test_source == "procedural":
@@ -559,6 +633,8 @@ class VSRDataModule(L.LightningDataModule):
         else:
             groups = {"single": self._file_videos(self.test_source, "val")}
         sets = {name: self.evaluation_set(videos) for name, videos in groups.items()}
+        if self.test_recurrence:
+            sets["recurrence"] = self.recurrence_set()
         if self.test_real_sides:
             sets |= self.real_size_sets()
         return sets

@@ -43,6 +43,7 @@ from hypernet.data.degrade import (
     sample_degradation,
 )
 from hypernet.data.procedural import ProceduralConfig, procedural_video
+from hypernet.data.recurrence import recurrence_scene
 
 
 class Video(Protocol):
@@ -133,6 +134,14 @@ class SamplePlan:
     height: int  # HR size cut to a multiple of the scale
     width: int
     degradation: Degradation
+    # more LR frames by name, each list given as that key of the item with its times ("<key>_times"):
+    # a recurrence video's evaluation item holds its controls' frames (recurrence.control_frames)
+    extra: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def frames(self) -> list[int]:
+        """Every frame the item is made of, in the order finish_sample takes them."""
+        return self.clip + self.context + [i for indices in self.extra.values() for i in indices]
 
 
 def plan_sample(
@@ -153,20 +162,26 @@ def plan_sample(
         # crop HR to a multiple of the scale (what BasicSR's mod_crop does) rather than fail
         height, width = height - height % scale, width - width % scale
     lr_h, lr_w = height // scale, width // scale
-    if clip_len > video.num_frames:
+    # where clips may lie: the whole video, or a recurrence video's wide shot
+    low, high = getattr(video, "clip_range", (0, video.num_frames))
+    if clip_len > high - low:
+        where = (
+            "" if (low, high) == (0, video.num_frames) else f" in its scored shot (frames {low}-{high - 1})"
+        )
         raise ValueError(
-            f"video {video.video_id} has {video.num_frames} frames, fewer than data.clip_len={clip_len}"
+            f"video {video.video_id} has {high - low} frames{where}, fewer than data.clip_len={clip_len}"
         )
     if patch_size is not None and (patch_size > lr_h or patch_size > lr_w):
         raise ValueError(
             f"video {video.video_id}: LR frames are {lr_w}x{lr_h}, smaller than data.patch_size={patch_size}"
         )
     d = degradation.for_video(video_seed)
-    if rng is None:
-        start = (video.num_frames - clip_len) // 2
-    else:
-        start = int(rng.integers(0, video.num_frames - clip_len + 1))
+    centred = rng is None
+    start = low + (high - low - clip_len) // 2 if centred else int(rng.integers(low, high - clip_len + 1))
     context = spread_indices(video.num_frames, context_frames, rng) if context_frames else []
+    extra = {}
+    if rng is None and hasattr(video, "control_frames"):  # a recurrence video's evaluation item
+        extra = video.control_frames(context_frames=context_frames, clip_len=clip_len)
     # training draws flip and transpose the whole video alike (BasicSR's hflip/rot augmentation)
     flips = [] if rng is None else [dim for dim in (-1, -2) if rng.random() < 0.5]
     transpose = rng is not None and height == width and rng.random() < 0.5
@@ -186,6 +201,7 @@ def plan_sample(
         height=height,
         width=width,
         degradation=d,
+        extra=extra,
     )
 
 
@@ -196,12 +212,13 @@ def finish_sample(
     video: Video,
     degradation: DegradationConfig,
 ) -> dict:
-    """The item of a plan, given the video's HR frames plan.clip + plan.context (in that order,
-    as drawn): augmented, degraded, cropped."""
+    """The item of a plan, given the video's HR frames plan.frames (in that order, as drawn):
+    augmented, degraded, cropped."""
     frames = frames[..., : plan.height, : plan.width]
     frames = frames.flip(plan.flips) if plan.flips else frames
     frames = frames.transpose(-1, -2) if plan.transpose else frames
-    hr_clip, hr_context = frames[: len(plan.clip)], frames[len(plan.clip) :]
+    clip_end, context_end = len(plan.clip), len(plan.clip) + len(plan.context)
+    hr_clip, hr_context = frames[:clip_end], frames[clip_end:context_end]
     d, scale = plan.degradation, degradation.scale
     lr_clip = degradation.apply(hr_clip, d, plan.clip)
     if plan.crop is not None:
@@ -214,14 +231,27 @@ def finish_sample(
         context = degradation.apply(hr_context, d, plan.context)
     else:
         context = lr_clip.new_zeros(0, *lr_clip.shape[1:])
+
+    def times(indices: list[int]) -> torch.Tensor:
+        return torch.tensor(indices, dtype=torch.float32) / max(video.num_frames - 1, 1)
+
+    extra, start = {}, context_end
+    for key, indices in plan.extra.items():
+        extra[key] = degradation.apply(frames[start : start + len(indices)], d, indices)
+        extra[f"{key}_times"] = times(indices)
+        start += len(indices)
+    closeups = set(getattr(video, "closeup_frames", ()))
     return {
         "context": context,
-        "context_times": torch.tensor(plan.context, dtype=torch.float32) / max(video.num_frames - 1, 1),
+        "context_times": times(plan.context),
+        # which context frames are close-ups (a recurrence video's; none elsewhere): refine crossscale's pairs
+        "context_closeup": torch.tensor([i in closeups for i in plan.context], dtype=torch.bool),
         "lr": lr_clip,
         "hr": hr_clip,
         "video_id": video.video_id,
         "degradation": d.as_tensor(),
         "start": plan.clip[0],
+        **extra,
     }
 
 
@@ -229,7 +259,7 @@ def make_sample(video: Video, **options) -> dict:
     """One item of a video (module docstring): plan_sample's choices (its options), the frames
     drawn, finish_sample. rng=None: deterministic centre clip, full frames."""
     plan = plan_sample(video, **options)
-    frames = video.hr_frames(plan.clip + plan.context)
+    frames = video.hr_frames(plan.frames)
     return finish_sample(plan, frames, video=video, degradation=options["degradation"])
 
 
@@ -240,7 +270,11 @@ class SampleConfig:
     patch_size: int | None = None  # LR patch side; None = full frames
 
 
-FRESH_SOURCES = ("stills", "procedural")
+FRESH_SOURCES = (
+    "stills",
+    "procedural",
+    "recurrence",
+)  # recurrence: procedural scenes filmed as recurrence.py's
 
 
 def parse_sources(source: str | Mapping[str, float], *, option: str = "data.source") -> dict[str, float]:
@@ -265,8 +299,9 @@ def parse_sources(source: str | Mapping[str, float], *, option: str = "data.sour
 
 class FreshVideoDataset(Dataset):
     """Item i is a brand-new video seeded by (seed, i): its source drawn by weight (stills: a
-    photograph under a new camera path, optionally meta-augmented; procedural: a new scene),
-    its shots, its degradation. No two items share a video."""
+    photograph under a new camera path, optionally meta-augmented; procedural: a new scene;
+    recurrence: a new scene filmed as close-ups and a wide shot 4-5x wider, its clip in the wide
+    shot, recurrence.py), its shots, its degradation. No two items share a video."""
 
     def __init__(
         self,
@@ -361,6 +396,14 @@ class FreshVideoDataset(Dataset):
                 continue
             if source == "procedural":
                 video = procedural_video(video_seed, self.procedural, **self._scene_options(shots))
+            elif source == "recurrence":  # its shots are its own: close-ups around one wide shot
+                video = recurrence_scene(
+                    video_seed,
+                    self.procedural,
+                    num_frames=self.num_frames,
+                    frame_size=self.hr_size,
+                    video_id=f"recurrence-{video_seed}",
+                )
             else:
                 video = self._stills_video(video_seed, rng, shots)
             items.append(
@@ -398,9 +441,7 @@ class FreshVideoDataset(Dataset):
         if not planned:
             return list(items)
         scenes = SceneBatch([items[k].scene for k in planned], self.procedural, device=device)
-        frames = scenes.frames(
-            [(b, items[k].sample.clip + items[k].sample.context) for b, k in enumerate(planned)]
-        )
+        frames = scenes.frames([(b, items[k].sample.frames) for b, k in enumerate(planned)])
         out = list(items)
         for k, hr in zip(planned, frames, strict=True):
             item = finish_sample(

@@ -198,6 +198,7 @@ class VideoEncoder(nn.Module):
         layer_names: Sequence[str] = (),
         in_channels: int = 3,
         context_tile: int | None = None,
+        grid: int = 0,
     ):
         super().__init__()
         if source not in FRAME_SOURCES:
@@ -228,7 +229,7 @@ class VideoEncoder(nn.Module):
             self.tokenizer = ConvTokenizer(in_channels=in_channels, channels=conv_channels, dim=dim)
         elif source == "base":
             assert base is not None
-            self.tokenizer = BaseActivationTokenizer(base=base, layer_names=layer_names, dim=dim)
+            self.tokenizer = BaseActivationTokenizer(base=base, layer_names=layer_names, dim=dim, grid=grid)
         self.lr_stats = LRStats(in_channels=in_channels, dim=dim) if lr_stats else None
         self.time = TimeEncoding(dim=dim)
         self.pooler = LatentPooler(dim=dim, num_latents=num_latents, num_heads=num_heads)
@@ -417,6 +418,7 @@ def build_encoder(
     lr_stats: bool,
     base: nn.Module,
     target_names: Sequence[str],
+    grid: int = 0,  # a checkpoint saved before the option existed reads as 0, as it was trained
 ) -> VideoEncoder | DegradationEncoder:
     """The encoder `hypernet.encoder` asks for (configs/hypernet/default.yaml, whose values are the
     only defaults), over the frozen `base` whose LoRA targets are `target_names`: a
@@ -443,4 +445,5 @@ def build_encoder(
         base=base,
         layer_names=layer_names,
         context_tile=context_tile,
+        grid=grid,
     )

@@ -7,7 +7,9 @@ streamed. Layouts: frames (V, n, C, h, w) in [0, 1], V videos of n frames -> tok
   stride-4 feature map;
 - "base" (`BaseActivationTokenizer`): the frozen base network's own activations at given
   layers, pooled to per-channel mean and std, one token per (frame, layer): what the base
-  itself "sees";
+  itself "sees"; with `grid` > 0 also one token per cell of a grid x grid average of each
+  layer's activations, which keeps where and what (content) where the pooled statistics keep
+  only how much of each feature (mostly the degradation: experiments/content_scaling);
 - beside them, `LRStats`: cheap LR statistics (per-channel mean, std, log mean |Laplacian|, log
   high-pass std), one more token per frame. The prototype (docs/design.md, "Making the
   hypernetwork learn") found that a learned encoder alone collapsed, producing the same adapter
@@ -24,6 +26,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -190,8 +193,12 @@ class BaseActivationTokenizer(nn.Module):
     it belongs to whoever owns it (the stage-2 system), and `encoder.to(device)` does not move it.
     """
 
-    def __init__(self, *, base: nn.Module, layer_names: Sequence[str], dim: int):
+    def __init__(self, *, base: nn.Module, layer_names: Sequence[str], dim: int, grid: int = 0):
         super().__init__()
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 0:
+            raise EncoderInputError(
+                f"hypernet.encoder.grid={grid!r} must be an int >= 0 (cells per side of the spatial tokens; 0: none)"
+            )
         layer_names = list(layer_names)
         if not layer_names:
             raise EncoderInputError(
@@ -220,6 +227,11 @@ class BaseActivationTokenizer(nn.Module):
         self.norms = nn.ModuleList(RunningNorm(num_features=2 * c) for c in channels)
         self.projs = nn.ModuleList(nn.Linear(2 * c, dim) for c in channels)
         self.layer_embedding = nn.Parameter(0.02 * torch.randn(len(layer_names), dim))
+        self.grid = grid
+        if grid:  # made after the pooled tokens' parameters, so grid=0 draws the weights it always drew
+            self.cell_norms = nn.ModuleList(RunningNorm(num_features=c) for c in channels)
+            self.cell_projs = nn.ModuleList(nn.Linear(c, dim) for c in channels)
+            self.cell_embedding = nn.Parameter(0.02 * torch.randn(grid * grid, dim))
 
     @property
     def base(self) -> nn.Module:
@@ -227,9 +239,14 @@ class BaseActivationTokenizer(nn.Module):
 
     def pooled_activations(self, frames: Tensor) -> list[Tensor]:
         """frames (V, n, C, h, w) -> per layer (V*n, 2*c_l): channel mean and std over space."""
+        return [pooled for pooled, _ in self.activations(frames)]
+
+    def activations(self, frames: Tensor) -> list[tuple[Tensor, Tensor | None]]:
+        """frames (V, n, C, h, w) -> per layer its channel mean and std over space (V*n, 2*c_l)
+        and, with a grid, its grid x grid average (V*n, c_l, grid, grid)."""
         num = frames.shape[0] * frames.shape[1]
         modules = dict(self.base.named_modules())
-        pooled: dict[str, Tensor] = {}
+        pooled: dict[str, tuple[Tensor, Tensor | None]] = {}
 
         def make_hook(name: str):
             def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
@@ -248,7 +265,15 @@ class BaseActivationTokenizer(nn.Module):
                 if isinstance(module, nn.Linear):  # (N, ..., c) -> (N, c, ...)
                     out = out.movedim(-1, 1)
                 flat = out.reshape(num, out.shape[1], -1)  # (N, c, positions)
-                pooled[name] = torch.cat(mean_and_std(flat, -1), dim=-1)
+                cells = None
+                if self.grid:
+                    if out.dim() != 4:
+                        raise EncoderInputError(
+                            f"hypernet.encoder.grid={self.grid}: base layer {name!r} gave output {tuple(out.shape)}, "
+                            "not a feature map (N, c, h, w); spatial tokens read conv layers"
+                        )
+                    cells = F.adaptive_avg_pool2d(out, self.grid)
+                pooled[name] = (torch.cat(mean_and_std(flat, -1), dim=-1), cells)
                 if len(pooled) == len(self.layer_names):
                     raise _StopForwardError  # the rest of the base (the upsampler, mostly) is not needed
 
@@ -272,17 +297,28 @@ class BaseActivationTokenizer(nn.Module):
         return [pooled[name] for name in self.layer_names]
 
     def forward(self, frames: Tensor) -> Tensor:
-        """frames (V, n, C, h, w) -> tokens (V, n, num_layers, dim)."""
+        """frames (V, n, C, h, w) -> tokens (V, n, num_layers * (1 + grid^2), dim): a layer's
+        pooled token, then (grid > 0) its cells' tokens row by row, layer after layer."""
         v = frames.shape[0]
-        pooled = self.pooled_activations(frames)
+        read = self.activations(frames)
         tokens = torch.stack(
             [
                 proj(norm(p.to(proj.weight.dtype)))
-                for p, norm, proj in zip(pooled, self.norms, self.projs, strict=True)
+                for (p, _), norm, proj in zip(read, self.norms, self.projs, strict=True)
             ],
             dim=1,
         )  # (V*n, num_layers, dim)
         tokens = tokens + self.layer_embedding
+        if self.grid:
+            cells = [
+                proj(norm(rearrange(c, "N c g k -> N (g k) c").to(proj.weight.dtype)))
+                + self.cell_embedding
+                + layer
+                for (_, c), norm, proj, layer in zip(
+                    read, self.cell_norms, self.cell_projs, self.layer_embedding, strict=True
+                )
+            ]  # per layer (V*n, grid^2, dim)
+            tokens = torch.cat([tokens, *cells], dim=1)
         return rearrange(tokens, "(v n) l d -> v n l d", v=v)
 
 

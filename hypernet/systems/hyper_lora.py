@@ -34,7 +34,7 @@ from hypernet.models.base import build_base
 from hypernet.models.encoder import frame_times
 from hypernet.models.generator import adapter_spread
 from hypernet.models.lora import Adapters, LoRASpec
-from hypernet.sr import adapted_sr, bicubic_upscale, charbonnier, self_supervised_loss
+from hypernet.sr import adapted_sr, bicubic_upscale, charbonnier, inner_loss
 from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
     HYPERNET_PARTS,
@@ -45,7 +45,7 @@ from hypernet.systems.common import (
     split_key,
 )
 
-MODES = ("direct", "refine")
+MODES = ("direct", "refine", "crossscale")
 
 
 def load_base(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -168,27 +168,42 @@ def build_part(config: Mapping[str, Any], **made: Any) -> Any:
 
 
 class Refine(nn.Module):
-    """`hypernet.refine`: direct (the generator's adapters as they are) or refine (k inner
-    gradient steps on the self-supervised loss, each target layer with its learned step size,
-    log-parametrised so it stays positive). Training differentiates through the steps (second
-    order) unless first_order is set. The step sizes exist in direct mode too, so a direct
-    checkpoint can be refined at inference."""
+    """`hypernet.refine`: direct (the generator's adapters as they are), refine (k inner gradient
+    steps on the self-supervised loss over every context frame) or crossscale (the same over the
+    context's close-ups alone, each blurred by a learned sigma before it is downscaled: the
+    video's own cross-scale pairs, the detail a close-up shows that a wider view lacks). Each
+    target layer has its learned step size, log-parametrised so it stays positive. Training
+    differentiates through the steps (second order) unless first_order is set. The step sizes
+    exist in direct mode too, so a direct checkpoint can be refined at inference."""
 
-    def __init__(self, *, spec: LoRASpec, mode: str, steps: int, lr: float, first_order: bool):
+    def __init__(
+        self, *, spec: LoRASpec, mode: str, steps: int, lr: float, first_order: bool, blur: float = 1.0
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"hypernet.refine.mode={mode!r} is not known; choose one of {list(MODES)}")
         self.spec = spec
         self.mode, self.steps, self.first_order = mode, steps, first_order
         self.log_lr = nn.Parameter(torch.full((len(spec.targets),), math.log(lr)))
+        if mode == "crossscale":  # only here, so the other modes' checkpoints hold what they always held
+            if isinstance(blur, bool) or not (isinstance(blur, int | float) and 0.2 <= blur <= 2.0):
+                raise ValueError(f"hypernet.refine.blur={blur!r} must be a sigma in [0.2, 2] LR pixels")
+            self.log_blur = nn.Parameter(torch.tensor(math.log(blur)))
 
-    def forward(self, base: nn.Module, adapters: Adapters, context: torch.Tensor) -> Adapters:
-        """The adapters after the refine steps on the LR frames `context` (V, K, C, h, w)
-        through `base`; in direct mode the adapters unchanged."""
+    def forward(
+        self, base: nn.Module, adapters: Adapters, context: torch.Tensor, closeups: torch.Tensor | None = None
+    ) -> Adapters:
+        """The adapters after the refine steps on the LR frames `context` (V, K, C, h, w) through
+        `base`; in direct mode the adapters unchanged. crossscale reads the frames `closeups`
+        (V, K) marks (a video with none takes no step; None: every frame, as for a video that
+        does not say which frames are close-ups)."""
         if self.mode == "direct":
             return adapters
         names = list(self.spec.names)
         step_sizes = self.log_lr.exp()
+        options = {}
+        if self.mode == "crossscale":
+            options = {"weights": closeups, "blur_sigma": self.log_blur.exp()}
         second_order = self.training and not self.first_order
         current = adapters
         for _ in range(self.steps):
@@ -200,9 +215,7 @@ class Refine(nn.Module):
                 }
                 flat = [t for n in names for t in current[n]]
                 grads = torch.autograd.grad(
-                    self_supervised_loss(base, self.spec, current, context),
-                    flat,
-                    create_graph=second_order,
+                    inner_loss(base, self.spec, current, context, **options), flat, create_graph=second_order
                 )
             if not second_order:
                 grads = [g.detach() for g in grads]
@@ -309,18 +322,24 @@ class HyperLoRASystem(SRSystem):
         context: torch.Tensor,
         times: torch.Tensor | None = None,
         degradation: torch.Tensor | None = None,
+        closeups: torch.Tensor | None = None,
     ) -> Adapters:
         """Adapters for V videos from their context frames (V, K, C, h, w) and times (V, K);
-        the degradation-ceiling control reads `degradation` (V, P) instead."""
+        the degradation-ceiling control reads `degradation` (V, P) instead; refine crossscale
+        takes its steps on the frames `closeups` (V, K) marks."""
         adapters = self.generator(self.encoder.encode_context(context, times, degradation))
-        return self.refine(self.base, adapters, context)
+        return self.refine(self.base, adapters, context, closeups)
 
     @torch.no_grad()
     def adapters_for_item(self, item: dict) -> Adapters:
         """The adapters for one evaluation item (a dataset's dict for one video), read as in
         training (its context frames and their times), detached."""
+        closeups = item.get("context_closeup")
         adapters = self.adapters_for(
-            item["context"][None], item["context_times"][None], item["degradation"][None]
+            item["context"][None],
+            item["context_times"][None],
+            item["degradation"][None],
+            None if closeups is None else closeups[None],
         )
         return {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
 
@@ -360,7 +379,7 @@ class HyperLoRASystem(SRSystem):
                 start += chunk.shape[1]
 
         adapters = self.generator(self.encoder.encode_stream(timed(chunks)))
-        if self.refine.mode == "refine":
+        if self.refine.mode != "direct":
             if refine_context is None:
                 raise ValueError(
                     "hypernet.refine.mode=refine needs refine_context: a few LR frames of the video"
@@ -370,12 +389,16 @@ class HyperLoRASystem(SRSystem):
 
     # -------------------------------------------------------------- steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        adapters = self.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
+        adapters = self.adapters_for(
+            batch["context"], batch["context_times"], batch["degradation"], batch.get("context_closeup")
+        )
         return self.checked_loss(charbonnier(self.sr(batch["lr"], adapters), batch["hr"]), batch, batch_idx)
 
     def evaluate(self, batch: dict, batch_idx: int, *, split: str, group: str) -> None:
         lr, hr = batch["lr"], batch["hr"]
-        adapters = self.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
+        adapters = self.adapters_for(
+            batch["context"], batch["context_times"], batch["degradation"], batch.get("context_closeup")
+        )
         adapters = {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
         with torch.no_grad():
             sr = self.sr(lr, adapters).clamp(0, 1)
@@ -390,20 +413,28 @@ class HyperLoRASystem(SRSystem):
         )
         if lr.shape[0] > 1:
             self._spreads.setdefault(f"{split}/{group}", []).append(adapter_spread(self.spec, adapters))
-        self.add_rows(
-            split,
-            group,
-            batch["video_id"],
-            {
-                "psnr_y": ours["psnr_y"],
-                "psnr_y_base": base["psnr_y"],
-                "gain_y": ours["psnr_y"] - base["psnr_y"],
-                "psnr_y_shuffled": shuf["psnr_y"],
-                "psnr_y_bicubic": bic["psnr_y"],
-                "ssim_y": ours["ssim_y"],
-                "ssim_y_base": base["ssim_y"],
-            },
-        )
+        columns = {
+            "psnr_y": ours["psnr_y"],
+            "psnr_y_base": base["psnr_y"],
+            "gain_y": ours["psnr_y"] - base["psnr_y"],
+            "psnr_y_shuffled": shuf["psnr_y"],
+            "psnr_y_bicubic": bic["psnr_y"],
+            "ssim_y": ours["ssim_y"],
+            "ssim_y_base": base["ssim_y"],
+        }
+        if "context_without_closeups" in batch:  # the memory control: the same video, its close-ups unread
+            without = self.adapters_for(
+                batch["context_without_closeups"],
+                batch["context_without_closeups_times"],
+                batch["degradation"],
+                torch.zeros_like(batch["context_closeup"]),  # nor do the refine steps read a close-up
+            )
+            with torch.no_grad():
+                without_sr = self.sr(lr, {k: (a.detach(), b.detach()) for k, (a, b) in without.items()})
+            columns["psnr_y_without_closeups"] = video_metrics(
+                without_sr.clamp(0, 1), hr, crop_border=border
+            )["psnr_y"]
+        self.add_rows(split, group, batch["video_id"], columns)
         self.log_first_images(
             split,
             batch_idx,
@@ -424,6 +455,16 @@ class HyperLoRASystem(SRSystem):
                 self.log(split_key(split, group, key), value)
             own_over_shuffled = sum(r["psnr_y"] - r["psnr_y_shuffled"] for r in rows) / n
             self.log(split_key(split, group, "own_over_shuffled_y"), own_over_shuffled)
+            if "psnr_y_without_closeups" in rows[0]:
+                self.log_means(split, group, rows, ("psnr_y_without_closeups",))
+                closeups = [r["psnr_y"] - r["psnr_y_without_closeups"] for r in rows]
+                names = {
+                    "gain_y": "closeups_over_without_y",
+                    "gain_y_stderr": "closeups_over_without_y_stderr",
+                }
+                names["videos_improved"] = "videos_improved_by_closeups"
+                for key, value in gain_summary(closeups).items():
+                    self.log(split_key(split, group, names[key]), value)
             if spreads.get(f"{split}/{group}"):
                 spread = torch.stack(spreads[f"{split}/{group}"]).mean().item()
                 self.log(split_key(split, group, "adapter_spread"), spread)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Does the hypernetwork carry content from a close-up to a distant shot of the same video?
+# The base of experiments/torch_scenes (base_content, the same command), then stage 2 five ways
+# (seed 0), all on hyper_content's recipe:
+#   mixed        hyper_content as it was (no recurrence videos): today's hypernetwork
+#   pooled       experiment=hyper_memory: half the training videos recurrence videos, the pooled encoder
+#   grid         + spatial tokens (hypernet.encoder.grid=4, 16 latents)
+#   crossscale   + one refine step on the context's close-ups (hypernet.refine.mode=crossscale)
+#   both         + both mechanisms
+# and `both` again with seed 1 (chosen before any result: the two mechanisms together). Each is
+# evaluated by hypernet.eval on the memory benchmark (test/recurrence: 16 procedural scenes + 8
+# videos of the 3 held-out photos large enough, one degradation, the wide shots scored) and on the
+# 20 standard test videos, with the controls: the base, another video's adapters, the video without
+# its close-ups, the internal-learning reference (a LoRA fitted on the video's close-ups, LR only,
+# 100 steps) and the oracle (a LoRA fitted on the wide shots' HR, 100 steps). Selection (best.ckpt)
+# uses fixed procedural validation scenes; the test videos choose nothing.
+# Runs go to outputs/content_memory/; scripts/collect_content_memory.py writes the tables here.
+# A finished run or evaluation (metrics.json) is skipped, so the script resumes where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+py=.venv/bin/python
+out=outputs/content_memory
+common=(logger=csv '~callbacks.rich_progress_bar')
+train() {  # label, overrides...
+  local label=$1; shift
+  [ -f "$out/$label/metrics.json" ] && return 0
+  rm -rf "${out:?}/$label"  # an unfinished run starts again from scratch
+  $py -m hypernet.train "${common[@]}" "$@" paths.output_dir=$out/$label > "$out/$label.log" 2>&1
+}
+evaluate() {  # model
+  local label=eval_$1
+  [ -f "$out/$label/metrics.json" ] && return 0
+  rm -rf "${out:?}/$label"
+  $py -m hypernet.eval checkpoint=$out/$1/checkpoints/best.ckpt data.test_recurrence=16 \
+    'methods=[base,hypernet,hypernet_other,hypernet_without_closeups,crossscale,oracle]' \
+    paths.output_dir=$out/$label > "$out/$label.log" 2>&1
+}
+mkdir -p $out
+# the base as experiments/torch_scenes and real_sizes train it (2 threads); everything after it on
+# one thread (pinned: the thread count changes float rounding), so that another study can run beside
+OMP_NUM_THREADS=2 train base_content experiment=base_content data.test_shots=3 seed=0
+export OMP_NUM_THREADS=1
+base=base_ckpt=$out/base_content/checkpoints/best.ckpt
+grid=(hypernet.encoder.grid=4 hypernet.encoder.num_latents=16)
+crossscale=hypernet.refine.mode=crossscale
+train mixed_s0 experiment=hyper_content $base seed=0
+train pooled_s0 experiment=hyper_memory $base seed=0
+train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0
+train crossscale_s0 experiment=hyper_memory $base $crossscale seed=0
+train both_s0 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=0
+train both_s1 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=1
+for model in mixed_s0 pooled_s0 grid_s0 crossscale_s0 both_s0 both_s1; do evaluate $model; done
+$py scripts/collect_content_memory.py

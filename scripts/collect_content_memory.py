@@ -1,0 +1,160 @@
+"""Collect experiments/content_memory: does the hypernetwork carry content from a close-up to a
+distant shot of the same video, and how much of the internal-learning reference does it reach?
+
+    .venv/bin/python scripts/collect_content_memory.py [--runs outputs/content_memory] [-o experiments/content_memory]
+
+Reads each model's `hypernet.eval` folder (eval_<model>/: results.csv, metrics.json) and its
+training run's selection record (<model>/metrics.json), and writes beside the study's run.sh:
+
+    results.md      per model, on test/recurrence (the wide shots scored): the hypernet's gain over
+                    the base, its own adapters over another video's, with its close-ups over
+                    without, the internal-learning reference and the oracle (mean +- s.e., videos
+                    improved), the share of the reference reached and at what share of its time;
+                    and the gain on the 20 standard test videos
+    per_video.csv   every test video's PSNR-Y by model and method
+    metrics.json    each evaluation's metrics.json, by model
+    memory.png      the recurrence group's gains by model: the hypernet and its controls
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from hypernet.files import atomic_write_text
+from hypernet.metrics import gain_summary
+from hypernet.runs import write_table_csv
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = {
+    "mixed_s0": "hyper_content as it was: no recurrence videos, pooled encoder",
+    "pooled_s0": "recurrence videos, pooled encoder",
+    "grid_s0": "recurrence videos, spatial tokens (grid 4, 16 latents)",
+    "crossscale_s0": "recurrence videos, one refine step on the close-ups",
+    "both_s0": "recurrence videos, spatial tokens and the refine step",
+    "both_s1": "the same, seed 1",
+}
+CONTROLS = ("hypernet_other", "hypernet_without_closeups", "crossscale", "oracle")
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def cell(values: list[float]) -> str:
+    s = gain_summary(values)
+    return f"{s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} ({int(s['videos_improved'])}/{len(values)})"
+
+
+def differences(table: dict, group: str, first: str, second: str) -> list[float]:
+    """first minus second, PSNR-Y per video of the group (videos that have both)."""
+    videos = sorted({v for g, v, m in table if g == group and m == first})
+    return [
+        table[(group, v, first)] - table[(group, v, second)] for v in videos if (group, v, second) in table
+    ]
+
+
+def model_lines(model: str, table: dict, metrics: dict) -> list[str]:
+    r = "recurrence"
+    seconds = {m: metrics.get(f"test/{r}/{m}/seconds") for m in ("hypernet", "crossscale")}
+    reference = differences(table, r, "crossscale", "base")
+    hyper = differences(table, r, "hypernet", "base")
+    share = (sum(hyper) / sum(reference)) if reference and sum(reference) > 0 else float("nan")
+    time_share = seconds["hypernet"] / seconds["crossscale"] if seconds["crossscale"] else float("nan")
+    return [
+        f"| {model} | {cell(hyper)} | {cell(differences(table, r, 'hypernet', 'hypernet_other'))} "
+        f"| {cell(differences(table, r, 'hypernet', 'hypernet_without_closeups'))} | {cell(reference)} "
+        f"| {100 * share:.0f}% at {100 * time_share:.2f}% of its time "
+        f"| {cell(differences(table, r, 'oracle', 'base'))} | {cell(differences(table, 'single', 'hypernet', 'base'))} |"
+    ]
+
+
+def plot(path: Path, tables: dict[str, dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("hypernet", "hypernet_other", "hypernet_without_closeups", "crossscale")
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(shown)
+    models = list(tables)
+    for i, method in enumerate(shown):
+        means, errors = [], []
+        for model in models:
+            s = gain_summary(differences(tables[model], "recurrence", method, "base"))
+            means.append(s["gain_y"])
+            errors.append(s["gain_y_stderr"])
+        ax.bar(
+            [j + i * width for j in range(len(models))], means, width, yerr=errors, label=method, capsize=2
+        )
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models)
+    ax.set_ylabel("PSNR-Y gain over the base on the wide shots (dB)")
+    ax.set_title("test/recurrence: mean +- s.e.")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def collect(runs: Path, out: Path) -> None:
+    lines = [
+        "# content_memory: results",
+        "",
+        "Produced by `bash experiments/content_memory/run.sh` (this file by "
+        "`scripts/collect_content_memory.py`). test/recurrence: wide shots scored, mean +- s.e. (videos "
+        "improved / videos) in dB PSNR-Y; `own - other`: the video's own adapters over another video's of "
+        "the group; `with - without close-ups`: the video read whole over the same video with its "
+        "close-ups removed from what the encoder and the refine steps read; `reference`: a LoRA fitted "
+        "on the video's close-ups (LR only, 100 steps); `share`: the hypernet's gain over the "
+        "reference's, and its time to specialise over the reference's.",
+        "",
+        "| model | hypernet vs base | own - other | with - without close-ups | reference vs base | share "
+        "| oracle vs base | standard 20: hypernet vs base |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    per_video, all_metrics, tables = [], {}, {}
+    for model in MODELS:
+        folder = runs / f"eval_{model}"
+        if not (folder / "metrics.json").is_file():
+            lines.append(f"| {model} | not run yet | | | | | | |")
+            continue
+        rows = read_rows(folder / "results.csv")
+        table = {(r["group"], r["video_id"], r["method"]): float(r["psnr_y"]) for r in rows}
+        metrics = json.loads((folder / "metrics.json").read_text())
+        tables[model], all_metrics[model] = table, metrics
+        lines += model_lines(model, table, metrics)
+        per_video += [
+            {
+                "model": model,
+                "group": r["group"],
+                "video_id": r["video_id"],
+                "method": r["method"],
+                "psnr_y": r["psnr_y"],
+            }
+            for r in rows
+        ]
+    lines += ["", "Models:", ""] + [f"- `{m}`: {w}" for m, w in MODELS.items()]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    write_table_csv(out / "per_video.csv", per_video)
+    atomic_write_text(out / "metrics.json", json.dumps(all_metrics, indent=1, sort_keys=True) + "\n")
+    if tables:
+        plot(out / "memory.png", tables)
+    print((out / "results.md").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "content_memory")
+    parser.add_argument("-o", "--out", type=Path, default=REPO / "experiments" / "content_memory")
+    args = parser.parse_args()
+    collect(args.runs, args.out)
+
+
+if __name__ == "__main__":
+    main()

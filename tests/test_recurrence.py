@@ -1,0 +1,249 @@
+"""The memory benchmark (test/recurrence): videos whose wide shot's detail close-ups magnified at
+least 4x show elsewhere in the video, and the controls that isolate memory."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from hypernet import eval as evaluation
+from hypernet.config import compose_config
+from hypernet.data.camera import load_image
+from hypernet.data.datamodule import VSRDataModule
+from hypernet.data.degrade import Degradation, degrade
+from hypernet.data.recurrence import (
+    RecurrenceError,
+    crossscale_pairs,
+    inside,
+    recurrence_paths,
+    view_corners,
+)
+from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet
+
+RECURRENCE_DATA = dict(
+    test_source="stills", test_recurrence=2, hr_size=32, num_frames=15, clip_len=3, context_frames=3
+)
+
+
+@pytest.fixture(scope="module")
+def recurrence_set():
+    return VSRDataModule(**RECURRENCE_DATA).recurrence_set()
+
+
+def test_view_geometry():
+    assert inside((50, 50, 10, 0), (50, 50, 40, 0)) and not inside((68, 50, 10, 0), (50, 50, 40, 0))
+    assert not inside((50, 50, 40, 0), (50, 50, 10, 0))
+    # a square turned by 45 degrees reaches sqrt(2) times further along the axes
+    corners = view_corners(0, 0, 2, 45)
+    assert np.abs(corners).max() == pytest.approx(np.sqrt(2))
+    assert inside((50, 50, 20, 45), (50, 50, 30, 0)) and not inside((50, 50, 24, 45), (50, 50, 30, 0))
+
+
+def test_closeups_are_magnified_4x_and_inside_every_wide_frame(recurrence_set):
+    videos = recurrence_set.videos
+    kinds = {v.video_id.split("-")[1] for v in videos}
+    assert len(videos) == 2 + 2 * 5 and {"0", "1", "chelsea", "coins", "gravel", "ihc", "rocket"} <= kinds
+    for video in videos:
+        wide = [video.camera(i) for i in video.wide_frames]
+        close = [video.camera(i) for i in video.closeup_frames]
+        assert len(close) == 4 * len(wide)  # four close-up shots as long as the wide one
+        assert min(w[2] for w in wide) / max(c[2] for c in close) >= 4.0
+        assert max(c[2] for c in close) >= video.hr_size[0]  # never finer than the source's pixels
+        assert all(inside(c, w) for c in close for w in wide), video.video_id
+        # the close-ups look at different spots of the wide view
+        centres = np.array([c[:2] for c in close])
+        assert np.ptp(centres, axis=0).max() > 0.2 * wide[0][2]
+
+
+def test_the_scored_clip_is_in_the_wide_shot_and_the_base_never_sees_a_closeup(recurrence_set):
+    for index, video in enumerate(recurrence_set.videos[:3]):
+        item = recurrence_set[index]
+        clip = range(item["start"], item["start"] + item["lr"].shape[0])
+        assert set(clip) <= set(video.wide_frames)
+        assert torch.equal(item["hr"], video.hr_frames(list(clip))[..., :32, :32])
+        # the context spans the whole video, close-ups included
+        times = (item["context_times"] * (video.num_frames - 1)).round().long().tolist()
+        assert set(times) & set(video.closeup_frames)
+
+
+def test_every_video_gets_the_same_degradation(recurrence_set):
+    numbers = {tuple(recurrence_set[i]["degradation"].tolist()) for i in range(len(recurrence_set.videos))}
+    assert len(numbers) == 1
+    scale, blur, noise, crf = numbers.pop()
+    assert scale == 4 and blur > 0 and noise > 0 and crf == -1
+
+
+def test_removing_the_closeups_changes_what_the_encoder_reads_and_nothing_else(recurrence_set):
+    video, item = recurrence_set.videos[0], recurrence_set[0]
+    without = item["context_without_closeups"]
+    assert without.shape == item["context"].shape
+    times = (item["context_without_closeups_times"] * (video.num_frames - 1)).round().long().tolist()
+    assert set(times) <= set(video.wide_frames)
+    # those frames are the video's LR frames, degraded as the context is
+    every = recurrence_set.every_frame(0)
+    assert torch.equal(without, every[times])
+    assert torch.equal(
+        item["context"], every[(item["context_times"] * (video.num_frames - 1)).round().long()]
+    )
+
+
+def test_crossscale_pairs_are_the_closeups_degraded_once_more(recurrence_set):
+    item = recurrence_set[0]
+    inputs, targets = crossscale_pairs(item["closeups"], item["degradation"], clip_len=3)
+    assert targets.shape == (4, 3, 3, 8, 8) and inputs.shape == (4, 3, 3, 2, 2)
+    assert torch.equal(targets.flatten(0, 1), item["closeups"])
+    scale, blur, noise, _ = item["degradation"].tolist()
+    expected = degrade(
+        item["closeups"], Degradation(scale=int(scale), blur_sigma=blur, noise_sigma=noise, crf=None, seed=0)
+    )
+    assert torch.equal(inputs.flatten(0, 1), expected)
+
+
+def test_a_source_too_small_for_the_zoom_says_so():
+    with pytest.raises(RecurrenceError, match=r"too small for a 4x zoom at frame size 96.*at least"):
+        recurrence_paths(np.random.default_rng(0), image_size=(300, 451), frame_size=96)
+    image = load_image(__import__("hypernet.data.camera", fromlist=["x"]).builtin_images("val")[0])
+    assert min(image.shape[-2:]) < 4 * 96  # chelsea: left out of the group at hr_size 96, not an error
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            dict(num_frames=14),
+            r"data.test_recurrence: recurrence videos of 5 shots need data.num_frames >= 15",
+        ),
+        (
+            dict(
+                num_frames=14,
+                test_recurrence=0,
+                source={"procedural": 1, "recurrence": 1},
+                val_source="procedural",
+            ),
+            r"data.source: recurrence videos of 5 shots need data.num_frames >= 15",
+        ),
+        (dict(val_source="recurrence"), r"data.val_source=recurrence: recurrence draws training videos"),
+        (dict(test_recurrence=-1), r"data.test_recurrence=-1"),
+        (dict(hr_size=128, num_frames=15), r"no held-out photograph is large enough .* data.hr_size=128"),
+    ],
+)
+def test_bad_recurrence_options_name_the_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        VSRDataModule(**{**RECURRENCE_DATA, **options}).recurrence_set()
+
+
+def test_eval_reports_the_memory_controls(gated_checkpoint, tmp_path):
+    methods = "[base,hypernet,hypernet_other,hypernet_without_closeups,crossscale,oracle]"
+    overrides = [
+        "data.hr_size=32",
+        "data.num_frames=15",
+        "data.clip_len=3",
+        "data.val_videos_per_image=1",
+        "data.test_recurrence=1",
+        f"methods={methods}",
+        "oracle_steps=3",
+        "crossscale_steps=3",
+        f"checkpoint={gated_checkpoint}",
+        f"paths.output_dir={tmp_path}",
+    ]
+    summary = evaluation.run(compose_config("eval", overrides))
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    recurrence = [r for r in rows if r["group"] == "recurrence"]
+    assert len(recurrence) == 11 * 6  # 1 scene + 2 videos of each of 5 photos, every method
+    single = {r["method"] for r in rows if r["group"] == "single"}
+    assert single == {"base", "hypernet", "hypernet_other", "oracle"}  # the close-up controls need close-ups
+    for key in (
+        "hypernet_gain_y",
+        "own_over_other_gain_y",
+        "own_over_without_closeups_gain_y",
+        "own_over_without_closeups_gain_y_stderr",
+        "crossscale_gain_y",
+        "crossscale_time_over_hypernet",
+    ):
+        assert f"test/recurrence/{key}" in summary, key
+    assert "test/own_over_other_gain_y" in summary and "test/own_over_without_closeups_gain_y" not in summary
+    by = {(r["video_id"], r["method"]): float(r["psnr_y"]) for r in recurrence}
+    own = [by[(v, "hypernet")] - by[(v, "hypernet_without_closeups")] for v, m in by if m == "base"]
+    assert summary["test/recurrence/own_over_without_closeups_gain_y"] == pytest.approx(
+        np.mean(own), abs=1e-3
+    )
+    text = (tmp_path / "results.md").read_text()
+    assert "memory (test/recurrence" in text and "| recurrence | " in text
+
+
+def test_the_without_closeups_control_is_the_hypernet_reading_another_context(gated_checkpoint):
+    system = load_hypernet(gated_checkpoint)
+    overrides = ["data.hr_size=32", "data.num_frames=15", "data.clip_len=3", "data.test_recurrence=1"]
+    cfg = fed_as_trained(
+        compose_config("eval", [*overrides, "methods=[base,hypernet,hypernet_without_closeups]"]), system
+    )
+    from hypernet.data.datamodule import check_data
+
+    item = check_data(cfg, stages=("test",)).test_sets["recurrence"][0]
+    rows, _, _, _ = evaluation.evaluate_video(system, item, cfg)
+    psnr = {r["method"]: r["psnr_y"] for r in rows}
+    swapped = {
+        **item,
+        "context": item["context_without_closeups"],
+        "context_times": item["context_without_closeups_times"],
+    }
+    swapped_rows, _, _, _ = evaluation.evaluate_video(system, swapped, cfg)
+    again = {r["method"]: r["psnr_y"] for r in swapped_rows}
+    assert again["base"] == psnr["base"]
+    assert again["hypernet"] == pytest.approx(psnr["hypernet_without_closeups"], abs=1e-9)
+    assert psnr["hypernet"] != psnr["hypernet_without_closeups"]  # the close-ups change the adapters
+
+
+def test_every_stage2_test_reports_the_recurrence_group(gated_checkpoint):
+    import lightning as L
+
+    system = load_hypernet(gated_checkpoint)
+    datamodule = VSRDataModule(**{**RECURRENCE_DATA, "test_recurrence": 1, "val_batch_size": 4})
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    logged = {
+        k: v
+        for results in trainer.test(system, datamodule=datamodule, verbose=False)
+        for k, v in results.items()
+    }
+    for key in (
+        "gain_y",
+        "own_over_shuffled_y",
+        "psnr_y_without_closeups",
+        "closeups_over_without_y",
+        "videos_improved_by_closeups",
+    ):
+        assert f"test/recurrence/{key}" in logged, key
+    assert "test/psnr_y_without_closeups" not in logged  # the main group has no close-ups to remove
+
+
+def test_stage2_trains_on_recurrence_videos_with_both_mechanisms(tiny_checkpoints, tmp_path):
+    """hyper_memory's parts end to end, tiny: recurrence videos in the training mix, spatial
+    tokens, refine steps on the close-ups, the recurrence group scored after training."""
+    import json
+
+    from tests.helpers import train_tiny_hyper
+
+    train_tiny_hyper(
+        tiny_checkpoints["base"],
+        tmp_path / "memory",
+        "data.source={procedural: 0.5, recurrence: 0.5}",
+        "data.val_source=procedural",
+        "data.num_frames=15",
+        "data.test_recurrence=1",
+        "data.test_source=procedural",
+        "hypernet.encoder.grid=2",
+        "hypernet.refine.mode=crossscale",
+    )
+    metrics = json.loads((tmp_path / "memory" / "metrics.json").read_text())
+    for key in ("gain_y", "closeups_over_without_y", "own_over_shuffled_y"):
+        assert f"test/recurrence/{key}" in metrics, key
+    state = torch.load(tmp_path / "memory" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert "refine.log_blur" in state and "encoder.tokenizer.cell_embedding" in state
