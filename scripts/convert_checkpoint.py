@@ -56,7 +56,7 @@ FLAT_OPTIM = {
 SYSTEM_OPTIONS = ("crop_border", "log_images", "nonfinite_loss")  # the system's own, never grouped
 # hypernetwork options that flat checkpoints may lack, because the option came later: the value
 # that reproduces how such a checkpoint ran
-FLAT_HYPERNET_DEFAULTS = {"overrides": None, "feature_layers": None, "context_tile": None}
+FLAT_HYPERNET_DEFAULTS = {"overrides": None, "feature_layers": None, "context_tile": None, "grid": 0, "blur": 1.0}
 # one flat hypernet option -> (part, option in that part)
 HYPERNET_OPTIONS = {
     "targets": ("lora", "include"),
@@ -73,11 +73,13 @@ HYPERNET_OPTIONS = {
     "num_blocks": ("encoder", "num_blocks"),
     "conv_channels": ("encoder", "conv_channels"),
     "lr_stats": ("encoder", "lr_stats"),
+    "grid": ("encoder", "grid"),
     "static": ("generator", "static"),
     "mode": ("refine", "mode"),
     "inner_steps": ("refine", "steps"),
     "inner_lr": ("refine", "lr"),
     "first_order": ("refine", "first_order"),
+    "blur": ("refine", "blur"),
 }
 TARGETS = {
     "lora": "hypernet.models.lora.find_targets",

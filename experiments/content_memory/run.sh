@@ -12,8 +12,9 @@
 # videos of the 3 held-out photos large enough, one degradation, the wide shots scored) and on the
 # 20 standard test videos, with the controls: the base, another video's adapters, the video without
 # its close-ups, the internal-learning reference (a LoRA fitted on the video's close-ups, LR only,
-# 100 steps) and the oracle (a LoRA fitted on the wide shots' HR, 100 steps). Selection (best.ckpt)
-# uses fixed procedural validation scenes; the test videos choose nothing.
+# 100 steps) and the oracle (a LoRA fitted on the wide shots' HR, 100 steps); then both_s0's
+# learned guard and the real-size groups with it. Selection (best.ckpt) uses fixed procedural
+# validation scenes; the test videos choose nothing.
 # Runs go to outputs/content_memory/; scripts/collect_content_memory.py writes the tables here.
 # A finished run or evaluation (metrics.json) is skipped, so the script resumes where it stopped.
 set -euo pipefail
@@ -50,4 +51,16 @@ train crossscale_s0 experiment=hyper_memory $base $crossscale seed=0
 train both_s0 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=0
 train both_s1 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=1
 for model in mixed_s0 pooled_s0 grid_s0 crossscale_s0 both_s0 both_s1; do evaluate $model; done
+# do no harm: both_s0's learned guard (hypernet.fit_guard, fitted on its own videos) and the
+# real-size groups (LR 128-320, five degradations) with it, as experiments/real_sizes measures them
+if [ ! -f $out/guard_both_s0/metrics.json ]; then
+  rm -rf $out/guard_both_s0
+  $py -m hypernet.fit_guard checkpoint=$out/both_s0/checkpoints/best.ckpt paths.output_dir=$out/guard_both_s0 \
+    > $out/guard_both_s0.log 2>&1
+fi
+if [ ! -f $out/eval_real_both_s0/metrics.json ]; then
+  rm -rf $out/eval_real_both_s0
+  $py -m hypernet.eval checkpoint=$out/both_s0/checkpoints/best.ckpt 'methods=[base,hypernet,hypernet_guard]' \
+    'data.test_real_sides=[128,192,256,320]' paths.output_dir=$out/eval_real_both_s0 > $out/eval_real_both_s0.log 2>&1
+fi
 $py scripts/collect_content_memory.py
