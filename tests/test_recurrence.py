@@ -125,7 +125,9 @@ def test_a_source_too_small_for_the_zoom_says_so():
         ),
         (dict(val_source="recurrence"), r"data.val_source=recurrence: recurrence draws training videos"),
         (dict(test_recurrence=-1), r"data.test_recurrence=-1"),
-        (dict(hr_size=128, num_frames=15), r"no held-out photograph is large enough .* data.hr_size=128"),
+        (dict(test_recurrence_hr=34), r"data.test_recurrence_hr=34 must be divisible by data.scale=4"),
+        (dict(test_recurrence_hr=1024), r"data.test_recurrence_hr=1024 .* at most 512"),
+        (dict(test_recurrence_hr=8), r"data.test_recurrence_hr=8"),
     ],
 )
 def test_bad_recurrence_options_name_the_option(options, message):
@@ -247,3 +249,25 @@ def test_stage2_trains_on_recurrence_videos_with_both_mechanisms(tiny_checkpoint
         assert f"test/recurrence/{key}" in metrics, key
     state = torch.load(tmp_path / "memory" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert "refine.log_blur" in state and "encoder.tokenizer.cell_embedding" in state
+
+
+def test_the_group_has_its_own_frame_size_and_keeps_the_photos_that_fit():
+    datamodule = VSRDataModule(**{**RECURRENCE_DATA, "test_recurrence": 1, "test_recurrence_hr": 96})
+    videos = datamodule.recurrence_videos()
+    assert {v.hr_size for v in videos} == {(96, 96)}
+    # at HR 96 the zoom needs a short side of about 420 pixels: gravel, ihc and rocket have it
+    assert sorted({v.video_id.split("-")[1] for v in videos}) == ["0", "gravel", "ihc", "rocket"]
+    larger = VSRDataModule(**{**RECURRENCE_DATA, "test_recurrence": 1, "test_recurrence_hr": 192})
+    assert [v.video_id for v in larger.recurrence_videos()] == ["recurrence-0"]  # no photo is large enough
+
+
+def test_training_photographs_smaller_than_the_frame_are_left_out():
+    """At HR 192 two built-in training photographs (page, text) are too small for a frame: the
+    stills source draws from the other twelve instead of failing mid-run; none large enough is
+    one error naming data.hr_size."""
+    train = VSRDataModule(source="stills", val_source="procedural", hr_size=192).build_train_set()
+    names = {p.name for p in train.image_paths}
+    assert len(names) == 12 and not names & {"page.png", "text.png"}
+    assert train[0]["hr"].shape[-1] == 192
+    with pytest.raises(ValueError, match=r"data.hr_size=2048: no training photograph is that large"):
+        VSRDataModule(source="stills", val_source="procedural", hr_size=2048).build_train_set()

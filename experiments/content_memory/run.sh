@@ -2,15 +2,16 @@
 # Does the hypernetwork carry content from a close-up to a distant shot of the same video?
 # The base of experiments/torch_scenes (base_content, the same command), then stage 2 five ways
 # (seed 0), all on hyper_content's recipe:
-#   mixed        hyper_content as it was (no recurrence videos): today's hypernetwork
-#   pooled       experiment=hyper_memory: half the training videos recurrence videos, the pooled encoder
+#   mixed        hyper_content as it was (no recurrence videos, HR 96): today's hypernetwork
+#   pooled       experiment=hyper_memory: frames of HR 192, half the training videos recurrence
+#                videos, the pooled encoder
 #   grid         + spatial tokens (hypernet.encoder.grid=4, 16 latents)
 #   crossscale   + one refine step on the context's close-ups (hypernet.refine.mode=crossscale)
 #   both         + both mechanisms
 # and `both` again with seed 1 (chosen before any result: the two mechanisms together). Each is
-# evaluated by hypernet.eval on the memory benchmark (test/recurrence: 16 procedural scenes + 8
-# videos of the 3 held-out photos large enough, one degradation, the wide shots scored) and on the
-# 20 standard test videos, with the controls: the base, another video's adapters, the video without
+# evaluated by hypernet.eval on the memory benchmark (test/recurrence: 16 procedural scenes at HR
+# 192, LR 48, one degradation, the wide shots scored; no held-out photograph is large enough for
+# the zoom at that size) and on the 20 standard test videos, with the controls: the base, another video's adapters, the video without
 # its close-ups, the internal-learning reference (a LoRA fitted on the video's close-ups, LR only,
 # 100 steps) and the oracle (a LoRA fitted on the wide shots' HR, 100 steps); then both_s0's
 # learned guard and the real-size groups with it. Selection (best.ckpt) uses fixed procedural
@@ -32,7 +33,7 @@ evaluate() {  # model
   local label=eval_$1
   [ -f "$out/$label/metrics.json" ] && return 0
   rm -rf "${out:?}/$label"
-  $py -m hypernet.eval checkpoint=$out/$1/checkpoints/best.ckpt data.test_recurrence=16 \
+  $py -m hypernet.eval checkpoint=$out/$1/checkpoints/best.ckpt data.test_recurrence=16 data.test_recurrence_hr=192 \
     'methods=[base,hypernet,hypernet_other,hypernet_without_closeups,crossscale,oracle]' \
     paths.output_dir=$out/$label > "$out/$label.log" 2>&1
 }

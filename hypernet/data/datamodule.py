@@ -58,6 +58,7 @@ from hypernet.data.degrade import DegradationRanges
 from hypernet.data.procedural import ProceduralConfig, procedural_video
 from hypernet.data.recurrence import (
     RECURRENCE_DEGRADATION,
+    SCENE_CANVAS,
     RecurrenceError,
     check_recurrence_frames,
     recurrence_scene,
@@ -88,6 +89,7 @@ REAL_DEGRADATIONS: dict[str, dict[str, Any]] = {
 REAL_GROUPS = tuple(f"real_{name}" for name in REAL_DEGRADATIONS)
 TEST_GROUPS = ("single", "multishot", "large", "recurrence", *REAL_GROUPS)
 RECURRENCE_PHOTO_VIDEOS = 2  # recurrence videos of every held-out photograph large enough for the zoom
+MAX_RECURRENCE_HR = 512  # its scenes' canvases are SCENE_CANVAS frames wide: 3072 pixels at most
 # The largest HR frame side of a real-size group: a procedural scene is drawn on a canvas twice
 # the frame's side, and a 4096-pixel canvas (200 MB a pyramid level) is as far as the content goes.
 MAX_REAL_HR = 2048
@@ -238,6 +240,7 @@ class VSRDataModule(L.LightningDataModule):
         test_real_sides: Sequence[int] = (),
         test_real_scenes: int = 2,
         test_recurrence: int = 0,
+        test_recurrence_hr: int | None = None,
         shots: int | list[int] = 1,
         procedural: dict[str, Any] | None = None,
         photo_augment: dict[str, Any] | None = None,
@@ -340,6 +343,19 @@ class VSRDataModule(L.LightningDataModule):
         if "recurrence" in self.sources:
             check_recurrence_frames(num_frames=num_frames, clip_len=clip_len, option="data.source")
         self.test_recurrence = test_recurrence
+        if test_recurrence_hr is not None:
+            check_count(
+                "test_recurrence_hr",
+                test_recurrence_hr,
+                MIN_SIZE * scale,
+                "HR frame side of the recurrence group",
+            )
+            if test_recurrence_hr % scale or test_recurrence_hr > MAX_RECURRENCE_HR:
+                raise ValueError(
+                    f"data.test_recurrence_hr={test_recurrence_hr} must be divisible by data.scale={scale} and at "
+                    f"most {MAX_RECURRENCE_HR} (a scene is drawn {SCENE_CANVAS:g} frames wide)"
+                )
+        self.recurrence_hr = test_recurrence_hr or hr_size
         self.val_procedural_videos = val_procedural_videos
         self.test_shots = test_shots
         self.test_large_hr = test_large_hr
@@ -524,7 +540,7 @@ class VSRDataModule(L.LightningDataModule):
     def recurrence_videos(self, *, split: str = "test") -> list:
         """The videos of the recurrence group (recurrence.py): data.test_recurrence procedural
         scenes, then (test_source=stills) RECURRENCE_PHOTO_VIDEOS of every held-out photograph
-        large enough for the zoom, all at data.hr_size. `split="val"` draws other scenes from
+        large enough for the zoom, all at data.test_recurrence_hr (or data.hr_size). `split="val"` draws other scenes from
         other seeds (and no photographs), to study a method on without touching the test videos."""
         videos = []
         for j in range(self.test_recurrence):
@@ -534,13 +550,12 @@ class VSRDataModule(L.LightningDataModule):
                     stable_seed(self.val_seed, "recurrence", split, j) % (2**31),
                     self.procedural,
                     num_frames=self.num_frames,
-                    frame_size=self.hr_size,
+                    frame_size=self.recurrence_hr,
                     video_id=video_id,
                 )
             )
         if split != "test" or self.test_source != "stills":
             return videos
-        too_small = None
         for path in self._stills_images("val"):
             pyramid = image_pyramid(load_image(path))
             for j in range(RECURRENCE_PHOTO_VIDEOS):
@@ -551,19 +566,12 @@ class VSRDataModule(L.LightningDataModule):
                         pyramid,
                         seed,
                         num_frames=self.num_frames,
-                        frame_size=self.hr_size,
+                        frame_size=self.recurrence_hr,
                         video_id=f"recurrence-{path.stem}-{j}",
                     )
-                except RecurrenceError as e:
-                    too_small = e
-                    break  # too small for the zoom at this frame size
+                except RecurrenceError:
+                    break  # too small for the zoom at this frame size: the scenes stand for it
                 videos.append(video)
-        if not any(isinstance(v.video, StillsVideo) for v in videos):
-            raise RecurrenceError(
-                f"data.test_recurrence: no held-out photograph is large enough for the group's zoom at "
-                f"data.hr_size={self.hr_size} ({too_small}); lower data.hr_size or test on procedural scenes "
-                "alone (data.test_source=procedural)"
-            )
         return videos
 
     def recurrence_set(self, *, split: str = "test") -> VideoListDataset:

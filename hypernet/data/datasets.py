@@ -297,6 +297,25 @@ def parse_sources(source: str | Mapping[str, float], *, option: str = "data.sour
     return {k: v / total for k, v in weights.items() if v > 0}
 
 
+def large_enough(image_paths: Sequence[Path], hr_size: int) -> list[Path]:
+    """The images whose short side holds a frame of hr_size pixels (a camera never magnifies a
+    photograph); those smaller are left out, and none left is an error naming data.hr_size."""
+    from PIL import Image
+
+    def short_side(path: Path) -> int:
+        with Image.open(path) as image:  # the header only
+            return min(image.size)
+
+    sides = {path: short_side(Path(path)) for path in image_paths}
+    kept = [path for path, side in sides.items() if side >= hr_size]
+    if not kept:
+        raise ValueError(
+            f"data.hr_size={hr_size}: no training photograph is that large (the largest short side is "
+            f"{max(sides.values())} pixels); lower data.hr_size or give data.root larger images"
+        )
+    return kept
+
+
 class FreshVideoDataset(Dataset):
     """Item i is a brand-new video seeded by (seed, i): its source drawn by weight (stills: a
     photograph under a new camera path, optionally meta-augmented; procedural: a new scene;
@@ -325,7 +344,7 @@ class FreshVideoDataset(Dataset):
         if "stills" in self.sources and not image_paths:
             raise ValueError("the stills source needs images: data.root is empty")
         check_shots(shots, num_frames=num_frames, clip_len=sample.clip_len)
-        self.image_paths = list(image_paths)
+        self.image_paths = large_enough(image_paths, hr_size) if "stills" in self.sources else []
         self.num_samples = num_samples
         self.num_frames = num_frames
         self.hr_size = hr_size
