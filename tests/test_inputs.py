@@ -94,9 +94,9 @@ def test_specialise_refine_steps_read_the_checkpoints_count(
     seen = []
     original = Refine.forward
 
-    def recording(self, base, adapters, context):
+    def recording(self, base, adapters, context, closeups=None):
         seen.append(context.shape[1])
-        return original(self, base, adapters, context)
+        return original(self, base, adapters, context, closeups)
 
     monkeypatch.setattr(Refine, "forward", recording)
     option = [] if given is None else ["--context-frames", str(given)]

@@ -45,13 +45,31 @@ export OMP_NUM_THREADS=1
 base=base_ckpt=$out/base_content/checkpoints/best.ckpt
 grid=(hypernet.encoder.grid=4 hypernet.encoder.num_latents=16)
 crossscale=hypernet.refine.mode=crossscale
-train mixed_s0 experiment=hyper_content $base seed=0
-train pooled_s0 experiment=hyper_memory $base seed=0
-train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0
-train crossscale_s0 experiment=hyper_memory $base $crossscale seed=0
-train both_s0 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=0
-train both_s1 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=1
-for model in mixed_s0 pooled_s0 grid_s0 crossscale_s0 both_s0 both_s1; do evaluate $model; done
+queue_a() {
+  train mixed_s0 experiment=hyper_content $base seed=0
+  train pooled_s0 experiment=hyper_memory $base seed=0
+  train crossscale_s0 experiment=hyper_memory $base $crossscale seed=0
+  train both_s1 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=1
+  for model in mixed_s0 pooled_s0 crossscale_s0 both_s1; do evaluate $model; done
+}
+queue_b() {
+  train both_s0 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=0
+  train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0
+  for model in both_s0 grid_s0; do evaluate $model; done
+  small
+}
+# why HR 192: the same benchmark at the training size (HR 96, LR 24; + the 3 held-out photos that
+# fit), where the internal-learning reference's close-ups are 24 pixels and its pairs 6
+small() {
+  [ -f "$out/eval_mixed_s0_hr96/metrics.json" ] && return 0
+  rm -rf "${out:?}/eval_mixed_s0_hr96"
+  $py -m hypernet.eval checkpoint=$out/mixed_s0/checkpoints/best.ckpt data.test_recurrence=16 \
+    'methods=[base,hypernet,crossscale,oracle]' paths.output_dir=$out/eval_mixed_s0_hr96 \
+    > "$out/eval_mixed_s0_hr96.log" 2>&1
+}
+queue_a & a=$!  # two queues side by side, one thread each
+queue_b & b=$!
+wait $a; wait $b
 # do no harm: both_s0's learned guard (hypernet.fit_guard, fitted on its own videos) and the
 # real-size groups (LR 128-320, five degradations) with it, as experiments/real_sizes measures them
 if [ ! -f $out/guard_both_s0/metrics.json ]; then
