@@ -56,7 +56,13 @@ FLAT_OPTIM = {
 SYSTEM_OPTIONS = ("crop_border", "log_images", "nonfinite_loss")  # the system's own, never grouped
 # hypernetwork options that flat checkpoints may lack, because the option came later: the value
 # that reproduces how such a checkpoint ran
-FLAT_HYPERNET_DEFAULTS = {"overrides": None, "feature_layers": None, "context_tile": None, "grid": 0, "blur": 1.0}
+FLAT_HYPERNET_DEFAULTS = {
+    "overrides": None,
+    "feature_layers": None,
+    "context_tile": None,
+    "grid": 0,
+    "blur": 1.0,
+}
 # one flat hypernet option -> (part, option in that part)
 HYPERNET_OPTIONS = {
     "targets": ("lora", "include"),
