@@ -13,6 +13,8 @@ training run's selection record (<model>/metrics.json), and writes beside the st
                     and the gain on the 20 standard test videos
     per_video.csv   every test video's PSNR-Y by model and method
     metrics.json    each evaluation's metrics.json, by model
+    (and, when run: mixed_s0 on the benchmark at HR 96, eval_mixed_s0_hr96/; both_s0 with its
+    learned guard on the real-size groups, guard_both_s0/ and eval_real_both_s0/)
     memory.png      the recurrence group's gains by model: the hypernet and its controls
 """
 
@@ -29,8 +31,8 @@ from hypernet.runs import write_table_csv
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {
-    "mixed_s0": "hyper_content as it was: no recurrence videos, pooled encoder",
-    "pooled_s0": "recurrence videos, pooled encoder",
+    "mixed_s0": "hyper_content as it was: HR 96, no recurrence videos, pooled encoder",
+    "pooled_s0": "HR 192, half the training videos recurrence videos, pooled encoder",
     "grid_s0": "recurrence videos, spatial tokens (grid 4, 16 latents)",
     "crossscale_s0": "recurrence videos, one refine step on the close-ups",
     "both_s0": "recurrence videos, spatial tokens and the refine step",
@@ -70,6 +72,63 @@ def model_lines(model: str, table: dict, metrics: dict) -> list[str]:
         f"| {100 * share:.0f}% at {100 * time_share:.2f}% of its time "
         f"| {cell(differences(table, r, 'oracle', 'base'))} | {cell(differences(table, 'single', 'hypernet', 'base'))} |"
     ]
+
+
+def frame_size_lines(runs: Path, at_192: dict | None) -> list[str]:
+    """mixed_s0 on the benchmark at HR 96 (LR 24, the training size) beside HR 192: where the
+    internal-learning reference gains at all."""
+    folder = runs / "eval_mixed_s0_hr96"
+    if not (folder / "metrics.json").is_file() or at_192 is None:
+        return []
+    at_96 = {
+        (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
+        for r in read_rows(folder / "results.csv")
+    }
+    lines = [
+        "",
+        "## Why HR 192: the benchmark at the training size",
+        "",
+        "mixed_s0 on test/recurrence at HR 96 (LR 24: a close-up downscaled once more is 6 pixels; 16 scenes + 8 "
+        "videos of the held-out photos that fit) and at HR 192 (LR 48; 16 scenes):",
+        "",
+        "| frame size | hypernet vs base | reference vs base | oracle vs base |",
+        "|---|---|---|---|",
+    ]
+    for name, table in (("HR 96, LR 24", at_96), ("HR 192, LR 48", at_192)):
+        cells = [
+            cell(differences(table, "recurrence", m, "base")) for m in ("hypernet", "crossscale", "oracle")
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def no_harm_lines(runs: Path) -> list[str]:
+    """both_s0 with its learned guard on the real-size groups: no video worse than the base by
+    more than 0.05 dB?"""
+    folder = runs / "eval_real_both_s0"
+    if not (folder / "metrics.json").is_file():
+        return []
+    table = {
+        (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
+        for r in read_rows(folder / "results.csv")
+    }
+    fit = json.loads((runs / "guard_both_s0" / "metrics.json").read_text())
+    lines = [
+        "",
+        "## Do no harm: both_s0 with its learned guard on the real-size groups",
+        "",
+        f"Its guard (`hypernet.fit_guard`, 320 fit videos): margin {fit['margin']:g} dB, leave-one-out "
+        f"{fit['loo_guarded_gain']:+.3f} a video, {int(fit['loo_harmed'])} harmed.",
+        "",
+        "| group | hypernet vs base | hypernet + guard vs base | worst video with the guard |",
+        "|---|---|---|---|",
+    ]
+    for group in sorted({g for g, _, _ in table}, key=lambda g: (g != "single", g)):
+        guarded = differences(table, group, "hypernet_guard", "base")
+        lines.append(
+            f"| {group} | {cell(differences(table, group, 'hypernet', 'base'))} | {cell(guarded)} | {min(guarded):+.3f} |"
+        )
+    return lines
 
 
 def plot(path: Path, tables: dict[str, dict]) -> None:
@@ -139,6 +198,8 @@ def collect(runs: Path, out: Path) -> None:
             for r in rows
         ]
     lines += ["", "Models:", ""] + [f"- `{m}`: {w}" for m, w in MODELS.items()]
+    lines += frame_size_lines(runs, tables.get("mixed_s0"))
+    lines += no_harm_lines(runs)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     write_table_csv(out / "per_video.csv", per_video)
