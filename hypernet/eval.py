@@ -87,15 +87,17 @@ def evaluate_video(
     """All methods on one video: rows for the table, each method's SR frames, and the hypernet's
     PSNR-Y at every strength of cfg.strengths (its adapters' delta scaled), with the guard's
     choice as a row of the last. `every_frame()` gives the whole LR video (T, C, h, w) that
-    `hypernet_stream` reads, `other()` another video's item of the same group (hypernet_other).
-    A memory control whose frames the item does not hold (RECURRENCE_ONLY) has no row."""
+    `hypernet_stream` reads, `other()` another video's item of the same group (hypernet_other;
+    None in a group of one video). A memory control whose frames the item does not hold
+    (RECURRENCE_ONLY), or hypernet_other without another video, has no row."""
     base, spec = system.base, system.spec
     lr, hr = item["lr"][None], item["hr"][None]
     rows, outputs, strength_rows = [], {}, []
     guard_row = None
     for method in cfg.methods:
-        if RECURRENCE_ONLY.get(method, "lr") not in item:
+        if RECURRENCE_ONLY.get(method, "lr") not in item or (method == "hypernet_other" and other is None):
             continue
+        other_item = other() if method == "hypernet_other" else None  # drawn before the clock starts
         started = time.perf_counter()
         adapters = None
         if method == "selfsup":
@@ -116,7 +118,8 @@ def evaluate_video(
                 seed=cfg.seed,
             )
         elif method == "hypernet_other":
-            adapters = system.adapters_for_item(other())
+            adapters = system.adapters_for_item(other_item)
+            adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "hypernet_without_closeups":
             adapters = system.adapters_for_item(
                 {
@@ -126,14 +129,19 @@ def evaluate_video(
                     "context_closeup": torch.zeros_like(item["context_closeup"]),  # none to refine on
                 }
             )
+            adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "oracle":
             adapters = finetune_adapters(
                 base, spec, lr, hr=hr, steps=cfg.oracle_steps, learning_rate=cfg.finetune_lr, seed=cfg.seed
             )
         elif method == "hypernet_stream":
             whole = every_frame()[None]  # (1, T, C, h, w): the video, not the scored clip
+            closeups = item.get("context_closeup")
             adapters = system.adapters_from_stream(
-                whole.split(32, dim=1), num_frames=whole.shape[1], refine_context=item["context"][None]
+                whole.split(32, dim=1),
+                num_frames=whole.shape[1],
+                refine_context=item["context"][None],
+                refine_closeups=None if closeups is None else closeups[None],
             )
             adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "hypernet_guard":  # the LR clip alone chooses; HR only scores it below
@@ -461,7 +469,7 @@ def evaluate(cfg: DictConfig, system: Any, groups: dict[str, Any]) -> dict[str, 
                 videos[i],
                 cfg,
                 every_frame=lambda videos=videos, i=i: videos.every_frame(i),
-                other=lambda videos=videos, i=i: videos[(i + 1) % len(videos)],
+                other=(lambda videos=videos, i=i: videos[(i + 1) % len(videos)]) if len(videos) > 1 else None,
             )
             rows += [{**row, "group": group} for row in video_rows]
             strength_rows += [{**row, "group": group} for row in video_strengths]

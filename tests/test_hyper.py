@@ -48,7 +48,8 @@ def test_gradient_reaches_every_hypernet_parameter_and_not_the_base(base_ckpt, s
     with torch.no_grad():
         system.generator.gates.fill_(0.5)
     batch = tiny_batch()
-    adapters = system.adapters_for(batch["context"], batch["context_times"], batch["degradation"])
+    closeups = torch.ones(2, 3, dtype=torch.bool)  # crossscale: every context frame a close-up
+    adapters = system.adapters_for(batch["context"], batch["context_times"], batch["degradation"], closeups)
     loss = torch.nn.functional.l1_loss(system.sr(batch["lr"], adapters), batch["hr"])
     loss.backward()
     missing = [
@@ -324,11 +325,16 @@ def test_crossscale_takes_no_step_on_a_video_without_closeups(base_ckpt):
     batch = {k: v.double() for k, v in tiny_batch(v=2).items()}
     none = torch.zeros(2, 3, dtype=torch.bool)
     generated = system.generator(system.encoder.encode_context(batch["context"], batch["context_times"]))
-    refined = system.adapters_for(batch["context"], batch["context_times"], closeups=none)
     some = system.adapters_for(batch["context"], batch["context_times"], closeups=~none)
-    for name, (a, b) in generated.items():
-        assert torch.equal(refined[name][1], b) and torch.equal(refined[name][0], a)
     assert any(not torch.equal(some[name][1], b) for name, (_, b) in generated.items())
+    # no close-up marked, or no marks at all (a user's video): the generated adapters as they are
+    for closeups in (none, None):
+        refined = system.adapters_for(batch["context"], batch["context_times"], closeups=closeups)
+        for name, (a, b) in generated.items():
+            assert torch.equal(refined[name][1], b) and torch.equal(refined[name][0], a)
+    # first order: the blur is a fixed buffer (it would get no gradient), the step sizes still learn
+    first = tiny_system(base_ckpt, "hypernet.refine.mode=crossscale", "hypernet.refine.first_order=true")
+    assert "refine.log_blur" in first.state_dict() and "refine.log_blur" not in dict(first.named_parameters())
 
 
 def test_crossscale_without_closeups_in_the_data_is_refused_before_training(base_ckpt, tmp_path):

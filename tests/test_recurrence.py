@@ -9,7 +9,6 @@ import torch
 
 from hypernet import eval as evaluation
 from hypernet.config import compose_config
-from hypernet.data.camera import load_image
 from hypernet.data.datamodule import VSRDataModule
 from hypernet.data.degrade import Degradation, degrade
 from hypernet.data.recurrence import (
@@ -103,8 +102,7 @@ def test_crossscale_pairs_are_the_closeups_degraded_once_more(recurrence_set):
 def test_a_source_too_small_for_the_zoom_says_so():
     with pytest.raises(RecurrenceError, match=r"too small for a 4x zoom at frame size 96.*at least"):
         recurrence_paths(np.random.default_rng(0), image_size=(300, 451), frame_size=96)
-    image = load_image(__import__("hypernet.data.camera", fromlist=["x"]).builtin_images("val")[0])
-    assert min(image.shape[-2:]) < 4 * 96  # chelsea: left out of the group at hr_size 96, not an error
+    recurrence_paths(np.random.default_rng(0), image_size=(451, 451), frame_size=96)  # large enough
 
 
 @pytest.mark.parametrize(
@@ -124,6 +122,9 @@ def test_a_source_too_small_for_the_zoom_says_so():
             r"data.source: recurrence videos of 5 shots need data.num_frames >= 15",
         ),
         (dict(val_source="recurrence"), r"data.val_source=recurrence: recurrence draws training videos"),
+        (dict(source="recurrence", val_source=None), r"data.source=recurrence draws training videos only"),
+        (dict(test_source=None), r"data.test_recurrence=2 scores a test group, and data.test_source is null"),
+        (dict(hr_size=640, num_frames=15, test_recurrence=1), r"data.hr_size=640: .* at most 512"),
         (dict(test_recurrence=-1), r"data.test_recurrence=-1"),
         (dict(test_recurrence_hr=34), r"data.test_recurrence_hr=34 must be divisible by data.scale=4"),
         (dict(test_recurrence_hr=1024), r"data.test_recurrence_hr=1024 .* at most 512"),
@@ -271,3 +272,9 @@ def test_training_photographs_smaller_than_the_frame_are_left_out():
     assert train[0]["hr"].shape[-1] == 192
     with pytest.raises(ValueError, match=r"data.hr_size=2048: no training photograph is that large"):
         VSRDataModule(source="stills", val_source="procedural", hr_size=2048).build_train_set()
+
+
+def test_a_stage1_item_of_the_group_has_no_context_to_remove_closeups_from():
+    item = VSRDataModule(**{**RECURRENCE_DATA, "context_frames": 0}).recurrence_set()[0]
+    assert item["context"].shape[0] == 0 and "context_without_closeups" not in item
+    assert item["closeups"].shape[0] == 4 * 3  # the internal-learning reference still has its pairs

@@ -271,7 +271,12 @@ class VSRDataModule(L.LightningDataModule):
             raise ValueError(
                 "data.source=vid4: Vid4 is a test set; train on another source and set data.test_source=vid4"
             )
-        for option, value in (("data.val_source", val_source or source), ("data.test_source", test_source)):
+        if val_source is None and source == "recurrence":
+            raise ValueError(
+                "data.source=recurrence draws training videos only: set data.val_source (e.g. procedural) to "
+                "say what selects models"
+            )
+        for option, value in (("data.val_source", val_source), ("data.test_source", test_source)):
             if value == "recurrence":
                 raise ValueError(
                     f"{option}=recurrence: recurrence draws training videos; validate on procedural scenes "
@@ -356,6 +361,17 @@ class VSRDataModule(L.LightningDataModule):
                     f"most {MAX_RECURRENCE_HR} (a scene is drawn {SCENE_CANVAS:g} frames wide)"
                 )
         self.recurrence_hr = test_recurrence_hr or hr_size
+        if (test_recurrence or "recurrence" in self.sources) and self.recurrence_hr > MAX_RECURRENCE_HR:
+            option = "data.test_recurrence_hr" if test_recurrence_hr else "data.hr_size"
+            raise ValueError(
+                f"{option}={self.recurrence_hr}: recurrence videos are drawn on canvases {SCENE_CANVAS:g} frames "
+                f"wide, so their frames may be at most {MAX_RECURRENCE_HR} pixels; set data.test_recurrence_hr"
+            )
+        if test_recurrence and test_source is None:
+            raise ValueError(
+                f"data.test_recurrence={test_recurrence} scores a test group, and data.test_source is null (no test "
+                "groups): set data.test_source=stills or procedural"
+            )
         self.val_procedural_videos = val_procedural_videos
         self.test_shots = test_shots
         self.test_large_hr = test_large_hr

@@ -251,12 +251,12 @@ class RecurrenceVideo:
             if kind == "close":
                 start = frames[0] + (len(frames) - clip_len) // 2
                 closeups += range(start, start + clip_len)
-        return {
-            "context_without_closeups": [
+        frames = {"closeups": closeups}
+        if context_frames:  # a stage-1 item reads no context, so it has none to remove close-ups from
+            frames["context_without_closeups"] = [
                 wide[round(j)] for j in np.linspace(0, len(wide) - 1, context_frames)
-            ],
-            "closeups": closeups,
-        }
+            ]
+        return frames
 
 
 def recurrence_scene(

@@ -188,21 +188,27 @@ class Refine(nn.Module):
         if mode == "crossscale":  # only here, so the other modes' checkpoints hold what they always held
             if isinstance(blur, bool) or not (isinstance(blur, int | float) and 0.2 <= blur <= 2.0):
                 raise ValueError(f"hypernet.refine.blur={blur!r} must be a sigma in [0.2, 2] LR pixels")
-            self.log_blur = nn.Parameter(torch.tensor(math.log(blur)))
+            log_blur = torch.tensor(math.log(blur))
+            if first_order:  # the blur reaches the adapters only through the (dropped) second-order terms
+                self.register_buffer("log_blur", log_blur)
+            else:
+                self.log_blur = nn.Parameter(log_blur)
 
     def forward(
         self, base: nn.Module, adapters: Adapters, context: torch.Tensor, closeups: torch.Tensor | None = None
     ) -> Adapters:
         """The adapters after the refine steps on the LR frames `context` (V, K, C, h, w) through
         `base`; in direct mode the adapters unchanged. crossscale reads the frames `closeups`
-        (V, K) marks (a video with none takes no step; None: every frame, as for a video that
-        does not say which frames are close-ups)."""
+        (V, K) marks: a video with none takes no step, and so does a video that does not say
+        which frames are close-ups (None: a user's), as training's videos without close-ups do."""
         if self.mode == "direct":
             return adapters
         names = list(self.spec.names)
         step_sizes = self.log_lr.exp()
         options = {}
         if self.mode == "crossscale":
+            if closeups is None or not closeups.any():
+                return adapters
             options = {"weights": closeups, "blur_sigma": self.log_blur.exp()}
         second_order = self.training and not self.first_order
         current = adapters
@@ -364,7 +370,12 @@ class HyperLoRASystem(SRSystem):
 
     @torch.no_grad()
     def adapters_from_stream(
-        self, chunks: Iterable[torch.Tensor], *, num_frames: int, refine_context: torch.Tensor | None = None
+        self,
+        chunks: Iterable[torch.Tensor],
+        *,
+        num_frames: int,
+        refine_context: torch.Tensor | None = None,
+        refine_closeups: torch.Tensor | None = None,
     ) -> Adapters:
         """Adapters for one whole video given as LR chunks (1, n, C, h, w) in order: the encoder
         folds every frame, chunk after chunk (memory independent of the length). Refine mode takes
@@ -382,9 +393,9 @@ class HyperLoRASystem(SRSystem):
         if self.refine.mode != "direct":
             if refine_context is None:
                 raise ValueError(
-                    "hypernet.refine.mode=refine needs refine_context: a few LR frames of the video"
+                    f"hypernet.refine.mode={self.refine.mode} needs refine_context: a few LR frames of the video"
                 )
-            adapters = self.refine(self.base, adapters, refine_context)
+            adapters = self.refine(self.base, adapters, refine_context, refine_closeups)
         return {k: (a.detach(), b.detach()) for k, (a, b) in adapters.items()}
 
     # -------------------------------------------------------------- steps
