@@ -307,6 +307,13 @@ def write_metrics(output_dir: str | Path, metrics: Mapping[str, Any]) -> None:
     atomic_write_text(Path(output_dir) / "metrics.json", json.dumps(flat, indent=2, sort_keys=True))
 
 
+def read_table_csv(path: str | Path) -> list[dict[str, str]]:
+    """A table write_table_csv wrote (a run's per-video tables, eval's results.csv): rows of
+    dicts of strings."""
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def write_table_csv(path: str | Path, rows: list[Mapping[str, Any]]) -> None:
     """Rows of dicts (same keys) as CSV, numbers with 4 decimals; a text holding a comma or a
     quote is quoted (a guard's reason, say)."""

@@ -21,13 +21,12 @@ training run's selection record (<model>/metrics.json), and writes beside the st
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 from hypernet.files import atomic_write_text
 from hypernet.metrics import gain_summary
-from hypernet.runs import write_table_csv
+from hypernet.runs import read_table_csv, write_table_csv
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -39,11 +38,6 @@ MODELS = {
     "both_s1": "the same, seed 1",
 }
 CONTROLS = ("hypernet_other", "hypernet_without_closeups", "crossscale", "oracle")
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
 
 
 def cell(values: list[float]) -> str:
@@ -82,7 +76,7 @@ def frame_size_lines(runs: Path, at_192: dict | None) -> list[str]:
         return []
     at_96 = {
         (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-        for r in read_rows(folder / "results.csv")
+        for r in read_table_csv(folder / "results.csv")
     }
     lines = [
         "",
@@ -110,7 +104,7 @@ def no_harm_lines(runs: Path) -> list[str]:
         return []
     table = {
         (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-        for r in read_rows(folder / "results.csv")
+        for r in read_table_csv(folder / "results.csv")
     }
     fit = json.loads((runs / "guard_both_s0" / "metrics.json").read_text())
     lines = [
@@ -182,7 +176,7 @@ def collect(runs: Path, out: Path) -> None:
         if not (folder / "metrics.json").is_file():
             lines.append(f"| {model} | not run yet | | | | | | |")
             continue
-        rows = read_rows(folder / "results.csv")
+        rows = read_table_csv(folder / "results.csv")
         table = {(r["group"], r["video_id"], r["method"]): float(r["psnr_y"]) for r in rows}
         metrics = json.loads((folder / "metrics.json").read_text())
         tables[model], all_metrics[model] = table, metrics

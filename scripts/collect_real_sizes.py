@@ -21,13 +21,12 @@ evaluation with it (eval_learned_<model>/), and writes beside the study's run.sh
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 from hypernet.files import atomic_write_text
 from hypernet.metrics import gain_summary
-from hypernet.runs import write_table_csv
+from hypernet.runs import read_table_csv, write_table_csv
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -37,11 +36,6 @@ MODELS = {
 }
 GROUPS = ("single", "real_bi", "real_bd", "real_random", "real_crf23", "real_crf33")
 METHODS = ("bicubic", "base", "hypernet", "hypernet_guard")
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
 
 
 def gain_cell(gains: list[float]) -> str:
@@ -59,9 +53,9 @@ def diagnosis(folder: Path) -> list[str]:
     """mixed_s0's gain by degradation and LR side: which of size, degradation or motion costs."""
     table = {
         (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-        for r in read_rows(folder / "results.csv")
+        for r in read_table_csv(folder / "results.csv")
     }
-    half = {(r["group"], r["video_id"]): float(r["gain_y"]) for r in read_rows(folder / "strength.csv")}
+    half = {(r["group"], r["video_id"]): float(r["gain_y"]) for r in read_table_csv(folder / "strength.csv")}
     lines = [
         "",
         "## Diagnosis: mixed_s0 (no coverage) by LR side and degradation",
@@ -105,10 +99,10 @@ def guard_signal(runs: Path) -> list[str]:
         folder = runs / f"eval_{model}"
         table = {
             (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-            for r in read_rows(folder / "results.csv")
+            for r in read_table_csv(folder / "results.csv")
         }
         evidence, truth = [], []
-        for r in read_rows(folder / "guard.csv"):
+        for r in read_table_csv(folder / "guard.csv"):
             if r["group"] != "single":
                 evidence.append(float(r["over_base@1"]))
                 truth.append(
@@ -150,9 +144,9 @@ def learned_guard(runs: Path) -> tuple[list[str], dict[tuple[str, str, str], tup
         folder = runs / f"eval_learned_{model}"
         table = {
             (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-            for r in read_rows(folder / "results.csv")
+            for r in read_table_csv(folder / "results.csv")
         }
-        guard = {(r["group"], r["video_id"]): r for r in read_rows(folder / "guard.csv")}
+        guard = {(r["group"], r["video_id"]): r for r in read_table_csv(folder / "guard.csv")}
         for group in GROUPS:
             videos = sorted({v for g, v, _ in table if g == group})
             over = {
@@ -223,7 +217,7 @@ def bases(runs: Path) -> list[str]:
     tables = {
         model: {
             (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-            for r in read_rows(runs / f"eval_{model}" / "results.csv")
+            for r in read_table_csv(runs / f"eval_{model}" / "results.csv")
         }
         for model in ("mixed_s0", "coverage_s0")  # coverage_s1 has coverage_s0's base
     }
@@ -261,9 +255,11 @@ def main() -> None:
         metrics[model] = json.loads((folder / "metrics.json").read_text())
         table = {
             (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-            for r in read_rows(folder / "results.csv")
+            for r in read_table_csv(folder / "results.csv")
         }
-        chosen = {(r["group"], r["video_id"]): float(r["strength"]) for r in read_rows(folder / "guard.csv")}
+        chosen = {
+            (r["group"], r["video_id"]): float(r["strength"]) for r in read_table_csv(folder / "guard.csv")
+        }
         for group in GROUPS:
             videos = sorted({v for g, v, _ in table if g == group})
             psnr = {m: [table[(group, v, m)] for v in videos] for m in METHODS}

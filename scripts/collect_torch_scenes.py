@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hypernet.files import atomic_write_text
 from hypernet.metrics import gain_summary, mean_stderr
+from hypernet.runs import read_table_csv
 
 REPO = Path(__file__).resolve().parent.parent
 PIL_RUNS = ("mixed_s0", "mixed_s1")
@@ -30,11 +31,6 @@ TORCH_RUNS = (
     "mixed_s1",
 )  # the same recipe and seeds, torch scenes  # content_scaling's mixed recipe, PIL painter, seeds 0 and 1
 GROUPS = ("single", "multishot")
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
 
 
 def main() -> None:
@@ -48,11 +44,11 @@ def main() -> None:
     base = json.loads((args.runs / "base_content" / "metrics.json").read_text())
     hyper = {run: json.loads((args.runs / run / "metrics.json").read_text()) for run in TORCH_RUNS}
     runs = {
-        run: {(r["group"], r["video_id"]): r for r in read_rows(args.runs / run / "test_videos.csv")}
+        run: {(r["group"], r["video_id"]): r for r in read_table_csv(args.runs / run / "test_videos.csv")}
         for run in TORCH_RUNS
     }
     torch_rows = runs[TORCH_RUNS[0]]
-    pil_rows = {(r["group"], r["video_id"]): r for r in read_rows(args.pil)}
+    pil_rows = {(r["group"], r["video_id"]): r for r in read_table_csv(args.pil)}
     missing = sorted(set(torch_rows) - set(pil_rows))
     if missing:
         raise SystemExit(f"error: {args.pil} lacks test videos {missing[:3]}...: not the same test set")
