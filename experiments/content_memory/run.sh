@@ -17,7 +17,8 @@
 # learned guard and the real-size groups with it. Selection (best.ckpt) uses fixed procedural
 # validation scenes; the test videos choose nothing.
 # Runs go to outputs/content_memory/; scripts/collect_content_memory.py writes the tables here.
-# A finished run or evaluation (metrics.json) is skipped, so the script resumes where it stopped.
+# A finished run or evaluation (metrics.json) is skipped and an interrupted run resumes from its
+# last.ckpt (exactly: tests/test_scale_out.py), so the script resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=.venv/bin/python
@@ -26,8 +27,13 @@ common=(logger=csv '~callbacks.rich_progress_bar')
 train() {  # label, overrides...
   local label=$1; shift
   [ -f "$out/$label/metrics.json" ] && return 0
-  rm -rf "${out:?}/$label"  # an unfinished run starts again from scratch
-  $py -m hypernet.train "${common[@]}" "$@" paths.output_dir=$out/$label > "$out/$label.log" 2>&1
+  local resume=()
+  if [ -f "$out/$label/checkpoints/last.ckpt" ]; then  # an interrupted run resumes where it stopped
+    resume=("ckpt_path=$out/$label/checkpoints/last.ckpt")
+  else
+    rm -rf "${out:?}/$label"
+  fi
+  $py -m hypernet.train "${common[@]}" "$@" "${resume[@]}" paths.output_dir=$out/$label >> "$out/$label.log" 2>&1
 }
 evaluate() {  # model
   local label=eval_$1
