@@ -38,7 +38,7 @@ import torch
 from omegaconf import DictConfig
 
 from hypernet.adaptation import finetune_adapters
-from hypernet.data.recurrence import crossscale_pairs
+from hypernet.data.recurrence import crossscale_pairs, without_closeups
 from hypernet.guard import check_margin, choose_strength
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
@@ -121,14 +121,7 @@ def evaluate_video(
             adapters = system.adapters_for_item(other_item)
             adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "hypernet_without_closeups":
-            adapters = system.adapters_for_item(
-                {
-                    "context": item["context_without_closeups"],
-                    "context_times": item["context_without_closeups_times"],
-                    "degradation": item["degradation"],
-                    "context_closeup": torch.zeros_like(item["context_closeup"]),  # none to refine on
-                }
-            )
+            adapters = system.adapters_for_item(without_closeups(item))
             adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
         elif method == "oracle":
             adapters = finetune_adapters(

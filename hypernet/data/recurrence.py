@@ -74,19 +74,12 @@ def inside(inner: Sequence[float], outer: Sequence[float], *, tolerance: float =
     return bool(np.all(np.abs(local) <= oview / 2 * (1 + tolerance)))
 
 
-def fits_image(camera: Sequence[float], image_size: tuple[int, int]) -> bool:
-    height, width = image_size
-    corners = view_corners(*camera)
-    return bool(np.all(corners >= 0) and np.all(corners[:, 0] <= width) and np.all(corners[:, 1] <= height))
-
-
 @dataclass(frozen=True)
 class RecurrencePlan:
     """The shots of a recurrence video: camera paths and what each shot is ("wide" or "close")."""
 
     paths: tuple[CameraPath, ...]
     kinds: tuple[str, ...]
-    magnification: float
 
     @property
     def wide_shot(self) -> int:
@@ -142,7 +135,7 @@ def recurrence_paths(
     before = closeups // 2
     kinds = ("close",) * before + ("wide",) + ("close",) * (closeups - before)
     paths = (*close_paths[:before], wide, *close_paths[before:])
-    return RecurrencePlan(paths=paths, kinds=kinds, magnification=ratio)
+    return RecurrencePlan(paths=paths, kinds=kinds)
 
 
 def _close_path(
@@ -290,6 +283,17 @@ def recurrence_still(
         video_id=video_id,
     )
     return RecurrenceVideo(video, plan)
+
+
+def without_closeups(item: dict) -> dict:
+    """An evaluation item (or a batch of them) as the encoder and the refine steps read it in the
+    memory control: its context spread over the wide shot alone, no frame of it a close-up."""
+    return {
+        **item,
+        "context": item["context_without_closeups"],
+        "context_times": item["context_without_closeups_times"],
+        "context_closeup": torch.zeros_like(item["context_closeup"]),
+    }
 
 
 def crossscale_pairs(

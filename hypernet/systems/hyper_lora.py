@@ -434,11 +434,11 @@ class HyperLoRASystem(SRSystem):
             "ssim_y_base": base["ssim_y"],
         }
         if "context_without_closeups" in batch:  # the memory control: the same video, its close-ups unread
+            from hypernet.data.recurrence import without_closeups
+
+            read = without_closeups(batch)
             without = self.adapters_for(
-                batch["context_without_closeups"],
-                batch["context_without_closeups_times"],
-                batch["degradation"],
-                torch.zeros_like(batch["context_closeup"]),  # nor do the refine steps read a close-up
+                read["context"], read["context_times"], read["degradation"], read["context_closeup"]
             )
             with torch.no_grad():
                 without_sr = self.sr(lr, {k: (a.detach(), b.detach()) for k, (a, b) in without.items()})
