@@ -51,17 +51,16 @@ export OMP_NUM_THREADS=1
 base=base_ckpt=$out/base_content/checkpoints/best.ckpt
 grid=(hypernet.encoder.grid=4 hypernet.encoder.num_latents=16)
 crossscale=hypernet.refine.mode=crossscale
+# each model is evaluated as soon as it is trained, so that results arrive while the rest train
 queue_a() {
-  train mixed_s0 experiment=hyper_content $base seed=0
-  train pooled_s0 experiment=hyper_memory $base seed=0
-  train crossscale_s0 experiment=hyper_memory $base $crossscale seed=0
-  train both_s1 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=1
-  for model in mixed_s0 pooled_s0 crossscale_s0 both_s1; do evaluate $model; done
+  train mixed_s0 experiment=hyper_content $base seed=0 && evaluate mixed_s0
+  train pooled_s0 experiment=hyper_memory $base seed=0 && evaluate pooled_s0
+  train crossscale_s0 experiment=hyper_memory $base $crossscale seed=0 && evaluate crossscale_s0
+  train both_s1 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=1 && evaluate both_s1
 }
 queue_b() {
-  train both_s0 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=0
-  train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0
-  for model in both_s0 grid_s0; do evaluate $model; done
+  train both_s0 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=0 && evaluate both_s0
+  train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
   small
 }
 # why HR 192: the same benchmark at the training size (HR 96, LR 24; + the 3 held-out photos that
