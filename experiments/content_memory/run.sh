@@ -56,12 +56,12 @@ queue_a() {
   train mixed_s0 experiment=hyper_content $base seed=0 && evaluate mixed_s0
   train pooled_s0 experiment=hyper_memory $base seed=0 && evaluate pooled_s0
   train crossscale_s0 experiment=hyper_memory $base $crossscale seed=0 && evaluate crossscale_s0
-  train both_s1 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=1 && evaluate both_s1
+  small
 }
 queue_b() {
   train both_s0 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=0 && evaluate both_s0
   train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
-  small
+  train both_s1 experiment=hyper_memory $base "${grid[@]}" $crossscale seed=1 && evaluate both_s1
 }
 # why HR 192: the same benchmark at the training size (HR 96, LR 24; + the 3 held-out photos that
 # fit), where the internal-learning reference's close-ups are 24 pixels and its pairs 6
