@@ -13,6 +13,9 @@ scripts/harness.py) is that of one encoding alone. Figures, measured in the same
   of the first layers, adapters folded into per-video weights) over a stage-1 step, same batch
   (target <= 1.5), the median over rounds in which the two steps alternate (`stage_step_times`);
   ``stage2_quickstart_over_stage1`` the same for hyper_quickstart's settings;
+- ``crossscale_over_memory``: the inner loop's cost, a hyper_memory step (context frames of LR 48)
+  with one refine crossscale step on half its context frames over the same step without it
+  (``stage2_memory_over_stage1`` and ``stage2_crossscale_over_stage1``, each in its own rounds);
 
 What the data costs against these steps is scripts/bench_data.py's.
 
@@ -188,9 +191,9 @@ def build_stage_steps(
         charbonnier(stage1.model(lr), hr).backward()
         opt1.step()
 
-    def step2(lr, hr, ctx, times):
+    def step2(lr, hr, ctx, times, closeups=None):
         opt2.zero_grad(set_to_none=True)
-        charbonnier(stage2.sr(lr, stage2.adapters_for(ctx, times)), hr).backward()
+        charbonnier(stage2.sr(lr, stage2.adapters_for(ctx, times, closeups=closeups)), hr).backward()
         opt2.step()
 
     return {
@@ -202,12 +205,21 @@ def build_stage_steps(
             "hr": torch.rand(batch, frames, 3, 4 * patch, 4 * patch),
             "ctx": torch.rand(batch, context, 3, size, size),
             "times": torch.linspace(0, 1, context).expand(batch, -1),
+            # the first half of each video's context frames marked as close-ups (crossscale's pairs)
+            "closeups": (torch.arange(context) < max(context // 2, 1)).expand(batch, -1),
         },
     }
 
 
 def stage_step_times(
-    *, experiment: str, label: str, repeats: int = 15, warmup: int = 3, threads: int = 1, **shapes
+    *,
+    experiment: str,
+    label: str,
+    repeats: int = 15,
+    warmup: int = 3,
+    threads: int = 1,
+    closeups: bool = False,
+    **shapes,
 ) -> dict[str, float]:
     """Seconds per training step of stage 1 (the base) and of stage 2 (encoder + generator + the
     frozen base with per-video adapters, gradient into the hypernet only) at the same batch
@@ -217,14 +229,16 @@ def stage_step_times(
     threads (`harness.interleaved_seconds`): each step's seconds are its median, and the ratio is
     the median over rounds of stage 2's time over stage 1's in the same round, so a change in the
     machine's load hits both alike (back to back runs of the ratio of two separate timings
-    differed by up to 25%; this one's stay within a few percent)."""
+    differed by up to 25%; this one's stay within a few percent). With `closeups`, half of each
+    video's context frames are marked as close-ups (what refine crossscale steps on)."""
     torch.set_num_threads(threads)
     steps = build_stage_steps(experiment=experiment, **shapes)
     x = steps["inputs"]
+    marks = x["closeups"] if closeups else None
     seconds = interleaved_seconds(
         {
             "stage1": lambda: steps["step1"](x["lr"], x["hr"]),
-            "stage2": lambda: steps["step2"](x["lr"], x["hr"], x["ctx"], x["times"]),
+            "stage2": lambda: steps["step2"](x["lr"], x["hr"], x["ctx"], x["times"], marks),
         },
         warmup=warmup,
         repeats=repeats,
@@ -291,6 +305,23 @@ def main() -> None:
         f"per-video weights) {steps['stage2_content_step_s'] * 1e3:.0f} ms = {steps['stage2_over_stage1']:.2f}x "
         f"(target <= 1.5); {args.threads} thread(s), medians over {args.step_repeats} rounds, the two steps "
         "alternating"
+    )
+    # the inner loop's cost: hyper_memory's step (context frames of LR 48) without refine steps and
+    # with one crossscale step on half its context frames, each against stage 1 in its own rounds
+    memory = {"experiment": "hyper_memory", "size": 48, **timing}
+    steps = stage_step_times(label="memory", **memory)
+    steps.update(stage_step_times(label="crossscale", mode="crossscale", closeups=True, **memory))
+    steps["crossscale_over_memory"] = (
+        steps["stage2_crossscale_over_stage1"] / steps["stage2_memory_over_stage1"]
+    )
+    results.update(
+        {k: v for k, v in steps.items() if k != "stage1_step_s"}
+    )  # stage 1's is the first comparison's
+    print(
+        f"hyper_memory (context frames of LR 48): {steps['stage2_memory_step_s'] * 1e3:.0f} ms = "
+        f"{steps['stage2_memory_over_stage1']:.2f}x stage 1; with one crossscale step on 2 of its 4 context "
+        f"frames {steps['stage2_crossscale_step_s'] * 1e3:.0f} ms = {steps['stage2_crossscale_over_stage1']:.2f}x; "
+        f"the inner loop's cost {steps['crossscale_over_memory']:.2f}x the step without it"
     )
     if args.json:
         write_figures(args.json, results)

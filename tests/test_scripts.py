@@ -119,6 +119,26 @@ def test_interleaved_timing_alternates_the_steps_and_compares_them_round_by_roun
     assert median_ratio([2.0, 20.0, 2.2], [1.0, 1.0, 1.0]) == 2.2  # the burst hit one step alone
 
 
+def test_bench_hyper_writes_its_figures(tmp_path):
+    """bench_hyper end to end at a small budget: the encoder's streaming figures and each training
+    step's against stage 1, the crossscale step taking its inner step on the marked close-ups."""
+    out = tmp_path / "bench.json"
+    run_script(
+        "scripts/bench_hyper.py", "--frames-small", "8", "--frames-large", "16", "--repeats", "1",
+        "--step-repeats", "1", "--json", str(out),
+    )  # fmt: skip
+    figures = json.loads(out.read_text())
+    for key in (
+        "encoder_time_16_over_8",
+        "stage2_over_stage1",
+        "stage2_quickstart_over_stage1",
+        "stage2_memory_over_stage1",
+        "stage2_crossscale_over_stage1",
+        "crossscale_over_memory",
+    ):
+        assert figures[key] > 0, key
+
+
 def test_bench_data_writes_its_figures(tmp_path):
     """bench_data end to end at a small budget: the draw-over-step ratios, the stall fraction
     (between 0 and 1), and the GPU rate said skipped where there is no GPU."""
