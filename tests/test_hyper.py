@@ -74,15 +74,22 @@ def test_identity_at_initialisation(base_ckpt, mode):
         assert torch.equal(system.sr(batch["lr"], adapters), system.sr(batch["lr"], None))
 
 
-@pytest.mark.parametrize("mode", ["refine", "crossscale"])
-def test_refine_second_order_gradient_matches_finite_differences(base_ckpt, mode):
+REFINED = [("refine", False), ("crossscale", False), ("crossscale", True)]  # (mode, normalize)
+
+
+@pytest.mark.parametrize(("mode", "normalize"), REFINED)
+def test_refine_second_order_gradient_matches_finite_differences(base_ckpt, mode, normalize):
     """The SR loss's gradient reaches the hypernetwork through the inner steps: the step sizes and
     (crossscale) the blur act on the adapters only through those steps, and match finite
-    differences, as does the generator's gate."""
+    differences, as does the generator's gate; normalised steps too."""
     torch.manual_seed(0)
     system = (
         tiny_system(
-            base_ckpt, f"hypernet.refine.mode={mode}", "hypernet.refine.steps=2", "hypernet.refine.lr=0.5"
+            base_ckpt,
+            f"hypernet.refine.mode={mode}",
+            "hypernet.refine.steps=2",
+            "hypernet.refine.lr=0.5",
+            f"hypernet.refine.normalize={normalize}",
         )
         .double()
         .train()
@@ -300,11 +307,21 @@ def test_stage2_optimizer_steps_the_hypernet_as_the_per_tensor_adam_does(base_ck
         torch.testing.assert_close(param.detach(), copy.detach(), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("mode", ["refine", "crossscale"])
-def test_a_videos_refined_adapters_do_not_depend_on_its_batch(base_ckpt, mode):
-    """The inner loss sums the videos' own means: a video refined alone takes the steps it takes
-    beside others (a mean over the batch would make its step size shrink with the batch)."""
-    system = tiny_system(base_ckpt, f"hypernet.refine.mode={mode}", "hypernet.refine.lr=0.5").double().eval()
+@pytest.mark.parametrize(("mode", "normalize"), REFINED)
+def test_a_videos_refined_adapters_do_not_depend_on_its_batch(base_ckpt, mode, normalize):
+    """The inner loss sums the videos' own means, and a normalised step divides by each video's own
+    RMS: a video refined alone takes the steps it takes beside others (a mean over the batch
+    would make its step size shrink with the batch)."""
+    system = (
+        tiny_system(
+            base_ckpt,
+            f"hypernet.refine.mode={mode}",
+            "hypernet.refine.lr=0.5",
+            f"hypernet.refine.normalize={normalize}",
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():
         system.generator.gates.fill_(0.3)
     batch = {k: v.double() for k, v in tiny_batch(v=3).items()}
@@ -314,6 +331,35 @@ def test_a_videos_refined_adapters_do_not_depend_on_its_batch(base_ckpt, mode):
     for name, (a, b) in alone.items():
         torch.testing.assert_close(a[0], together[name][0][1], rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(b[0], together[name][1][1], rtol=1e-9, atol=1e-12)
+
+
+def test_a_normalised_step_moves_each_factor_by_its_step_size(base_ckpt):
+    """One normalised step moves each video's factor by a root mean square of exactly its layer's
+    step size, whatever its gradient's scale, and in the gradient's direction; a bad option is one
+    error naming it."""
+    system = tiny_system(
+        base_ckpt, "hypernet.refine.mode=refine", "hypernet.refine.lr=0.01", "hypernet.refine.normalize=true"
+    )
+    system = system.double().eval()
+    with torch.no_grad():
+        system.generator.gates.fill_(0.3)
+        system.refine.log_lr[0] = math.log(0.002)  # one layer's step size learned apart
+    batch = {k: v.double() for k, v in tiny_batch(v=2).items()}
+    generated = system.generator(system.encoder.encode_context(batch["context"], batch["context_times"]))
+    refined = system.adapters_for(batch["context"], batch["context_times"])
+    plain = tiny_system(base_ckpt, "hypernet.refine.mode=refine", "hypernet.refine.lr=0.01").double().eval()
+    plain.load_state_dict(system.state_dict())
+    plain_refined = plain.adapters_for(batch["context"], batch["context_times"])
+    for i, name in enumerate(system.spec.names):
+        step = 0.002 if i == 0 else 0.01
+        for f in range(2):
+            moved = refined[name][f] - generated[name][f]
+            rms = moved.pow(2).mean(dim=tuple(range(1, moved.ndim))).sqrt()
+            torch.testing.assert_close(rms, torch.full_like(rms, step), rtol=1e-6, atol=0)
+            plain_moved = (plain_refined[name][f] - generated[name][f]).flatten(1)
+            assert (torch.nn.functional.cosine_similarity(moved.flatten(1), plain_moved) > 1 - 1e-9).all()
+    with pytest.raises(ValueError, match="hypernet.refine.normalize"):
+        tiny_system(base_ckpt, "hypernet.refine.mode=refine", "hypernet.refine.normalize=sometimes")
 
 
 def test_crossscale_takes_no_step_on_a_video_without_closeups(base_ckpt):

@@ -167,6 +167,12 @@ def build_part(config: Mapping[str, Any], **made: Any) -> Any:
     return instantiate(dict(config), _partial_=True, _convert_="all")(**made)
 
 
+def rms_per_video(tensor: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """The root mean square of each video's slice of `tensor` (V, ...), shaped to divide it; eps
+    inside the root keeps its gradient finite at zero (second-order steps differentiate it)."""
+    return tensor.pow(2).mean(dim=tuple(range(1, tensor.ndim)), keepdim=True).add(eps**2).sqrt()
+
+
 class Refine(nn.Module):
     """`hypernet.refine`: direct (the generator's adapters as they are), refine (k inner gradient
     steps on the self-supervised loss over every context frame) or crossscale (the same over the
@@ -174,16 +180,33 @@ class Refine(nn.Module):
     video's own cross-scale pairs, the detail a close-up shows that a wider view lacks). Each
     target layer has its learned step size, log-parametrised so it stays positive. Training
     differentiates through the steps (second order) unless first_order is set. The step sizes
-    exist in direct mode too, so a direct checkpoint can be refined at inference."""
+    exist in direct mode too, so a direct checkpoint can be refined at inference.
+
+    With `normalize`, a step moves each factor by its gradient over the gradient's root mean
+    square (per video and factor: the size of Adam's first step) times the step size. A plain
+    step is ill-conditioned here: the factors' gradients differ by orders of magnitude between
+    layers, so on validation recurrence videos no step size gave one plain step more than +0.01
+    dB, while normalised steps reached +0.05 (one), +0.13 (three) and +0.21 (ten) of a fitted
+    LoRA's +0.31 (experiments/content_memory)."""
 
     def __init__(
-        self, *, spec: LoRASpec, mode: str, steps: int, lr: float, first_order: bool, blur: float = 1.0
+        self,
+        *,
+        spec: LoRASpec,
+        mode: str,
+        steps: int,
+        lr: float,
+        first_order: bool,
+        blur: float = 1.0,
+        normalize: bool = False,
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"hypernet.refine.mode={mode!r} is not known; choose one of {list(MODES)}")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"hypernet.refine.normalize={normalize!r} must be true or false")
         self.spec = spec
-        self.mode, self.steps, self.first_order = mode, steps, first_order
+        self.mode, self.steps, self.first_order, self.normalize = mode, steps, first_order, normalize
         self.log_lr = nn.Parameter(torch.full((len(spec.targets),), math.log(lr)))
         if mode == "crossscale":  # only here, so the other modes' checkpoints hold what they always held
             if isinstance(blur, bool) or not (isinstance(blur, int | float) and 0.2 <= blur <= 2.0):
@@ -225,6 +248,8 @@ class Refine(nn.Module):
                 )
             if not second_order:
                 grads = [g.detach() for g in grads]
+            if self.normalize:
+                grads = [g / rms_per_video(g) for g in grads]
             current = {
                 n: (
                     current[n][0] - step_sizes[i] * grads[2 * i],

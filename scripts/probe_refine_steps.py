@@ -1,0 +1,153 @@
+"""How large must a refine step on a video's close-ups be to help its wide shot, and is what it
+learns the video's content or only the group's degradation?
+
+    .venv/bin/python scripts/probe_refine_steps.py CHECKPOINT [--videos 8] [-o DIR]
+
+A stage-2 checkpoint's generated adapters on validation recurrence videos
+(`VSRDataModule.recurrence_videos(split="val")`: scenes of other seeds than the test group's,
+the same degradation), refined by k crossscale steps on each video's close-ups at a common step
+size, plain (the gradient times the step size, as refine mode takes it) and normalised (the
+gradient over its RMS per factor, `hypernet.refine.normalize`). Each is scored on the wide shot
+(PSNR-Y over the base), beside the internal-learning reference (a LoRA fitted on the close-ups,
+100 Adam steps: eval's `crossscale`); for normalised steps also the video's own refined adapters
+over its neighbour's (same degradation, other content). Writes probe.csv (every video, every
+setting) and probe.md (means +- s.e.) to DIR. experiments/content_memory/run.sh runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from hypernet.adaptation import finetune_adapters
+from hypernet.config import compose_config
+from hypernet.data.datamodule import check_data
+from hypernet.data.recurrence import crossscale_pairs
+from hypernet.files import atomic_write_text
+from hypernet.metrics import gain_summary, video_metrics
+from hypernet.models.lora import Adapters
+from hypernet.runs import write_table_csv
+from hypernet.sr import adapted_sr, inner_loss
+from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet, rms_per_video
+
+PLAIN_SIZES = (1.0, 10.0, 100.0, 1000.0)  # multiples of the checkpoint's learned step sizes
+NORMALISED_SIZES = (3e-4, 1e-3, 3e-3, 1e-2)
+COUNTS = (1, 3, 10)
+
+
+def stepped(system, item: dict, *, count: int, size: float, normalize: bool) -> Adapters:
+    """The generated adapters after `count` first-order crossscale steps on the item's close-ups:
+    plain steps at `size` times the checkpoint's per-layer step sizes, normalised ones at `size`."""
+    base, spec, names = system.base, system.spec, list(system.spec.names)
+    context = item["context"][None]
+    with torch.no_grad():
+        current = system.generator(
+            system.encoder.encode_context(context, item["context_times"][None], item["degradation"][None])
+        )
+    learned = system.refine.log_lr.exp().detach()
+    blur = system.refine.log_blur.exp().detach() if hasattr(system.refine, "log_blur") else None
+    for _ in range(count):
+        current = {n: tuple(t.detach().requires_grad_(True) for t in current[n]) for n in names}
+        with torch.enable_grad():
+            loss = inner_loss(
+                base, spec, current, context, weights=item["context_closeup"][None], blur_sigma=blur
+            )
+            grads = torch.autograd.grad(loss, [t for n in names for t in current[n]])
+        if normalize:
+            steps = [size * g / rms_per_video(g) for g in grads]
+        else:
+            steps = [size * learned[i // 2] * g for i, g in enumerate(grads)]
+        current = {
+            n: (current[n][0] - steps[2 * i], current[n][1] - steps[2 * i + 1]) for i, n in enumerate(names)
+        }
+    return {n: (a.detach(), b.detach()) for n, (a, b) in current.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--videos", type=int, default=8, help="validation recurrence videos")
+    parser.add_argument("--steps", type=int, default=100, help="the reference's Adam steps")
+    parser.add_argument("-o", "--out", type=Path, default=Path("outputs/step_probe"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    overrides = [
+        f"checkpoint={args.checkpoint}",
+        f"data.test_recurrence={args.videos}",
+        "data.test_recurrence_hr=192",
+    ]
+    system = load_hypernet(args.checkpoint, option="checkpoint=").eval()
+    cfg = fed_as_trained(compose_config("eval", overrides), system)
+    videos = check_data(cfg, stages=("validate",)).recurrence_set(split="val")
+    items = [videos[i] for i in range(len(videos))]
+    base, spec = system.base, system.spec
+
+    def psnr(item: dict, adapters: Adapters | None) -> float:
+        with torch.no_grad():
+            sr = adapted_sr(base, spec, adapters, item["lr"][None]).clamp(0, 1)
+        return video_metrics(sr, item["hr"][None], crop_border=cfg.crop_border)["psnr_y"].item()
+
+    rows = []
+    base_psnr = [psnr(item, None) for item in items]
+    settings = [("plain", c, s) for c in COUNTS for s in PLAIN_SIZES] + [
+        ("normalised", c, s) for c in COUNTS for s in NORMALISED_SIZES
+    ]
+    for kind, count, size in [("generated", 0, 0.0), *settings]:
+        refined = [
+            stepped(system, it, count=count, size=size, normalize=kind == "normalised") for it in items
+        ]
+        for i, item in enumerate(items):
+            row = {"video_id": item["video_id"], "kind": kind, "steps": count, "size": size}
+            row["gain_y"] = psnr(item, refined[i]) - base_psnr[i]
+            if kind == "normalised":
+                row["own_over_other_y"] = (
+                    row["gain_y"] + base_psnr[i] - psnr(item, refined[(i + 1) % len(items)])
+                )
+            rows.append(row)
+        print(
+            kind,
+            count,
+            size,
+            f"{sum(r['gain_y'] for r in rows[-len(items) :]) / len(items):+.3f}",
+            flush=True,
+        )
+    for i, item in enumerate(items):
+        inputs, targets = crossscale_pairs(
+            item["closeups"], item["degradation"], clip_len=item["lr"].shape[0], seed=0
+        )
+        fitted = finetune_adapters(
+            base, spec, inputs, hr=targets, steps=args.steps, learning_rate=cfg.finetune_lr
+        )
+        rows.append(
+            {"video_id": item["video_id"], "kind": "reference", "steps": args.steps, "size": cfg.finetune_lr,
+             "gain_y": psnr(item, fitted) - base_psnr[i]}
+        )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_table_csv(args.out / "probe.csv", rows)
+
+    def cell(values: list[float]) -> str:
+        s = gain_summary(values)
+        return f"{s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} ({int(s['videos_improved'])}/{len(values)})"
+
+    lines = [
+        f"# Refine steps on the close-ups: {len(items)} validation recurrence videos",
+        "",
+        f"`{Path(args.checkpoint).as_posix()}`'s adapters; wide shot PSNR-Y over the base, mean +- s.e. "
+        "(videos improved). Plain sizes are multiples of the checkpoint's learned step sizes; "
+        "normalised sizes are the RMS each factor moves by a step.",
+        "",
+        "| steps | kind | size | gain | own - neighbour's |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, count, size in [("generated", 0, 0.0), *settings, ("reference", args.steps, cfg.finetune_lr)]:
+        chosen = [r for r in rows if (r["kind"], r["steps"], r["size"]) == (kind, count, size)]
+        other = cell([r["own_over_other_y"] for r in chosen]) if kind == "normalised" else ""
+        lines.append(f"| {count} | {kind} | {size:g} | {cell([r['gain_y'] for r in chosen])} | {other} |")
+    atomic_write_text(args.out / "probe.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
