@@ -3,8 +3,8 @@ distant shot of the same video, and how much of the internal-learning reference 
 
     .venv/bin/python scripts/collect_content_memory.py [--runs outputs/content_memory] [-o experiments/content_memory]
 
-Reads each model's `hypernet.eval` folder (eval_<model>/: results.csv, metrics.json) and its
-training run's selection record (<model>/metrics.json), and writes beside the study's run.sh:
+Reads each model's `hypernet.eval` folder (eval_<model>/: results.csv, metrics.json) and writes
+beside the study's run.sh:
 
     results.md      per model, on test/recurrence (the wide shots scored): the hypernet's gain over
                     the base, its own adapters over another video's, with its close-ups over
@@ -16,6 +16,8 @@ training run's selection record (<model>/metrics.json), and writes beside the st
     (and, when run: mixed_s0 on the benchmark at HR 96, eval_mixed_s0_hr96/; both_s0 with its
     learned guard on the real-size groups, guard_both_s0/ and eval_real_both_s0/)
     memory.png      the recurrence group's gains by model: the hypernet and its controls
+    step_probe.csv  the step probe's rows (step_probe/, scripts/probe_refine_steps.py), its table
+                    in results.md
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ MODELS = {
     "mixed_s0": "hyper_content as it was: HR 96, no recurrence videos, pooled encoder",
     "pooled_s0": "HR 192, half the training videos recurrence videos, pooled encoder",
     "grid_s0": "recurrence videos, spatial tokens (grid 4, 16 latents)",
-    "crossscale_s0": "recurrence videos, one refine step on the close-ups",
-    "both_s0": "recurrence videos, spatial tokens and the refine step",
+    "both_plain_s0": "recurrence videos, spatial tokens and one plain refine step on the close-ups",
+    "crossscale_s0": "recurrence videos, three normalised refine steps on the close-ups",
+    "both_s0": "recurrence videos, spatial tokens and the three normalised steps",
     "both_s1": "the same, seed 1",
 }
 CONTROLS = ("hypernet_other", "hypernet_without_closeups", "crossscale", "oracle")
@@ -125,6 +128,17 @@ def no_harm_lines(runs: Path) -> list[str]:
     return lines
 
 
+def probe_lines(runs: Path, out: Path) -> list[str]:
+    """The step probe (scripts/probe_refine_steps.py on both_plain_s0, validation recurrence
+    videos): its table, and its per-video rows copied beside the results."""
+    folder = runs / "step_probe"
+    if not (folder / "probe.md").is_file():
+        return []
+    write_table_csv(out / "step_probe.csv", read_table_csv(folder / "probe.csv"))
+    table = (folder / "probe.md").read_text().splitlines()
+    return ["", "## Why normalised steps: the step probe (validation videos, step_probe.csv)", "", *table[2:]]
+
+
 def plot(path: Path, tables: dict[str, dict]) -> None:
     import matplotlib
 
@@ -195,6 +209,7 @@ def collect(runs: Path, out: Path) -> None:
     lines += frame_size_lines(runs, tables.get("mixed_s0"))
     lines += no_harm_lines(runs)
     out.mkdir(parents=True, exist_ok=True)
+    lines += probe_lines(runs, out)
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     write_table_csv(out / "per_video.csv", per_video)
     atomic_write_text(out / "metrics.json", json.dumps(all_metrics, indent=1, sort_keys=True) + "\n")
