@@ -62,6 +62,7 @@ FLAT_HYPERNET_DEFAULTS = {
     "context_tile": None,
     "grid": 0,
     "blur": 1.0,
+    "normalize": False,
 }
 # one flat hypernet option -> (part, option in that part)
 HYPERNET_OPTIONS = {
@@ -86,6 +87,7 @@ HYPERNET_OPTIONS = {
     "inner_lr": ("refine", "lr"),
     "first_order": ("refine", "first_order"),
     "blur": ("refine", "blur"),
+    "normalize": ("refine", "normalize"),
 }
 TARGETS = {
     "lora": "hypernet.models.lora.find_targets",

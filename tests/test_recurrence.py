@@ -129,6 +129,15 @@ def test_a_source_too_small_for_the_zoom_says_so():
         (dict(test_recurrence_hr=34), r"data.test_recurrence_hr=34 must be divisible by data.scale=4"),
         (dict(test_recurrence_hr=1024), r"data.test_recurrence_hr=1024 .* at most 512"),
         (dict(test_recurrence_hr=8), r"data.test_recurrence_hr=8"),
+        (dict(val_recurrence=-1), r"data.val_recurrence=-1"),
+        (
+            dict(val_recurrence=1, num_frames=14, test_recurrence=0),
+            r"data.val_recurrence: .* data.num_frames >= 15",
+        ),
+        (
+            dict(val_recurrence=1, hr_size=640, test_recurrence=0),
+            r"data.val_recurrence=1 with data.hr_size=640",
+        ),
     ],
 )
 def test_bad_recurrence_options_name_the_option(options, message):
@@ -241,15 +250,35 @@ def test_stage2_trains_on_recurrence_videos_with_both_mechanisms(tiny_checkpoint
         "data.val_source=procedural",
         "data.num_frames=15",
         "data.test_recurrence=1",
+        "data.val_recurrence=1",
         "data.test_source=procedural",
         "hypernet.encoder.grid=2",
         "hypernet.refine.mode=crossscale",
     )
+    with open(tmp_path / "memory" / "val_videos.csv") as f:  # selection saw a recurrence video
+        assert "recurrence-val0" in {row["video_id"] for row in csv.DictReader(f)}
     metrics = json.loads((tmp_path / "memory" / "metrics.json").read_text())
     for key in ("gain_y", "closeups_over_without_y", "own_over_shuffled_y"):
         assert f"test/recurrence/{key}" in metrics, key
     state = torch.load(tmp_path / "memory" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert "refine.log_blur" in state and "encoder.tokenizer.cell_embedding" in state
+
+
+def test_validation_holds_recurrence_videos_read_as_training_reads_them():
+    """data.val_recurrence adds recurrence videos of other seeds than the test group's to the
+    validation videos, at data.hr_size: their items hold what training items hold (close-ups marked,
+    no control frames), so they batch with the procedural scenes' items."""
+    options = {**RECURRENCE_DATA, "val_source": "procedural", "val_procedural_videos": 2}
+    assert len(VSRDataModule(**options).build_val_set()) == 2
+    datamodule = VSRDataModule(**options, val_recurrence=2)
+    val_set = datamodule.build_val_set()
+    ids = [v.video_id for v in val_set.videos]
+    assert ids == ["procedural-val-0", "procedural-val-1", "recurrence-val0", "recurrence-val1"]
+    assert not set(ids) & {v.video_id for v in datamodule.recurrence_videos()}
+    assert val_set.videos[-1].hr_size == (32, 32)
+    batch = next(iter(torch.utils.data.DataLoader(val_set, batch_size=4)))
+    assert batch["lr"].shape[0] == 4 and "closeups" not in batch and "context_without_closeups" not in batch
+    assert not batch["context_closeup"][:2].any() and batch["context_closeup"][2:].any(dim=1).all()
 
 
 def test_the_group_has_its_own_frame_size_and_keeps_the_photos_that_fit():

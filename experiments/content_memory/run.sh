@@ -21,7 +21,9 @@
 # without its close-ups, the internal-learning reference (a LoRA fitted on the video's close-ups,
 # LR only, 100 steps) and the oracle (a LoRA fitted on the wide shots' HR, 100 steps); then
 # both_s0's learned guard and the real-size groups with it. Selection (best.ckpt) uses fixed
-# procedural validation scenes; the test videos choose nothing.
+# validation videos: hyper_memory's 16 procedural scenes and 16 recurrence videos (data.val_recurrence,
+# other seeds than the test group's), so that it sees the steps on the close-ups; the test videos
+# choose nothing.
 # Runs go to outputs/content_memory/; scripts/collect_content_memory.py writes the tables here.
 # A finished run or evaluation (metrics.json) is skipped and an interrupted run resumes from its
 # last.ckpt (exactly: tests/test_scale_out.py), so the script resumes where it stopped.
@@ -67,7 +69,9 @@ queue_a() {
   small
 }
 queue_b() {
-  train both_plain_s0 experiment=hyper_memory $base "${grid[@]}" $plain seed=0 && evaluate both_plain_s0
+  # as first trained: selected on the procedural validation scenes alone (data.val_recurrence=0)
+  train both_plain_s0 experiment=hyper_memory $base "${grid[@]}" $plain data.val_recurrence=0 seed=0 \
+    && evaluate both_plain_s0
   probe
   train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
   train both_s0 experiment=hyper_memory $base "${grid[@]}" "${crossscale[@]}" seed=0 && evaluate both_s0

@@ -235,6 +235,7 @@ class VSRDataModule(L.LightningDataModule):
         val_videos_per_image: int = 4,
         val_videos: int = 2,
         val_procedural_videos: int = 16,
+        val_recurrence: int = 0,
         test_shots: int = 0,
         test_large_hr: int | None = None,
         test_real_sides: Sequence[int] = (),
@@ -367,6 +368,27 @@ class VSRDataModule(L.LightningDataModule):
                 f"{option}={self.recurrence_hr}: recurrence videos are drawn on canvases {SCENE_CANVAS:g} frames "
                 f"wide, so their frames may be at most {MAX_RECURRENCE_HR} pixels; set data.test_recurrence_hr"
             )
+        check_count(
+            "val_recurrence",
+            val_recurrence,
+            0,
+            "recurrence videos added to the validation videos, 0 for none",
+        )
+        if val_recurrence:
+            check_recurrence_frames(num_frames=num_frames, clip_len=clip_len, option="data.val_recurrence")
+            if self.val_source not in ("procedural", "stills"):
+                raise ValueError(
+                    f"data.val_recurrence={val_recurrence} adds recurrence videos of data.hr_size to the validation "
+                    f"batches, and data.val_source={self.val_source} videos have their own sizes: validate on "
+                    "procedural or stills, or set data.val_recurrence=0"
+                )
+            if hr_size > MAX_RECURRENCE_HR:
+                raise ValueError(
+                    f"data.val_recurrence={val_recurrence} with data.hr_size={hr_size}: recurrence videos are drawn "
+                    f"on canvases {SCENE_CANVAS:g} frames wide, so their frames may be at most {MAX_RECURRENCE_HR} "
+                    "pixels"
+                )
+        self.val_recurrence = val_recurrence
         if test_recurrence and test_source is None:
             raise ValueError(
                 f"data.test_recurrence={test_recurrence} scores a test group, and data.test_source is null (no test "
@@ -553,20 +575,25 @@ class VSRDataModule(L.LightningDataModule):
                 videos.append(self._still_video(path, pyramid, seed, side * self.scale, f"{path.stem}{side}"))
         return videos
 
-    def recurrence_videos(self, *, split: str = "test") -> list:
-        """The videos of the recurrence group (recurrence.py): data.test_recurrence procedural
-        scenes, then (test_source=stills) RECURRENCE_PHOTO_VIDEOS of every held-out photograph
-        large enough for the zoom, all at data.test_recurrence_hr (or data.hr_size). `split="val"` draws other scenes from
-        other seeds (and no photographs), to study a method on without touching the test videos."""
+    def recurrence_videos(
+        self, *, split: str = "test", count: int | None = None, frame_size: int | None = None
+    ) -> list:
+        """The videos of the recurrence group (recurrence.py): `count` (data.test_recurrence)
+        procedural scenes, then (test_source=stills) RECURRENCE_PHOTO_VIDEOS of every held-out
+        photograph large enough for the zoom, all at `frame_size` (data.test_recurrence_hr, or
+        data.hr_size). `split="val"` draws other scenes from other seeds (and no photographs): the
+        validation videos of data.val_recurrence, and the videos to study a method on without
+        touching the test videos."""
+        frame_size = frame_size or self.recurrence_hr
         videos = []
-        for j in range(self.test_recurrence):
+        for j in range(self.test_recurrence if count is None else count):
             video_id = f"recurrence-{j}" if split == "test" else f"recurrence-{split}{j}"
             videos.append(
                 recurrence_scene(
                     stable_seed(self.val_seed, "recurrence", split, j) % (2**31),
                     self.procedural,
                     num_frames=self.num_frames,
-                    frame_size=self.recurrence_hr,
+                    frame_size=frame_size,
                     video_id=video_id,
                 )
             )
@@ -582,7 +609,7 @@ class VSRDataModule(L.LightningDataModule):
                         pyramid,
                         seed,
                         num_frames=self.num_frames,
-                        frame_size=self.recurrence_hr,
+                        frame_size=frame_size,
                         video_id=f"recurrence-{path.stem}-{j}",
                     )
                 except RecurrenceError:
@@ -615,10 +642,17 @@ class VSRDataModule(L.LightningDataModule):
             videos.append(self._scene(seed, side * self.scale, f"scene{side}-g{j}"))
         return videos
 
-    def evaluation_set(self, videos: list, degradation: DegradationConfig | None = None) -> VideoListDataset:
-        # evaluation clips are whole frames: no patch crop, fixed context
+    def evaluation_set(
+        self, videos: list, degradation: DegradationConfig | None = None, *, controls: bool = True
+    ) -> VideoListDataset:
+        """Evaluation clips are whole frames: no patch crop, fixed context. Without `controls`, a
+        recurrence video's item holds what a training item holds (no control frames), so that it
+        batches with other videos' items."""
         sample = SampleConfig(
-            clip_len=self.sample.clip_len, context_frames=self.sample.context_frames, patch_size=None
+            clip_len=self.sample.clip_len,
+            context_frames=self.sample.context_frames,
+            patch_size=None,
+            controls=controls,
         )
         degradation = degradation or self.degradation
         return VideoListDataset(videos, sample=sample, degradation=degradation, seed=self.val_seed)
@@ -640,7 +674,10 @@ class VSRDataModule(L.LightningDataModule):
             videos = self.procedural_videos(self.val_procedural_videos)
         else:
             videos = self._file_videos(self.val_source, "val")
-        return self.evaluation_set(videos)
+        # recurrence videos as training draws them (half of hyper_memory's): the steps a refine
+        # crossscale model takes on their close-ups count in its selection
+        videos += self.recurrence_videos(split="val", count=self.val_recurrence, frame_size=self.hr_size)
+        return self.evaluation_set(videos, controls=False)
 
     def build_test_sets(self) -> dict[str, VideoListDataset]:
         """Test groups by name: single (the main test), multishot, large, recurrence, real_*."""

@@ -153,6 +153,7 @@ def plan_sample(
     context_frames: int,
     patch_size: int | None,
     rng: np.random.Generator | None,
+    controls: bool = True,
 ) -> SamplePlan:
     """The choices of one item of a video (module docstring). rng=None: deterministic centre clip,
     full frames."""
@@ -180,7 +181,7 @@ def plan_sample(
     start = low + (high - low - clip_len) // 2 if centred else int(rng.integers(low, high - clip_len + 1))
     context = spread_indices(video.num_frames, context_frames, rng) if context_frames else []
     extra = {}
-    if rng is None and hasattr(video, "control_frames"):  # a recurrence video's evaluation item
+    if rng is None and controls and hasattr(video, "control_frames"):  # a recurrence video's test item
         extra = video.control_frames(context_frames=context_frames, clip_len=clip_len)
     # training draws flip and transpose the whole video alike (BasicSR's hflip/rot augmentation)
     flips = [] if rng is None else [dim for dim in (-1, -2) if rng.random() < 0.5]
@@ -268,6 +269,7 @@ class SampleConfig:
     clip_len: int = 5
     context_frames: int = 8
     patch_size: int | None = None  # LR patch side; None = full frames
+    controls: bool = True  # a recurrence video's evaluation item holds its controls' frames
 
 
 FRESH_SOURCES = (
