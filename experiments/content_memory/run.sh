@@ -63,8 +63,8 @@ crossscale=(hypernet.refine.mode=crossscale hypernet.refine.normalize=true hyper
 # each model is evaluated as soon as it is trained, so that results arrive while the rest train
 queue_a() {
   train mixed_s0 experiment=hyper_content $base seed=0 && evaluate mixed_s0
-  train pooled_s0 experiment=hyper_memory $base seed=0 && evaluate pooled_s0
   train crossscale_s0 experiment=hyper_memory $base "${crossscale[@]}" seed=0 && evaluate crossscale_s0
+  train pooled_s0 experiment=hyper_memory $base seed=0 && evaluate pooled_s0
   train both_s1 experiment=hyper_memory $base "${grid[@]}" "${crossscale[@]}" seed=1 && evaluate both_s1
   small
 }
@@ -73,8 +73,8 @@ queue_b() {
   train both_plain_s0 experiment=hyper_memory $base "${grid[@]}" $plain data.val_recurrence=0 seed=0 \
     && evaluate both_plain_s0
   probe
-  train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
   train both_s0 experiment=hyper_memory $base "${grid[@]}" "${crossscale[@]}" seed=0 && evaluate both_s0
+  train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
 }
 # the step probe: both_plain_s0's adapters on 8 validation recurrence videos, refined by plain and
 # normalised steps of several sizes and counts, beside the fitted LoRA (scripts/probe_refine_steps.py)
