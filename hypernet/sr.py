@@ -6,6 +6,8 @@ scripts."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +61,23 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, *, radius: int = 4) -> t
     return flat.view(x.shape)
 
 
+# Immerkaer's operator: a difference of two Laplacians that cancels smooth image structure and
+# keeps white noise (Immerkaer 1996, "Fast noise variance estimation")
+IMMERKAER = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+
+
+def noise_level(frames: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Each of V videos' noise sigma (V,), estimated from its LR frames (V, K, C, h, w) by
+    Immerkaer's method per channel, the frames averaged with `weights` (V, K). Texture adds to it
+    (a clean detailed frame reads about 0.005), so its users scale it by a learned gain."""
+    v, k, c, h, w = frames.shape
+    kernel = IMMERKAER.to(frames)[None, None].expand(c, 1, 3, 3)
+    response = F.conv2d(frames.reshape(v * k, c, h, w), kernel, groups=c)
+    sigma = (math.sqrt(math.pi / 2) / 6) * response.abs().mean(dim=(1, 2, 3)).reshape(v, k)
+    weights = torch.ones_like(sigma) if weights is None else weights.to(sigma.dtype)
+    return (sigma * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+
 def inner_loss(
     base: nn.Module,
     spec: LoRASpec,
@@ -67,15 +86,24 @@ def inner_loss(
     *,
     weights: torch.Tensor | None = None,
     blur_sigma: torch.Tensor | None = None,
+    noise_sigma: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The refine steps' loss over V videos' LR frames (V, K, C, h, w), each read as a training pair
     of its own: degraded once more (blurred by blur_sigma when given, MATLAB bicubic down by the
-    scale) and upscaled back by the adapted base, it should give the frame again (ZSSR's pairs;
-    from a close-up, the detail a wider view of it lacks). A video's frames are averaged,
-    weighted by `weights` (V, K) (its close-ups alone, say; none: every frame), and the videos
-    summed, so a video's steps do not depend on which other videos share its batch."""
+    scale, with noise of each video's noise_sigma (V,) when given) and upscaled back by the adapted
+    base, it should give the frame again (ZSSR's pairs; from a close-up, the detail a wider view
+    of it lacks). Downscaling averages a frame's noise away, so without noise_sigma the pairs
+    teach a noisy video's adapters to upscale clean input, not the noisy frames they will meet.
+    The noise is one fixed pattern (seed 0) for every video, so that a video's steps are the same
+    in any batch and on any run. A video's frames are averaged, weighted by `weights` (V, K) (its
+    close-ups alone, say; none: every frame), and the videos summed, so a video's steps do not
+    depend on which other videos share its batch."""
     source = frames if blur_sigma is None else gaussian_blur(frames, blur_sigma)
-    lower = imresize(source, scale=1 / base.scale).clamp(0, 1)
+    lower = imresize(source, scale=1 / base.scale)
+    if noise_sigma is not None:
+        pattern = torch.randn(lower.shape[1:], generator=torch.Generator().manual_seed(0)).to(lower)
+        lower = lower + noise_sigma.to(lower.dtype).reshape(-1, 1, 1, 1, 1) * pattern
+    lower = lower.clamp(0, 1)
     height, width = lower.shape[-2] * base.scale, lower.shape[-1] * base.scale
     upscaled = adapted_sr(base, spec, adapters, lower)
     error = torch.sqrt((upscaled - frames[..., :height, :width]) ** 2 + 1e-6).mean(dim=(-3, -2, -1))  # (V, K)

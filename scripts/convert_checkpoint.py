@@ -63,6 +63,7 @@ FLAT_HYPERNET_DEFAULTS = {
     "grid": 0,
     "blur": 1.0,
     "normalize": False,
+    "noise": False,
 }
 # one flat hypernet option -> (part, option in that part)
 HYPERNET_OPTIONS = {
@@ -88,6 +89,7 @@ HYPERNET_OPTIONS = {
     "first_order": ("refine", "first_order"),
     "blur": ("refine", "blur"),
     "normalize": ("refine", "normalize"),
+    "noise": ("refine", "noise"),
 }
 TARGETS = {
     "lora": "hypernet.models.lora.find_targets",

@@ -10,8 +10,13 @@ size, plain (the gradient times the step size, as refine mode takes it) and norm
 gradient over its RMS per factor, `hypernet.refine.normalize`). Each is scored on the wide shot
 (PSNR-Y over the base), beside the internal-learning reference (a LoRA fitted on the close-ups,
 100 Adam steps: eval's `crossscale`); for normalised steps also the video's own refined adapters
-over its neighbour's (same degradation, other content). Writes probe.csv (every video, every
-setting) and probe.md (means +- s.e.) to DIR. experiments/content_memory/run.sh runs it.
+over its neighbour's (same degradation, other content).
+
+Then noise: on 16 validation recurrence videos under the training family's degradations (each
+its own blur and noise, as `data.val_recurrence` draws them), three normalised steps of 3e-3 on
+pairs without noise, with noise at the video's estimated level (`sr.noise_level`) times 0.5, 1
+and 1.5, and at its true level. Writes probe.csv and noise.csv (every video, every setting) and
+probe.md (means +- s.e.) to DIR. experiments/content_memory/run.sh runs it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from hypernet.files import atomic_write_text
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters
 from hypernet.runs import write_table_csv
-from hypernet.sr import adapted_sr, inner_loss
+from hypernet.sr import adapted_sr, inner_loss, noise_level
 from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet, rms_per_video
 
 PLAIN_SIZES = (1.0, 10.0, 100.0, 1000.0)  # multiples of the checkpoint's learned step sizes
@@ -37,9 +42,12 @@ NORMALISED_SIZES = (3e-4, 1e-3, 3e-3, 1e-2)
 COUNTS = (1, 3, 10)
 
 
-def stepped(system, item: dict, *, count: int, size: float, normalize: bool) -> Adapters:
+def stepped(
+    system, item: dict, *, count: int, size: float, normalize: bool, noise_sigma: torch.Tensor | None = None
+) -> Adapters:
     """The generated adapters after `count` first-order crossscale steps on the item's close-ups:
-    plain steps at `size` times the checkpoint's per-layer step sizes, normalised ones at `size`."""
+    plain steps at `size` times the checkpoint's per-layer step sizes, normalised ones at `size`;
+    the pairs' inputs with noise of `noise_sigma` (1,) when given."""
     base, spec, names = system.base, system.spec, list(system.spec.names)
     context = item["context"][None]
     with torch.no_grad():
@@ -52,7 +60,13 @@ def stepped(system, item: dict, *, count: int, size: float, normalize: bool) -> 
         current = {n: tuple(t.detach().requires_grad_(True) for t in current[n]) for n in names}
         with torch.enable_grad():
             loss = inner_loss(
-                base, spec, current, context, weights=item["context_closeup"][None], blur_sigma=blur
+                base,
+                spec,
+                current,
+                context,
+                weights=item["context_closeup"][None],
+                blur_sigma=blur,
+                noise_sigma=noise_sigma,
             )
             grads = torch.autograd.grad(loss, [t for n in names for t in current[n]])
         if normalize:
@@ -63,6 +77,52 @@ def stepped(system, item: dict, *, count: int, size: float, normalize: bool) -> 
             n: (current[n][0] - steps[2 * i], current[n][1] - steps[2 * i + 1]) for i, n in enumerate(names)
         }
     return {n: (a.detach(), b.detach()) for n, (a, b) in current.items()}
+
+
+NOISE_GAINS = (0.5, 1.0, 1.5)
+
+
+def noise_lines(system, datamodule, psnr, cell, out: Path) -> list[str]:
+    """Three normalised steps of 3e-3 on pairs without noise, with the estimated noise at
+    NOISE_GAINS, and with the true noise, on 16 validation recurrence videos of the training
+    family's degradations; noise.csv and the table's lines."""
+    videos = datamodule.evaluation_set(
+        datamodule.recurrence_videos(split="val", count=16, frame_size=192), controls=False
+    )
+    items = [videos[i] for i in range(len(videos))]
+    settings = {"none": lambda item: None}
+    for gain in NOISE_GAINS:
+        settings[f"estimated x{gain:g}"] = lambda item, gain=gain: (
+            gain * noise_level(item["context"][None], item["context_closeup"][None])
+        )
+    settings["true"] = lambda item: item["degradation"][2:3]
+    rows = []
+    for item in items:
+        base = psnr(item, None)
+        for name, sigma in settings.items():
+            adapters = stepped(system, item, count=3, size=3e-3, normalize=True, noise_sigma=sigma(item))
+            rows.append(
+                {
+                    "video_id": item["video_id"],
+                    "noise": name,
+                    "true_sigma": item["degradation"][2].item(),
+                    "gain_y": psnr(item, adapters) - base,
+                }
+            )
+    write_table_csv(out / "noise.csv", rows)
+    lines = [
+        "",
+        f"Noise in the pairs: {len(items)} validation recurrence videos, each with its own blur and noise "
+        "(the training family's), three normalised steps of 3e-3; wide shot PSNR-Y over the base:",
+        "",
+        "| pairs' noise | gain | videos with noise >= 0.025: gain |",
+        "|---|---|---|",
+    ]
+    for name in settings:
+        chosen = [r for r in rows if r["noise"] == name]
+        noisy = [r["gain_y"] for r in chosen if r["true_sigma"] >= 0.025]
+        lines.append(f"| {name} | {cell([r['gain_y'] for r in chosen])} | {cell(noisy)} |")
+    return lines
 
 
 def main() -> None:
@@ -80,7 +140,8 @@ def main() -> None:
     ]
     system = load_hypernet(args.checkpoint, option="checkpoint=").eval()
     cfg = fed_as_trained(compose_config("eval", overrides), system)
-    videos = check_data(cfg, stages=("validate",)).recurrence_set(split="val")
+    datamodule = check_data(cfg, stages=("validate",))
+    videos = datamodule.recurrence_set(split="val")
     items = [videos[i] for i in range(len(videos))]
     base, spec = system.base, system.spec
 
@@ -145,6 +206,7 @@ def main() -> None:
         chosen = [r for r in rows if (r["kind"], r["steps"], r["size"]) == (kind, count, size)]
         other = cell([r["own_over_other_y"] for r in chosen]) if kind == "normalised" else ""
         lines.append(f"| {count} | {kind} | {size:g} | {cell([r['gain_y'] for r in chosen])} | {other} |")
+    lines += noise_lines(system, datamodule, psnr, cell, args.out)
     atomic_write_text(args.out / "probe.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -74,14 +74,16 @@ def test_identity_at_initialisation(base_ckpt, mode):
         assert torch.equal(system.sr(batch["lr"], adapters), system.sr(batch["lr"], None))
 
 
-REFINED = [("refine", False), ("crossscale", False), ("crossscale", True)]  # (mode, normalize)
+# (mode, normalize, noise)
+REFINED = [("refine", False, False), ("crossscale", False, False), ("crossscale", True, True)]
 
 
-@pytest.mark.parametrize(("mode", "normalize"), REFINED)
-def test_refine_second_order_gradient_matches_finite_differences(base_ckpt, mode, normalize):
+@pytest.mark.parametrize(("mode", "normalize", "noise"), REFINED)
+def test_refine_second_order_gradient_matches_finite_differences(base_ckpt, mode, normalize, noise):
     """The SR loss's gradient reaches the hypernetwork through the inner steps: the step sizes and
     (crossscale) the blur act on the adapters only through those steps, and match finite
-    differences, as does the generator's gate; normalised steps too."""
+    differences, as does the generator's gate; normalised steps on noisy pairs too, with the
+    noise's gain."""
     torch.manual_seed(0)
     system = (
         tiny_system(
@@ -90,6 +92,7 @@ def test_refine_second_order_gradient_matches_finite_differences(base_ckpt, mode
             "hypernet.refine.steps=2",
             "hypernet.refine.lr=0.5",
             f"hypernet.refine.normalize={normalize}",
+            f"hypernet.refine.noise={noise}",
         )
         .double()
         .train()
@@ -108,6 +111,8 @@ def test_refine_second_order_gradient_matches_finite_differences(base_ckpt, mode
     checked = [(system.refine.log_lr, 0), (system.generator.gates, 1)]
     if mode == "crossscale":
         checked.append((system.refine.log_blur, ()))
+    if noise:
+        checked.append((system.refine.log_noise_gain, ()))
     for param, index in checked:
         analytic = param.grad[index].item()
         assert analytic != 0
@@ -307,8 +312,8 @@ def test_stage2_optimizer_steps_the_hypernet_as_the_per_tensor_adam_does(base_ck
         torch.testing.assert_close(param.detach(), copy.detach(), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize(("mode", "normalize"), REFINED)
-def test_a_videos_refined_adapters_do_not_depend_on_its_batch(base_ckpt, mode, normalize):
+@pytest.mark.parametrize(("mode", "normalize", "noise"), REFINED)
+def test_a_videos_refined_adapters_do_not_depend_on_its_batch(base_ckpt, mode, normalize, noise):
     """The inner loss sums the videos' own means, and a normalised step divides by each video's own
     RMS: a video refined alone takes the steps it takes beside others (a mean over the batch
     would make its step size shrink with the batch)."""
@@ -318,6 +323,7 @@ def test_a_videos_refined_adapters_do_not_depend_on_its_batch(base_ckpt, mode, n
             f"hypernet.refine.mode={mode}",
             "hypernet.refine.lr=0.5",
             f"hypernet.refine.normalize={normalize}",
+            f"hypernet.refine.noise={noise}",
         )
         .double()
         .eval()
@@ -358,8 +364,24 @@ def test_a_normalised_step_moves_each_factor_by_its_step_size(base_ckpt):
             torch.testing.assert_close(rms, torch.full_like(rms, step), rtol=1e-6, atol=0)
             plain_moved = (plain_refined[name][f] - generated[name][f]).flatten(1)
             assert (torch.nn.functional.cosine_similarity(moved.flatten(1), plain_moved) > 1 - 1e-9).all()
-    with pytest.raises(ValueError, match="hypernet.refine.normalize"):
-        tiny_system(base_ckpt, "hypernet.refine.mode=refine", "hypernet.refine.normalize=sometimes")
+    for option in ("normalize", "noise"):
+        with pytest.raises(ValueError, match=f"hypernet.refine.{option}"):
+            tiny_system(base_ckpt, "hypernet.refine.mode=refine", f"hypernet.refine.{option}=sometimes")
+
+
+def test_noise_level_reads_white_noise_and_not_smooth_structure():
+    """sr.noise_level: a smooth ramp reads (almost) nothing, the same ramp with white noise of
+    sigma 0.03 reads 0.03 within 5%, and the weights choose the frames averaged."""
+    from hypernet.sr import noise_level
+
+    ramp = torch.linspace(0, 1, 48)[None, :].expand(48, 48)
+    clean = ramp.expand(1, 2, 3, 48, 48).double()
+    noisy = clean + 0.03 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0)).double()
+    assert noise_level(clean).item() < 1e-6
+    assert noise_level(noisy).item() == pytest.approx(0.03, rel=0.05)
+    mixed = torch.stack([clean[0, 0], noisy[0, 1]])[None]  # frame 0 clean, frame 1 noisy
+    assert noise_level(mixed, torch.tensor([[True, False]])).item() < 1e-6
+    assert noise_level(mixed, torch.tensor([[False, True]])).item() == pytest.approx(0.03, rel=0.05)
 
 
 def test_crossscale_takes_no_step_on_a_video_without_closeups(base_ckpt):
