@@ -36,8 +36,8 @@ MODELS = {
     "pooled_s0": "HR 192, half the training videos recurrence videos, pooled encoder",
     "grid_s0": "recurrence videos, spatial tokens (grid 4, 16 latents)",
     "both_plain_s0": "recurrence videos, spatial tokens and one plain refine step on the close-ups",
-    "crossscale_s0": "recurrence videos, three normalised refine steps on the close-ups",
-    "both_s0": "recurrence videos, spatial tokens and the three normalised steps",
+    "crossscale_s0": "recurrence videos, three normalised refine steps on noisy pairs from the close-ups",
+    "both_s0": "recurrence videos, spatial tokens and those three steps",
     "both_s1": "the same, seed 1",
 }
 CONTROLS = ("hypernet_other", "hypernet_without_closeups", "crossscale", "oracle")

@@ -8,13 +8,16 @@
 #   grid         + spatial tokens (hypernet.encoder.grid=4, 16 latents)
 #   both_plain   + one plain refine step on the context's close-ups (hypernet.refine.mode=crossscale,
 #                the step as refine mode takes it): the study's first design of `both`
-#   crossscale   pooled + three normalised refine steps on the close-ups (hypernet.refine.normalize)
-#   both         grid + the three normalised steps
+#   crossscale   pooled + three normalised refine steps on the close-ups (hypernet.refine.normalize),
+#                their pairs noisy as the video (hypernet.refine.noise)
+#   both         grid + those steps
 # and `both` again with seed 1 (chosen before any test result: the two mechanisms together). The
 # normalised steps replaced the plain one after both_plain's evaluation: on validation recurrence
 # videos (never the test ones) no size of one plain step gained more than +0.01 dB from
-# both_plain's adapters, normalised steps up to +0.21 (the step probe below, step_probe.md); their
-# count and size (3 at 3e-3) were read from that probe. Each model is evaluated by hypernet.eval on the
+# both_plain's adapters, normalised steps up to +0.2 (the step probe below); their count and size
+# (3 at 3e-3) were read from that probe. Noise in the pairs came after a first run of these steps:
+# on validation videos of the training family's degradations, steps on clean pairs lost on the
+# noisy ones (the probe's second table). Each model is evaluated by hypernet.eval on the
 # memory benchmark (test/recurrence: 16 procedural scenes at HR 192, LR 48, one degradation, the
 # wide shots scored; no held-out photograph is large enough for the zoom at that size) and on the
 # 20 standard test videos, with the controls: the base, another video's adapters, the video
@@ -59,7 +62,8 @@ export OMP_NUM_THREADS=1
 base=base_ckpt=$out/base_content/checkpoints/best.ckpt
 grid=(hypernet.encoder.grid=4 hypernet.encoder.num_latents=16)
 plain=hypernet.refine.mode=crossscale
-crossscale=(hypernet.refine.mode=crossscale hypernet.refine.normalize=true hypernet.refine.steps=3 hypernet.refine.lr=3e-3)
+crossscale=(hypernet.refine.mode=crossscale hypernet.refine.normalize=true hypernet.refine.noise=true
+  hypernet.refine.steps=3 hypernet.refine.lr=3e-3)
 # each model is evaluated as soon as it is trained, so that results arrive while the rest train
 queue_a() {
   train mixed_s0 experiment=hyper_content $base seed=0 && evaluate mixed_s0
