@@ -16,7 +16,8 @@ beside the study's run.sh:
     (and, when run: mixed_s0 on the benchmark at HR 96, eval_mixed_s0_hr96/; both_s0 with its
     learned guard on the real-size groups, guard_both_s0/ and eval_real_both_s0/)
     memory.png      the recurrence group's gains by model: the hypernet and its controls
-    step_probe.csv  the step probe's rows (step_probe/, scripts/probe_refine_steps.py), its table
+    step_probe.csv, step_probe_noise.csv
+                    the step probe's rows (step_probe/, scripts/probe_refine_steps.py), its tables
                     in results.md
 """
 
@@ -135,8 +136,14 @@ def probe_lines(runs: Path, out: Path) -> list[str]:
     if not (folder / "probe.md").is_file():
         return []
     write_table_csv(out / "step_probe.csv", read_table_csv(folder / "probe.csv"))
+    write_table_csv(out / "step_probe_noise.csv", read_table_csv(folder / "noise.csv"))
     table = (folder / "probe.md").read_text().splitlines()
-    return ["", "## Why normalised steps: the step probe (validation videos, step_probe.csv)", "", *table[2:]]
+    return [
+        "",
+        "## The step probe: why the steps are normalised and their pairs noisy (validation videos; step_probe.csv)",
+        "",
+        *table[2:],
+    ]
 
 
 def plot(path: Path, tables: dict[str, dict]) -> None:
