@@ -7,7 +7,7 @@ A stage-2 checkpoint's generated adapters on validation recurrence videos
 (`VSRDataModule.recurrence_videos(split="val")`: scenes of other seeds than the test group's,
 the same degradation), refined by k crossscale steps on each video's close-ups at a common step
 size, plain (the gradient times the step size, as refine mode takes it) and normalised (the
-gradient over its RMS per factor, `hypernet.refine.normalize`). Each is scored on the wide shot
+gradients over their joint RMS per layer, `hypernet.refine.normalize`). Each is scored on the wide shot
 (PSNR-Y over the base), beside the internal-learning reference (a LoRA fitted on the close-ups,
 100 Adam steps: eval's `crossscale`); for normalised steps also the video's own refined adapters
 over its neighbour's (same degradation, other content).
@@ -35,7 +35,7 @@ from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters
 from hypernet.runs import write_table_csv
 from hypernet.sr import adapted_sr, inner_loss, noise_level
-from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet, rms_per_video
+from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet, normalised_pair
 
 PLAIN_SIZES = (1.0, 10.0, 100.0, 1000.0)  # multiples of the checkpoint's learned step sizes
 NORMALISED_SIZES = (3e-4, 1e-3, 3e-3, 1e-2)
@@ -70,7 +70,9 @@ def stepped(
             )
             grads = torch.autograd.grad(loss, [t for n in names for t in current[n]])
         if normalize:
-            steps = [size * g / rms_per_video(g) for g in grads]
+            steps = [
+                size * g for i in range(len(names)) for g in normalised_pair(grads[2 * i], grads[2 * i + 1])
+            ]
         else:
             steps = [size * learned[i // 2] * g for i, g in enumerate(grads)]
         current = {
@@ -197,7 +199,7 @@ def main() -> None:
         "",
         f"`{Path(args.checkpoint).as_posix()}`'s adapters; wide shot PSNR-Y over the base, mean +- s.e. "
         "(videos improved). Plain sizes are multiples of the checkpoint's learned step sizes; "
-        "normalised sizes are the RMS each factor moves by a step.",
+        "normalised sizes are the RMS each layer's factors move by a step.",
         "",
         "| steps | kind | size | gain | own - neighbour's |",
         "|---|---|---|---|---|",

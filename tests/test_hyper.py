@@ -339,10 +339,10 @@ def test_a_videos_refined_adapters_do_not_depend_on_its_batch(base_ckpt, mode, n
         torch.testing.assert_close(b[0], together[name][1][1], rtol=1e-9, atol=1e-12)
 
 
-def test_a_normalised_step_moves_each_factor_by_its_step_size(base_ckpt):
-    """One normalised step moves each video's factor by a root mean square of exactly its layer's
-    step size, whatever its gradient's scale, and in the gradient's direction; a bad option is one
-    error naming it."""
+def test_a_normalised_step_moves_each_layer_by_its_step_size(base_ckpt):
+    """One normalised step moves each video's layer (A and B together) by a root mean square of
+    exactly its step size, whatever its gradient's scale, and in the gradient's direction; a bad
+    option is one error naming it."""
     system = tiny_system(
         base_ckpt, "hypernet.refine.mode=refine", "hypernet.refine.lr=0.01", "hypernet.refine.normalize=true"
     )
@@ -358,15 +358,47 @@ def test_a_normalised_step_moves_each_factor_by_its_step_size(base_ckpt):
     plain_refined = plain.adapters_for(batch["context"], batch["context_times"])
     for i, name in enumerate(system.spec.names):
         step = 0.002 if i == 0 else 0.01
-        for f in range(2):
-            moved = refined[name][f] - generated[name][f]
-            rms = moved.pow(2).mean(dim=tuple(range(1, moved.ndim))).sqrt()
-            torch.testing.assert_close(rms, torch.full_like(rms, step), rtol=1e-6, atol=0)
-            plain_moved = (plain_refined[name][f] - generated[name][f]).flatten(1)
-            assert (torch.nn.functional.cosine_similarity(moved.flatten(1), plain_moved) > 1 - 1e-9).all()
+        moved = torch.cat([(refined[name][f] - generated[name][f]).flatten(1) for f in range(2)], dim=1)
+        rms = moved.pow(2).mean(dim=1).sqrt()
+        torch.testing.assert_close(rms, torch.full_like(rms, step), rtol=1e-6, atol=0)
+        plain_moved = torch.cat(
+            [(plain_refined[name][f] - generated[name][f]).flatten(1) for f in range(2)], 1
+        )
+        assert (torch.nn.functional.cosine_similarity(moved, plain_moved) > 1 - 1e-9).all()
+
+
+def test_normalised_steps_keep_the_gradient_finite_while_the_gates_are_closed(base_ckpt):
+    """At initialisation every generated B is zero, so A's inner gradient is exactly zero: the
+    normalised second-order step must not turn that into an exploding outer gradient (dividing a
+    zero gradient by its own RMS did: 1e7 against 1e-3)."""
+    sizes = {}
+    for normalize in (False, True):
+        torch.manual_seed(0)
+        system = tiny_system(
+            base_ckpt,
+            "hypernet.refine.mode=crossscale",
+            "hypernet.refine.steps=3",
+            "hypernet.refine.lr=3e-3",
+            f"hypernet.refine.normalize={normalize}",
+            "hypernet.refine.noise=true",
+        ).train()
+        assert not system.generator.gates.any()
+        batch = tiny_batch(v=2)
+        closeups = torch.tensor([[True, False, True], [True, True, False]])
+        adapters = system.adapters_for(batch["context"], batch["context_times"], closeups=closeups)
+        ((system.sr(batch["lr"], adapters) - batch["hr"]) ** 2).mean().backward()
+        grads = [p.grad.flatten() for n, p in system.named_parameters() if p.grad is not None]
+        sizes[normalize] = torch.cat(grads).norm().item()
+    assert math.isfinite(sizes[True]) and sizes[True] < 100 * sizes[False]
+
+
+def test_refine_shape_options_are_checked(base_ckpt):
+    """normalize and noise: booleans, and only where there are steps to shape."""
     for option in ("normalize", "noise"):
-        with pytest.raises(ValueError, match=f"hypernet.refine.{option}"):
+        with pytest.raises(ValueError, match=f"hypernet.refine.{option}=.sometimes. must be true or false"):
             tiny_system(base_ckpt, "hypernet.refine.mode=refine", f"hypernet.refine.{option}=sometimes")
+        with pytest.raises(ValueError, match=f"hypernet.refine.{option}=true .* hypernet.refine.mode=direct"):
+            tiny_system(base_ckpt, "hypernet.refine.mode=direct", f"hypernet.refine.{option}=true")
 
 
 def test_noise_level_reads_white_noise_and_not_smooth_structure():

@@ -167,10 +167,17 @@ def build_part(config: Mapping[str, Any], **made: Any) -> Any:
     return instantiate(dict(config), _partial_=True, _convert_="all")(**made)
 
 
-def rms_per_video(tensor: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """The root mean square of each video's slice of `tensor` (V, ...), shaped to divide it; eps
-    inside the root keeps its gradient finite at zero (second-order steps differentiate it)."""
-    return tensor.pow(2).mean(dim=tuple(range(1, tensor.ndim)), keepdim=True).add(eps**2).sqrt()
+def normalised_pair(
+    a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's gradients for its factors A and B (each V, ...) divided by their joint root mean
+    square, per video. Joint, not per factor: while a generated B is zero (the generator's gates
+    start closed) A's gradient is exactly zero, and a zero divided by its own RMS has a derivative
+    of 1/eps, which second-order training would carry into the hypernetwork's gradient (1e11 at
+    the first step). B's gradient is not zero then, so the joint RMS is a real size."""
+    squares = a.pow(2).flatten(1).sum(1) + b.pow(2).flatten(1).sum(1)
+    rms = (squares / (a[0].numel() + b[0].numel()) + eps**2).sqrt()
+    return a / rms.view(-1, *[1] * (a.ndim - 1)), b / rms.view(-1, *[1] * (b.ndim - 1))
 
 
 class Refine(nn.Module):
@@ -189,8 +196,9 @@ class Refine(nn.Module):
     gained -0.093 dB without noise, +0.074 with the estimated noise and +0.107 with the true
     noise; experiments/content_memory, step probe).
 
-    With `normalize`, a step moves each factor by its gradient over the gradient's root mean
-    square (per video and factor: the size of Adam's first step) times the step size. A plain
+    With `normalize`, a step moves each layer's factors by their gradients over the gradients'
+    joint root mean square (per video and layer, `normalised_pair`) times the step size: a step
+    of that size whatever the gradient's scale. A plain
     step is ill-conditioned here: the factors' gradients differ by orders of magnitude between
     layers, so on 8 validation recurrence videos no size gave one plain step more than +0.012
     dB over the generated adapters' +0.004, while normalised steps reached +0.058 (one), +0.128
@@ -214,6 +222,11 @@ class Refine(nn.Module):
         for option, value in (("normalize", normalize), ("noise", noise)):
             if not isinstance(value, bool):
                 raise ValueError(f"hypernet.refine.{option}={value!r} must be true or false")
+            if value and mode == "direct":
+                raise ValueError(
+                    f"hypernet.refine.{option}=true shapes the refine steps, and hypernet.refine.mode=direct takes "
+                    "none: set hypernet.refine.mode=refine or crossscale"
+                )
         self.spec = spec
         self.mode, self.steps, self.first_order, self.normalize = mode, steps, first_order, normalize
         self.log_lr = nn.Parameter(torch.full((len(spec.targets),), math.log(lr)))
@@ -226,9 +239,9 @@ class Refine(nn.Module):
             else:
                 self.log_blur = nn.Parameter(log_blur)
         self.noise = noise
-        if noise:  # only here, as the blur: each video's estimated noise level times a learned gain
+        if noise:  # only with it: each video's estimated noise level times a learned gain
             log_gain = torch.zeros(())
-            if first_order:
+            if first_order:  # as the blur: it would get no gradient
                 self.register_buffer("log_noise_gain", log_gain)
             else:
                 self.log_noise_gain = nn.Parameter(log_gain)
@@ -267,7 +280,9 @@ class Refine(nn.Module):
             if not second_order:
                 grads = [g.detach() for g in grads]
             if self.normalize:
-                grads = [g / rms_per_video(g) for g in grads]
+                grads = [
+                    g for i in range(len(names)) for g in normalised_pair(grads[2 * i], grads[2 * i + 1])
+                ]
             current = {
                 n: (
                     current[n][0] - step_sizes[i] * grads[2 * i],
