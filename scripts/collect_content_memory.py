@@ -136,7 +136,8 @@ def probe_lines(runs: Path, out: Path) -> list[str]:
     if not (folder / "probe.md").is_file():
         return []
     write_table_csv(out / "step_probe.csv", read_table_csv(folder / "probe.csv"))
-    write_table_csv(out / "step_probe_noise.csv", read_table_csv(folder / "noise.csv"))
+    if (folder / "noise.csv").is_file():  # a probe from before its noise table has none
+        write_table_csv(out / "step_probe_noise.csv", read_table_csv(folder / "noise.csv"))
     table = (folder / "probe.md").read_text().splitlines()
     return [
         "",

@@ -83,7 +83,7 @@ queue_b() {
 # the step probe: both_plain_s0's adapters on 8 validation recurrence videos, refined by plain and
 # normalised steps of several sizes and counts, beside the fitted LoRA (scripts/probe_refine_steps.py)
 probe() {
-  [ -f "$out/step_probe/probe.csv" ] && return 0
+  [ -f "$out/step_probe/probe.md" ] && return 0  # written last
   $py scripts/probe_refine_steps.py $out/both_plain_s0/checkpoints/best.ckpt --videos 8 -o $out/step_probe \
     > "$out/step_probe.log" 2>&1
 }
