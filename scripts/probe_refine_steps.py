@@ -13,7 +13,7 @@ gradients over their joint RMS per layer, `hypernet.refine.normalize`). Each is 
 over its neighbour's (same degradation, other content).
 
 Then noise: on 16 validation recurrence videos under the training family's degradations (each
-its own blur and noise, as `data.val_recurrence` draws them), three normalised steps of 3e-3 on
+its own blur and noise, as `data.val_recurrence` draws them), three normalised steps of 1e-3 (the study's) on
 pairs without noise, with noise at the video's estimated level (`sr.noise_level`) times 0.5, 1
 and 1.5, and at its true level. Writes probe.csv and noise.csv (every video, every setting) and
 probe.md (means +- s.e.) to DIR. experiments/content_memory/run.sh runs it.
@@ -85,7 +85,7 @@ NOISE_GAINS = (0.5, 1.0, 1.5)
 
 
 def noise_lines(system, datamodule, psnr, cell, out: Path) -> list[str]:
-    """Three normalised steps of 3e-3 on pairs without noise, with the estimated noise at
+    """Three normalised steps of 1e-3 (the study's) on pairs without noise, with the estimated noise at
     NOISE_GAINS, and with the true noise, on 16 validation recurrence videos of the training
     family's degradations; noise.csv and the table's lines."""
     videos = datamodule.evaluation_set(
@@ -102,7 +102,7 @@ def noise_lines(system, datamodule, psnr, cell, out: Path) -> list[str]:
     for item in items:
         base = psnr(item, None)
         for name, sigma in settings.items():
-            adapters = stepped(system, item, count=3, size=3e-3, normalize=True, noise_sigma=sigma(item))
+            adapters = stepped(system, item, count=3, size=1e-3, normalize=True, noise_sigma=sigma(item))
             rows.append(
                 {
                     "video_id": item["video_id"],
@@ -115,7 +115,7 @@ def noise_lines(system, datamodule, psnr, cell, out: Path) -> list[str]:
     lines = [
         "",
         f"Noise in the pairs: {len(items)} validation recurrence videos, each with its own blur and noise "
-        "(the training family's), three normalised steps of 3e-3; wide shot PSNR-Y over the base:",
+        "(the training family's), three normalised steps of 1e-3; wide shot PSNR-Y over the base:",
         "",
         "| pairs' noise | gain | videos with noise >= 0.025: gain |",
         "|---|---|---|",

@@ -15,7 +15,7 @@
 # normalised steps replaced the plain one after both_plain's evaluation: on validation recurrence
 # videos (never the test ones) no size of one plain step gained more than +0.01 dB from
 # both_plain's adapters, normalised steps up to +0.2 (the step probe below); their count and size
-# (3 at 3e-3) were read from that probe. Noise in the pairs came after a first run of these steps:
+# (3 at 1e-3) were read from that probe. Noise in the pairs came after a first run of these steps:
 # on validation videos of the training family's degradations, steps on clean pairs lost on the
 # noisy ones (the probe's second table). Each model is evaluated by hypernet.eval on the
 # memory benchmark (test/recurrence: 16 procedural scenes at HR 192, LR 48, one degradation, the
@@ -63,7 +63,7 @@ base=base_ckpt=$out/base_content/checkpoints/best.ckpt
 grid=(hypernet.encoder.grid=4 hypernet.encoder.num_latents=16)
 plain=hypernet.refine.mode=crossscale
 crossscale=(hypernet.refine.mode=crossscale hypernet.refine.normalize=true hypernet.refine.noise=true
-  hypernet.refine.steps=3 hypernet.refine.lr=3e-3)
+  hypernet.refine.steps=3 hypernet.refine.lr=1e-3)
 # each model is evaluated as soon as it is trained, so that results arrive while the rest train
 queue_a() {
   train mixed_s0 experiment=hyper_content $base seed=0 && evaluate mixed_s0

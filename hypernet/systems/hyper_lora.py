@@ -201,8 +201,8 @@ class Refine(nn.Module):
     of that size whatever the gradient's scale. A plain
     step is ill-conditioned here: the factors' gradients differ by orders of magnitude between
     layers, so on 8 validation recurrence videos no size gave one plain step more than +0.012
-    dB over the generated adapters' +0.004, while normalised steps reached +0.058 (one), +0.128
-    (three) and +0.195 (ten) of a fitted LoRA's +0.270 (experiments/content_memory, step probe)."""
+    dB over the generated adapters' +0.004, while normalised steps reached +0.053 (one), +0.118
+    (three) and +0.194 (ten) of a fitted LoRA's +0.270 (experiments/content_memory, step probe)."""
 
     def __init__(
         self,
