@@ -193,8 +193,8 @@ class Refine(nn.Module):
     steps read (`sr.noise_level`) times a learned gain: downscaling averages a frame's noise away,
     and steps on clean inputs taught noisy videos' adapters to upscale clean frames (on 16
     validation recurrence videos of the training family's degradations, three normalised steps
-    gained -0.093 dB without noise, +0.074 with the estimated noise and +0.107 with the true
-    noise; experiments/content_memory, step probe).
+    gained -0.047 dB without noise (-0.201 on the 9 noisiest), +0.109 with the estimated noise
+    and +0.130 with the true noise; experiments/content_memory, step probe).
 
     With `normalize`, a step moves each layer's factors by their gradients over the gradients'
     joint root mean square (per video and layer, `normalised_pair`) times the step size: a step
