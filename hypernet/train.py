@@ -42,6 +42,11 @@ LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 
 
+# Lightning's DDP strategies that refuse a parameter a step leaves unused (each has a
+# `<name>_find_unused_parameters_true` twin)
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
 def world_size(trainer_cfg: DictConfig) -> int:
     """Processes the trainer config will start (devices x nodes); 1 for 'auto' on one machine."""
     devices = trainer_cfg.get("devices", 1)
@@ -89,6 +94,13 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(
             f"hypernet.refine.mode=crossscale takes its steps on the context's close-ups, and data.source={source} "
             "draws none: add recurrence videos, e.g. data.source={procedural: 0.5, recurrence: 0.5}"
+        )
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if refine == "crossscale" and strategy in DDP_STRATEGIES and world_size(cfg.trainer) > 1:
+        raise ValueError(
+            f"hypernet.refine.mode=crossscale takes no step on a batch without close-ups, so its step sizes go "
+            f"unused there, which trainer.strategy={strategy} refuses mid-run: set "
+            f"trainer.strategy={strategy}_find_unused_parameters_true"
         )
 
 

@@ -446,5 +446,21 @@ def test_crossscale_without_closeups_in_the_data_is_refused_before_training(base
     )
     with pytest.raises(ValueError, match=r"hypernet.refine.mode=crossscale .* data.source=stills draws none"):
         check_config(cfg)
+    # on several processes DDP must be told that a batch without close-ups leaves parameters unused
+    memory = [*TINY_BASE, *TINY_HYPER, f"base_ckpt={base_ckpt}", "hypernet.refine.mode=crossscale"]
+    memory += [
+        "data.source={procedural: 0.5, recurrence: 0.5}",
+        "data.val_source=procedural",
+        "data.num_frames=15",
+    ]
+    cfg = compose_train([*memory, "trainer=ddp_cpu"], tmp_path / "run")
+    with pytest.raises(ValueError, match=r"trainer.strategy=ddp_find_unused_parameters_true"):
+        check_config(cfg)
+    check_config(
+        compose_train(
+            [*memory, "trainer=ddp_cpu", "trainer.strategy=ddp_find_unused_parameters_true"], tmp_path / "run"
+        )
+    )
+    check_config(compose_train(memory, tmp_path / "run"))
     with pytest.raises(ValueError, match=r"hypernet.refine.blur=5"):
         tiny_system(base_ckpt, "hypernet.refine.mode=crossscale", "hypernet.refine.blur=5")
