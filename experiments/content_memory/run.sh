@@ -81,7 +81,9 @@ queue_b() {
   train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
 }
 # the step probe: both_plain_s0's adapters on 8 validation recurrence videos, refined by plain and
-# normalised steps of several sizes and counts, beside the fitted LoRA (scripts/probe_refine_steps.py)
+# normalised steps of several sizes and counts, beside the fitted LoRA; then the study's steps on
+# pairs with and without noise, on 16 validation videos of the training family's degradations
+# (scripts/probe_refine_steps.py)
 probe() {
   [ -f "$out/step_probe/probe.md" ] && return 0  # written last
   $py scripts/probe_refine_steps.py $out/both_plain_s0/checkpoints/best.ckpt --videos 8 -o $out/step_probe \
