@@ -6,6 +6,7 @@ scripts."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -78,6 +79,13 @@ def noise_level(frames: torch.Tensor, weights: torch.Tensor | None = None) -> to
     return (sigma * weights).sum(1) / weights.sum(1).clamp_min(1)
 
 
+@functools.lru_cache(maxsize=8)
+def noise_pattern(shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The inner loss's fixed noise (seed 0), drawn on the CPU so that it is the same on every
+    device, and kept: an inner step would otherwise draw and copy it again."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+
+
 def inner_loss(
     base: nn.Module,
     spec: LoRASpec,
@@ -101,7 +109,7 @@ def inner_loss(
     source = frames if blur_sigma is None else gaussian_blur(frames, blur_sigma)
     lower = imresize(source, scale=1 / base.scale)
     if noise_sigma is not None:
-        pattern = torch.randn(lower.shape[1:], generator=torch.Generator().manual_seed(0)).to(lower)
+        pattern = noise_pattern(lower.shape[1:], lower.device, lower.dtype)
         lower = lower + noise_sigma.to(lower.dtype).reshape(-1, 1, 1, 1, 1) * pattern
     lower = lower.clamp(0, 1)
     height, width = lower.shape[-2] * base.scale, lower.shape[-1] * base.scale
