@@ -152,6 +152,8 @@ def evaluate_video(
             }
         elif method == "hypernet":
             adapters = system.adapters_for_item(item)
+        seconds = time.perf_counter() - started  # the strength sweep below is analysis, not specialising
+        if method == "hypernet":
             for strength in cfg.get("strengths") or []:
                 with torch.no_grad():
                     scaled = adapted_sr(
@@ -167,7 +169,6 @@ def evaluate_video(
                     }
                 )
             adapters = scale_adapters(adapters, cfg.get("strength", 1.0), option="strength")
-        seconds = time.perf_counter() - started
         with torch.no_grad():
             if method == "bicubic":
                 sr = bicubic_upscale(lr, system.scale)
