@@ -34,8 +34,8 @@ from hypernet.files import atomic_write_text
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters
 from hypernet.runs import write_table_csv
-from hypernet.sr import adapted_sr, inner_loss, noise_level
-from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet, normalised_pair
+from hypernet.sr import adapted_sr, noise_level
+from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet, refine_steps
 
 PLAIN_SIZES = (1.0, 10.0, 100.0, 1000.0)  # multiples of the checkpoint's learned step sizes
 NORMALISED_SIZES = (3e-4, 1e-3, 3e-3, 1e-2)
@@ -48,37 +48,27 @@ def stepped(
     """The generated adapters after `count` first-order crossscale steps on the item's close-ups:
     plain steps at `size` times the checkpoint's per-layer step sizes, normalised ones at `size`;
     the pairs' inputs with noise of `noise_sigma` (1,) when given."""
-    base, spec, names = system.base, system.spec, list(system.spec.names)
     context = item["context"][None]
     with torch.no_grad():
-        current = system.generator(
+        generated = system.generator(
             system.encoder.encode_context(context, item["context_times"][None], item["degradation"][None])
         )
     learned = system.refine.log_lr.exp().detach()
     blur = system.refine.log_blur.exp().detach() if hasattr(system.refine, "log_blur") else None
-    for _ in range(count):
-        current = {n: tuple(t.detach().requires_grad_(True) for t in current[n]) for n in names}
-        with torch.enable_grad():
-            loss = inner_loss(
-                base,
-                spec,
-                current,
-                context,
-                weights=item["context_closeup"][None],
-                blur_sigma=blur,
-                noise_sigma=noise_sigma,
-            )
-            grads = torch.autograd.grad(loss, [t for n in names for t in current[n]])
-        if normalize:
-            steps = [
-                size * g for i in range(len(names)) for g in normalised_pair(grads[2 * i], grads[2 * i + 1])
-            ]
-        else:
-            steps = [size * learned[i // 2] * g for i, g in enumerate(grads)]
-        current = {
-            n: (current[n][0] - steps[2 * i], current[n][1] - steps[2 * i + 1]) for i, n in enumerate(names)
-        }
-    return {n: (a.detach(), b.detach()) for n, (a, b) in current.items()}
+    refined = refine_steps(
+        system.base,
+        system.spec,
+        generated,
+        context,
+        count=count,
+        step_sizes=torch.full_like(learned, size) if normalize else size * learned,
+        normalize=normalize,
+        second_order=False,
+        weights=item["context_closeup"][None],
+        blur_sigma=blur,
+        noise_sigma=noise_sigma,
+    )
+    return {n: (a.detach(), b.detach()) for n, (a, b) in refined.items()}
 
 
 NOISE_GAINS = (0.5, 1.0, 1.5)

@@ -255,7 +255,6 @@ class Refine(nn.Module):
         which frames are close-ups (None: a user's), as training's videos without close-ups do."""
         if self.mode == "direct":
             return adapters
-        names = list(self.spec.names)
         step_sizes = self.log_lr.exp()
         options = {}
         if self.mode == "crossscale":
@@ -265,32 +264,61 @@ class Refine(nn.Module):
         if self.noise:
             options["noise_sigma"] = noise_level(context, options.get("weights")) * self.log_noise_gain.exp()
         second_order = self.training and not self.first_order
-        current = adapters
-        for _ in range(self.steps):
-            with torch.enable_grad():
-                # tensors outside any graph (validation) become leaves the inner loss can differentiate
-                current = {
-                    n: tuple(t if t.requires_grad else t.detach().requires_grad_(True) for t in current[n])
-                    for n in names
-                }
-                flat = [t for n in names for t in current[n]]
-                grads = torch.autograd.grad(
-                    inner_loss(base, self.spec, current, context, **options), flat, create_graph=second_order
-                )
-            if not second_order:
-                grads = [g.detach() for g in grads]
-            if self.normalize:
-                grads = [
-                    g for i in range(len(names)) for g in normalised_pair(grads[2 * i], grads[2 * i + 1])
-                ]
+        return refine_steps(
+            base,
+            self.spec,
+            adapters,
+            context,
+            count=self.steps,
+            step_sizes=step_sizes,
+            normalize=self.normalize,
+            second_order=second_order,
+            **options,
+        )
+
+
+def refine_steps(
+    base: nn.Module,
+    spec: LoRASpec,
+    adapters: Adapters,
+    context: torch.Tensor,
+    *,
+    count: int,
+    step_sizes: torch.Tensor,
+    normalize: bool,
+    second_order: bool,
+    **options: Any,
+) -> Adapters:
+    """`count` gradient steps of the adapters on `inner_loss` over the frames `context` (V, K, C,
+    h, w), each target layer's factors moved by its step size (step_sizes, one per layer of
+    spec.targets) times their gradient, or times the gradient over its joint RMS (`normalize`).
+    `options` go to inner_loss (weights, blur_sigma, noise_sigma). With `second_order` the steps
+    stay in the graph (training through them); otherwise each gradient is a constant."""
+    names = list(spec.names)
+    current = adapters
+    for _ in range(count):
+        with torch.enable_grad():
+            # tensors outside any graph (validation) become leaves the inner loss can differentiate
             current = {
-                n: (
-                    current[n][0] - step_sizes[i] * grads[2 * i],
-                    current[n][1] - step_sizes[i] * grads[2 * i + 1],
-                )
-                for i, n in enumerate(names)
+                n: tuple(t if t.requires_grad else t.detach().requires_grad_(True) for t in current[n])
+                for n in names
             }
-        return current
+            flat = [t for n in names for t in current[n]]
+            grads = torch.autograd.grad(
+                inner_loss(base, spec, current, context, **options), flat, create_graph=second_order
+            )
+        if not second_order:
+            grads = [g.detach() for g in grads]
+        if normalize:
+            grads = [g for i in range(len(names)) for g in normalised_pair(grads[2 * i], grads[2 * i + 1])]
+        current = {
+            n: (
+                current[n][0] - step_sizes[i] * grads[2 * i],
+                current[n][1] - step_sizes[i] * grads[2 * i + 1],
+            )
+            for i, n in enumerate(names)
+        }
+    return current
 
 
 def hypernet_parts(hypernet: Any) -> dict[str, dict[str, Any]]:
