@@ -124,7 +124,20 @@ def test_a_source_too_small_for_the_zoom_says_so():
         (dict(val_source="recurrence"), r"data.val_source=recurrence: recurrence draws training videos"),
         (dict(source="recurrence", val_source=None), r"data.source=recurrence draws training videos only"),
         (dict(test_source=None), r"data.test_recurrence=2 scores a test group, and data.test_source is null"),
-        (dict(hr_size=640, num_frames=15, test_recurrence=1), r"data.hr_size=640: .* at most 512"),
+        (
+            dict(hr_size=640, num_frames=15, test_recurrence=1),
+            r"data.hr_size=640 \(the recurrence test group\): .* at most 512 .* data.test_recurrence_hr",
+        ),
+        (  # the test group's own size fits, the training videos' does not
+            dict(
+                hr_size=640,
+                num_frames=15,
+                test_recurrence_hr=192,
+                source={"procedural": 1, "recurrence": 1},
+                val_source="procedural",
+            ),
+            r"data.hr_size=640 \(recurrence training videos\): .* at most 512",
+        ),
         (dict(test_recurrence=-1), r"data.test_recurrence=-1"),
         (dict(test_recurrence_hr=34), r"data.test_recurrence_hr=34 must be divisible by data.scale=4"),
         (dict(test_recurrence_hr=1024), r"data.test_recurrence_hr=1024 .* at most 512"),
@@ -136,7 +149,7 @@ def test_a_source_too_small_for_the_zoom_says_so():
         ),
         (
             dict(val_recurrence=1, hr_size=640, test_recurrence=0),
-            r"data.val_recurrence=1 with data.hr_size=640",
+            r"data.hr_size=640 \(data.val_recurrence=1\): .* at most 512",
         ),
     ],
 )

@@ -95,6 +95,16 @@ MAX_RECURRENCE_HR = 512  # its scenes' canvases are SCENE_CANVAS frames wide: 30
 MAX_REAL_HR = 2048
 
 
+def check_recurrence_canvas(size: int, *, option: str, videos: str, fix: str = "") -> None:
+    """Recurrence videos are drawn on canvases SCENE_CANVAS frames wide: `videos`' frames of `size`
+    pixels (the value of `option`) must fit MAX_RECURRENCE_HR."""
+    if size > MAX_RECURRENCE_HR:
+        raise ValueError(
+            f"{option}={size} ({videos}): recurrence videos are drawn on canvases {SCENE_CANVAS:g} frames wide, so their "
+            f"frames may be at most {MAX_RECURRENCE_HR} pixels; {fix or f'set a smaller {option}'}"
+        )
+
+
 def to_plain(value: Any) -> Any:
     """Hydra's config nodes as plain dicts and lists: checkpoints are read with weights_only,
     which refuses any other class."""
@@ -362,12 +372,15 @@ class VSRDataModule(L.LightningDataModule):
                     f"most {MAX_RECURRENCE_HR} (a scene is drawn {SCENE_CANVAS:g} frames wide)"
                 )
         self.recurrence_hr = test_recurrence_hr or hr_size
-        if (test_recurrence or "recurrence" in self.sources) and self.recurrence_hr > MAX_RECURRENCE_HR:
-            option = "data.test_recurrence_hr" if test_recurrence_hr else "data.hr_size"
-            raise ValueError(
-                f"{option}={self.recurrence_hr}: recurrence videos are drawn on canvases {SCENE_CANVAS:g} frames "
-                f"wide, so their frames may be at most {MAX_RECURRENCE_HR} pixels; set data.test_recurrence_hr"
+        if test_recurrence and not test_recurrence_hr:
+            check_recurrence_canvas(
+                hr_size,
+                option="data.hr_size",
+                videos="the recurrence test group",
+                fix="set data.test_recurrence_hr, the group's own frame size",
             )
+        if "recurrence" in self.sources:
+            check_recurrence_canvas(hr_size, option="data.hr_size", videos="recurrence training videos")
         check_count(
             "val_recurrence",
             val_recurrence,
@@ -382,12 +395,9 @@ class VSRDataModule(L.LightningDataModule):
                     f"batches, and data.val_source={self.val_source} videos have their own sizes: validate on "
                     "procedural or stills, or set data.val_recurrence=0"
                 )
-            if hr_size > MAX_RECURRENCE_HR:
-                raise ValueError(
-                    f"data.val_recurrence={val_recurrence} with data.hr_size={hr_size}: recurrence videos are drawn "
-                    f"on canvases {SCENE_CANVAS:g} frames wide, so their frames may be at most {MAX_RECURRENCE_HR} "
-                    "pixels"
-                )
+            check_recurrence_canvas(
+                hr_size, option="data.hr_size", videos=f"data.val_recurrence={val_recurrence}"
+            )
         self.val_recurrence = val_recurrence
         if test_recurrence and test_source is None:
             raise ValueError(
