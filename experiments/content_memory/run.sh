@@ -78,7 +78,21 @@ queue_b() {
     && evaluate both_plain_s0
   probe
   train both_s0 experiment=hyper_memory $base "${grid[@]}" "${crossscale[@]}" seed=0 && evaluate both_s0
+  guard both_s0
   train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
+}
+# do no harm: a model's learned guard (hypernet.fit_guard, fitted on its own videos) and the
+# real-size groups (LR 128-320, five degradations) with it, as experiments/real_sizes measures them
+guard() {  # model
+  if [ ! -f "$out/guard_$1/metrics.json" ]; then
+    rm -rf "${out:?}/guard_$1"
+    $py -m hypernet.fit_guard checkpoint=$out/$1/checkpoints/best.ckpt paths.output_dir=$out/guard_$1 \
+      > "$out/guard_$1.log" 2>&1
+  fi
+  [ -f "$out/eval_real_$1/metrics.json" ] && return 0
+  rm -rf "${out:?}/eval_real_$1"
+  $py -m hypernet.eval checkpoint=$out/$1/checkpoints/best.ckpt 'methods=[base,hypernet,hypernet_guard]' \
+    'data.test_real_sides=[128,192,256,320]' paths.output_dir=$out/eval_real_$1 > "$out/eval_real_$1.log" 2>&1
 }
 # the step probe: both_plain_s0's adapters on 8 validation recurrence videos, refined by plain and
 # normalised steps of several sizes and counts, beside the fitted LoRA; then the study's steps on
@@ -101,16 +115,4 @@ small() {
 queue_a & a=$!  # two queues side by side, one thread each
 queue_b & b=$!
 wait $a; wait $b
-# do no harm: both_s0's learned guard (hypernet.fit_guard, fitted on its own videos) and the
-# real-size groups (LR 128-320, five degradations) with it, as experiments/real_sizes measures them
-if [ ! -f $out/guard_both_s0/metrics.json ]; then
-  rm -rf $out/guard_both_s0
-  $py -m hypernet.fit_guard checkpoint=$out/both_s0/checkpoints/best.ckpt paths.output_dir=$out/guard_both_s0 \
-    > $out/guard_both_s0.log 2>&1
-fi
-if [ ! -f $out/eval_real_both_s0/metrics.json ]; then
-  rm -rf $out/eval_real_both_s0
-  $py -m hypernet.eval checkpoint=$out/both_s0/checkpoints/best.ckpt 'methods=[base,hypernet,hypernet_guard]' \
-    'data.test_real_sides=[128,192,256,320]' paths.output_dir=$out/eval_real_both_s0 > $out/eval_real_both_s0.log 2>&1
-fi
 $py scripts/collect_content_memory.py
