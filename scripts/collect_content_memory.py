@@ -16,6 +16,8 @@ beside the study's run.sh:
     (and, when run: mixed_s0 on the benchmark at HR 96, eval_mixed_s0_hr96/; GUARDED with its
     learned guard on the real-size groups, guard_GUARDED/ and eval_real_GUARDED/)
     memory.png      the recurrence group's gains by model: the hypernet and its controls
+    as_trained.csv  each model's adapters on validation recurrence videos with and without its
+                    steps (as_trained_<model>/), its table in results.md
     step_probe.csv, step_probe_noise.csv
                     the step probe's rows (step_probe/, scripts/probe_refine_steps.py), its tables
                     in results.md
@@ -40,6 +42,7 @@ MODELS = {
     "crossscale_s0": "recurrence videos, three normalised refine steps on noisy pairs from the close-ups",
     "both_s0": "recurrence videos, spatial tokens and those three steps",
     "crossscale_s1": "crossscale_s0's recipe, seed 1",
+    "anchored_s0": "crossscale_s0's recipe, training also scoring the generated adapters before the steps",
 }
 GUARDED = "crossscale_s0"  # the second seed's model, chosen on validation: its guard and the real-size groups
 CONTROLS = ("hypernet_other", "hypernet_without_closeups", "crossscale", "oracle")
@@ -149,6 +152,36 @@ def probe_lines(runs: Path, out: Path) -> list[str]:
     ]
 
 
+def as_trained_lines(runs: Path, out: Path) -> list[str]:
+    """Each model's adapters on 16 validation recurrence videos as it makes them and as its
+    generator alone makes them (probe_refine_steps.py --as-trained); every video in as_trained.csv."""
+    rows, lines = [], []
+    for model in MODELS:
+        path = runs / f"as_trained_{model}" / "as_trained.csv"
+        if not path.is_file():
+            continue
+        chosen = read_table_csv(path)
+        rows += [{"model": model, **r} for r in chosen]
+        lines.append(
+            f"| {model} | {cell([float(r['as_trained_y']) for r in chosen])} "
+            f"| {cell([float(r['generated_y']) for r in chosen])} |"
+        )
+    if not rows:
+        return []
+    write_table_csv(out / "as_trained.csv", rows)
+    return [
+        "",
+        "## The generator's adapters alone (validation recurrence videos; as_trained.csv)",
+        "",
+        "Wide shot PSNR-Y over the base: the adapters as the model makes them (its steps taken) and as "
+        "its generator alone makes them (no step).",
+        "",
+        "| model | as trained | generator alone |",
+        "|---|---|---|",
+        *lines,
+    ]
+
+
 def plot(path: Path, tables: dict[str, dict]) -> None:
     import matplotlib
 
@@ -219,6 +252,7 @@ def collect(runs: Path, out: Path) -> None:
     lines += frame_size_lines(runs, tables.get("mixed_s0"))
     lines += no_harm_lines(runs)
     out.mkdir(parents=True, exist_ok=True)
+    lines += as_trained_lines(runs, out)
     lines += probe_lines(runs, out)
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     write_table_csv(out / "per_video.csv", per_video)

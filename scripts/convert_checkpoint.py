@@ -64,6 +64,7 @@ FLAT_HYPERNET_DEFAULTS = {
     "blur": 1.0,
     "normalize": False,
     "noise": False,
+    "direct_weight": 0.0,
 }
 # one flat hypernet option -> (part, option in that part)
 HYPERNET_OPTIONS = {
@@ -90,6 +91,7 @@ HYPERNET_OPTIONS = {
     "blur": ("refine", "blur"),
     "normalize": ("refine", "normalize"),
     "noise": ("refine", "noise"),
+    "direct_weight": ("refine", "direct_weight"),
 }
 TARGETS = {
     "lora": "hypernet.models.lora.find_targets",

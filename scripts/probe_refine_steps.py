@@ -2,6 +2,7 @@
 learns the video's content or only the group's degradation?
 
     .venv/bin/python scripts/probe_refine_steps.py CHECKPOINT [--videos 8] [-o DIR]
+    .venv/bin/python scripts/probe_refine_steps.py CHECKPOINT --as-trained [--videos 16] [-o DIR]
 
 A stage-2 checkpoint's generated adapters on validation recurrence videos
 (`VSRDataModule.recurrence_videos(split="val")`: scenes of other seeds than the test group's,
@@ -11,6 +12,11 @@ gradients over their joint RMS per layer, `hypernet.refine.normalize`). Each is 
 (PSNR-Y over the base), beside the internal-learning reference (a LoRA fitted on the close-ups,
 100 Adam steps: eval's `crossscale`); for normalised steps also the video's own refined adapters
 over its neighbour's (same degradation, other content).
+
+With --as-trained, only the checkpoint's own adapters: as it makes them (its refine steps taken)
+and as its generator makes them (no step), each over the base on the wide shot; as_trained.csv
+(every video) and as_trained.md (means +- s.e.). A generator trained only through the steps may
+make a start for them rather than an adapter.
 
 Then noise: on 16 validation recurrence videos under the training family's degradations (each
 its own blur and noise, as `data.val_recurrence` draws them), three normalised steps of 1e-3 (the study's) on
@@ -117,12 +123,39 @@ def noise_lines(system, datamodule, psnr, cell, out: Path) -> list[str]:
     return lines
 
 
+def as_trained(system, items: list[dict], psnr, cell, args: argparse.Namespace) -> None:
+    """The checkpoint's adapters as it makes them and as its generator alone makes them (no
+    close-up marked: no step), over the base; as_trained.csv and as_trained.md in args.out."""
+    rows = []
+    for item in items:
+        base = psnr(item, None)
+        unmarked = {k: v for k, v in item.items() if k != "context_closeup"}
+        rows.append(
+            {
+                "video_id": item["video_id"],
+                "as_trained_y": psnr(item, system.adapters_for_item(item)) - base,
+                "generated_y": psnr(item, system.adapters_for_item(unmarked)) - base,
+            }
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_table_csv(args.out / "as_trained.csv", rows)
+    lines = [
+        f"| `{Path(args.checkpoint).as_posix()}` | {cell([r['as_trained_y'] for r in rows])} "
+        f"| {cell([r['generated_y'] for r in rows])} |"
+    ]
+    atomic_write_text(args.out / "as_trained.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--videos", type=int, default=8, help="validation recurrence videos")
     parser.add_argument("--steps", type=int, default=100, help="the reference's Adam steps")
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs/step_probe"))
+    parser.add_argument(
+        "--as-trained", action="store_true", help="only the checkpoint's adapters with and without its steps"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     overrides = [
@@ -142,6 +175,13 @@ def main() -> None:
             sr = adapted_sr(base, spec, adapters, item["lr"][None]).clamp(0, 1)
         return video_metrics(sr, item["hr"][None], crop_border=cfg.crop_border)["psnr_y"].item()
 
+    def cell(values: list[float]) -> str:
+        s = gain_summary(values)
+        return f"{s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} ({int(s['videos_improved'])}/{len(values)})"
+
+    if args.as_trained:
+        as_trained(system, items, psnr, cell, args)
+        return
     rows = []
     base_psnr = [psnr(item, None) for item in items]
     settings = [("plain", c, s) for c in COUNTS for s in PLAIN_SIZES] + [
@@ -179,10 +219,6 @@ def main() -> None:
         )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     write_table_csv(args.out / "probe.csv", rows)
-
-    def cell(values: list[float]) -> str:
-        s = gain_summary(values)
-        return f"{s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} ({int(s['videos_improved'])}/{len(values)})"
 
     lines = [
         f"# Refine steps on the close-ups: {len(items)} validation recurrence videos",

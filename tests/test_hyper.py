@@ -12,6 +12,7 @@ from hypernet.config import compose_config
 from hypernet.models.base import WindowVSR
 from hypernet.models.generator import LoRAGenerator
 from hypernet.models.lora import apply_adapters, find_targets
+from hypernet.sr import charbonnier
 from hypernet.systems.hyper_lora import HyperLoRASystem
 from hypernet.train import run
 from tests.helpers import TINY_BASE, TINY_HYPER, compose_train, tiny_batch
@@ -399,6 +400,45 @@ def test_refine_shape_options_are_checked(base_ckpt):
             tiny_system(base_ckpt, "hypernet.refine.mode=refine", f"hypernet.refine.{option}=sometimes")
         with pytest.raises(ValueError, match=f"hypernet.refine.{option}=true .* hypernet.refine.mode=direct"):
             tiny_system(base_ckpt, "hypernet.refine.mode=direct", f"hypernet.refine.{option}=true")
+
+
+def test_direct_weight_is_checked(base_ckpt):
+    with pytest.raises(ValueError, match=r"hypernet.refine.direct_weight=-1.0 must be a number >= 0"):
+        tiny_system(base_ckpt, "hypernet.refine.mode=crossscale", "hypernet.refine.direct_weight=-1.0")
+    with pytest.raises(ValueError, match=r"hypernet.refine.direct_weight=1.0 .* hypernet.refine.mode=direct"):
+        tiny_system(base_ckpt, "hypernet.refine.mode=direct", "hypernet.refine.direct_weight=1.0")
+
+
+def test_direct_weight_scores_the_generated_adapters_of_the_videos_that_take_steps(base_ckpt):
+    """The training loss with hypernet.refine.direct_weight: the refined adapters' loss (as without
+    it), plus, for each video that takes steps, its generated adapters' loss before the steps at
+    that weight, over the batch's videos. A video without close-ups adds nothing."""
+    system = (
+        tiny_system(base_ckpt, "hypernet.refine.mode=crossscale", "hypernet.refine.lr=0.5").double().train()
+    )
+    system.log = lambda *args, **kwargs: None  # no trainer to log to
+    with torch.no_grad():
+        system.generator.gates.fill_(0.3)
+    batch = {k: v.double() for k, v in tiny_batch(v=2).items()}
+    batch["context_closeup"] = torch.tensor([[True, True, False], [False, False, False]])
+    plain = system.training_step(batch, 0)
+    adapters = system.adapters_for(
+        batch["context"], batch["context_times"], batch["degradation"], batch["context_closeup"]
+    )
+    assert plain.item() == pytest.approx(charbonnier(system.sr(batch["lr"], adapters), batch["hr"]).item())
+    system.refine.direct_weight = 0.5
+    weighted = system.training_step(batch, 0)
+    generated = system.generator(
+        system.encoder.encode_context(batch["context"], batch["context_times"], batch["degradation"])
+    )
+    first = {k: (a[:1], b[:1]) for k, (a, b) in generated.items()}  # video 0 alone takes steps
+    before = charbonnier(system.sr(batch["lr"][:1], first), batch["hr"][:1])
+    assert (weighted - plain).item() == pytest.approx(0.5 * before.item() / 2, rel=1e-9)
+    batch["context_closeup"] = torch.zeros(2, 3, dtype=torch.bool)  # no video takes steps: nothing added
+    system.refine.direct_weight = 0.0
+    none_plain = system.training_step(batch, 0)
+    system.refine.direct_weight = 0.5
+    assert system.training_step(batch, 0).item() == none_plain.item()
 
 
 def test_noise_level_reads_white_noise_and_not_smooth_structure():

@@ -11,6 +11,11 @@
 #   crossscale   pooled + three normalised refine steps on the close-ups (hypernet.refine.normalize),
 #                their pairs noisy as the video (hypernet.refine.noise)
 #   both         grid + those steps
+#   anchored     crossscale, its training also scoring the generated adapters before the steps
+#                (hypernet.refine.direct_weight=1.0, the weight fixed beforehand): added after
+#                crossscale_s0's generator alone gained +0.077 dB on validation recurrence videos
+#                against +0.167 for mixed_s0 (the as_trained probe below), a start for the steps
+#                rather than an adapter
 # and `crossscale` again with seed 1: chosen on validation before any test result of either
 # (at epoch 33 of 40, crossscale_s0 led both_s0 on the validation videos: PSNR-Y gain +0.100
 # against +0.067, own over shuffled context +0.194 against +0.143). The
@@ -71,6 +76,9 @@ queue_a() {
   train mixed_s0 experiment=hyper_content $base seed=0 && evaluate mixed_s0
   train crossscale_s0 experiment=hyper_memory $base "${crossscale[@]}" seed=0 && evaluate crossscale_s0
   guard crossscale_s0
+  as_trained mixed_s0 && as_trained crossscale_s0
+  train anchored_s0 experiment=hyper_memory $base "${crossscale[@]}" hypernet.refine.direct_weight=1.0 seed=0 \
+    && evaluate anchored_s0 && as_trained anchored_s0
   train pooled_s0 experiment=hyper_memory $base seed=0 && evaluate pooled_s0
   small
 }
@@ -80,7 +88,8 @@ queue_b() {
     && evaluate both_plain_s0
   probe
   train both_s0 experiment=hyper_memory $base "${grid[@]}" "${crossscale[@]}" seed=0 && evaluate both_s0
-  train crossscale_s1 experiment=hyper_memory $base "${crossscale[@]}" seed=1 && evaluate crossscale_s1
+  train crossscale_s1 experiment=hyper_memory $base "${crossscale[@]}" seed=1 && evaluate crossscale_s1 \
+    && as_trained both_s0 && as_trained crossscale_s1
   train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
 }
 # do no harm: a model's learned guard (hypernet.fit_guard, fitted on its own videos) and the
@@ -95,6 +104,13 @@ guard() {  # model
   rm -rf "${out:?}/eval_real_$1"
   $py -m hypernet.eval checkpoint=$out/$1/checkpoints/best.ckpt 'methods=[base,hypernet,hypernet_guard]' \
     'data.test_real_sides=[128,192,256,320]' paths.output_dir=$out/eval_real_$1 > "$out/eval_real_$1.log" 2>&1
+}
+# a model's adapters on 16 validation recurrence videos as it makes them and as its generator alone
+# makes them (no step): is the generator's output an adapter or only a start for the steps?
+as_trained() {  # model
+  [ -f "$out/as_trained_$1/as_trained.md" ] && return 0
+  $py scripts/probe_refine_steps.py $out/$1/checkpoints/best.ckpt --as-trained --videos 16 -o $out/as_trained_$1 \
+    > "$out/as_trained_$1.log" 2>&1
 }
 # the step probe: both_plain_s0's adapters on 8 validation recurrence videos, refined by plain and
 # normalised steps of several sizes and counts, beside the fitted LoRA; then the study's steps on

@@ -202,7 +202,13 @@ class Refine(nn.Module):
     step is ill-conditioned here: the factors' gradients differ by orders of magnitude between
     layers, so on 8 validation recurrence videos no size gave one plain step more than +0.012
     dB over the generated adapters' +0.004, while normalised steps reached +0.053 (one), +0.118
-    (three) and +0.194 (ten) of a fitted LoRA's +0.270 (experiments/content_memory, step probe)."""
+    (three) and +0.194 (ten) of a fitted LoRA's +0.270 (experiments/content_memory, step probe).
+
+    With `direct_weight`, training also scores the generated adapters of the videos that take
+    steps as they are, before the steps, at that weight. Trained through the steps alone, a
+    generator makes a start for them, not an adapter: crossscale_s0's generated adapters alone
+    gained +0.077 dB on its validation recurrence videos against +0.167 for a model without steps,
+    the degradation lost (experiments/content_memory). The weight keeps them an adapter."""
 
     def __init__(
         self,
@@ -215,6 +221,7 @@ class Refine(nn.Module):
         blur: float = 1.0,
         normalize: bool = False,
         noise: bool = False,
+        direct_weight: float = 0.0,
     ):
         super().__init__()
         if mode not in MODES:
@@ -227,8 +234,18 @@ class Refine(nn.Module):
                     f"hypernet.refine.{option}=true shapes the refine steps, and hypernet.refine.mode=direct takes "
                     "none: set hypernet.refine.mode=refine or crossscale"
                 )
+        if isinstance(direct_weight, bool) or not (
+            isinstance(direct_weight, int | float) and direct_weight >= 0
+        ):
+            raise ValueError(f"hypernet.refine.direct_weight={direct_weight!r} must be a number >= 0")
+        if direct_weight and mode == "direct":
+            raise ValueError(
+                f"hypernet.refine.direct_weight={direct_weight} weighs the loss of the adapters before the refine "
+                "steps, and hypernet.refine.mode=direct takes none: set it to 0 or choose refine or crossscale"
+            )
         self.spec = spec
         self.mode, self.steps, self.first_order, self.normalize = mode, steps, first_order, normalize
+        self.direct_weight = float(direct_weight)
         self.log_lr = nn.Parameter(torch.full((len(spec.targets),), math.log(lr)))
         if mode == "crossscale":  # only here, so the other modes' checkpoints hold what they always held
             if isinstance(blur, bool) or not (isinstance(blur, int | float) and 0.2 <= blur <= 2.0):
@@ -245,6 +262,17 @@ class Refine(nn.Module):
                 self.register_buffer("log_noise_gain", log_gain)
             else:
                 self.log_noise_gain = nn.Parameter(log_gain)
+
+    def stepped(self, num_videos: int, closeups: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """Which of V videos take steps (V,) bool: in refine mode all, in crossscale those whose
+        context holds a close-up, in direct mode none."""
+        if self.mode == "direct" or not self.steps:
+            return torch.zeros(num_videos, dtype=torch.bool, device=device)
+        if self.mode == "refine":
+            return torch.ones(num_videos, dtype=torch.bool, device=device)
+        if closeups is None:
+            return torch.zeros(num_videos, dtype=torch.bool, device=device)
+        return closeups.bool().any(dim=1)
 
     def forward(
         self, base: nn.Module, adapters: Adapters, context: torch.Tensor, closeups: torch.Tensor | None = None
@@ -486,10 +514,20 @@ class HyperLoRASystem(SRSystem):
 
     # -------------------------------------------------------------- steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        adapters = self.adapters_for(
-            batch["context"], batch["context_times"], batch["degradation"], batch.get("context_closeup")
+        lr, hr, closeups = batch["lr"], batch["hr"], batch.get("context_closeup")
+        generated = self.generator(
+            self.encoder.encode_context(batch["context"], batch["context_times"], batch["degradation"])
         )
-        return self.checked_loss(charbonnier(self.sr(batch["lr"], adapters), batch["hr"]), batch, batch_idx)
+        loss = charbonnier(self.sr(lr, self.refine(self.base, generated, batch["context"], closeups)), hr)
+        if self.refine.direct_weight:
+            # the generated adapters of the videos that take steps, scored as they are too: each such
+            # video's loss before the steps, weighted, summed over the batch's videos
+            stepped = self.refine.stepped(lr.shape[0], closeups, lr.device)
+            if stepped.any():
+                before = {k: (a[stepped], b[stepped]) for k, (a, b) in generated.items()}
+                direct = charbonnier(self.sr(lr[stepped], before), hr[stepped])
+                loss = loss + self.refine.direct_weight * direct * stepped.float().mean()
+        return self.checked_loss(loss, batch, batch_idx)
 
     def evaluate(self, batch: dict, batch_idx: int, *, split: str, group: str) -> None:
         lr, hr = batch["lr"], batch["hr"]
