@@ -150,3 +150,23 @@ def test_bench_data_writes_its_figures(tmp_path):
     assert 0 <= figures["data_stall_fraction"] < 1 and figures["loader_workers"] >= 0
     if "cuda_procedural_videos_per_s" not in figures:
         assert "no CUDA GPU here" in printed
+
+
+def test_probe_as_trained_writes_each_videos_adapters_with_and_without_steps(gated_checkpoint, tmp_path):
+    """probe_refine_steps.py --as-trained on a direct-mode checkpoint: every validation recurrence
+    video's row with both gains, equal (a direct model takes no step), and its table line."""
+    from hypernet.runs import read_table_csv
+
+    out = run_script(
+        "scripts/probe_refine_steps.py",
+        str(gated_checkpoint),
+        "--as-trained",
+        "--videos",
+        "2",
+        "-o",
+        str(tmp_path),
+    )
+    rows = read_table_csv(tmp_path / "as_trained.csv")
+    assert [r["video_id"] for r in rows] == ["recurrence-val0", "recurrence-val1"]
+    assert all(r["as_trained_y"] == r["generated_y"] and float(r["as_trained_y"]) != 0 for r in rows)
+    assert (tmp_path / "as_trained.md").read_text().strip() in out
