@@ -526,6 +526,7 @@ class HyperLoRASystem(SRSystem):
             if stepped.any():
                 before = {k: (a[stepped], b[stepped]) for k, (a, b) in generated.items()}
                 direct = charbonnier(self.sr(lr[stepped], before), hr[stepped])
+                self.log("train/loss_before_steps", direct, batch_size=int(stepped.sum()))
                 loss = loss + self.refine.direct_weight * direct * stepped.float().mean()
         return self.checked_loss(loss, batch, batch_idx)
 
