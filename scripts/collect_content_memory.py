@@ -115,12 +115,11 @@ def no_harm_lines(runs: Path) -> list[str]:
         for r in read_table_csv(folder / "results.csv")
     }
     fit = json.loads((runs / f"guard_{GUARDED}" / "metrics.json").read_text())
-    fit_videos = len(read_table_csv(runs / f"guard_{GUARDED}" / "guard_fit.csv"))
     lines = [
         "",
         f"## Do no harm: {GUARDED} with its learned guard on the real-size groups",
         "",
-        f"Its guard (`hypernet.fit_guard`, {fit_videos} fit videos): margin {fit['margin']:g} dB, leave-one-out "
+        f"Its guard (`hypernet.fit_guard`, {int(fit['videos'])} fit videos): margin {fit['margin']:g} dB, leave-one-out "
         f"{fit['loo_guarded_gain']:+.3f} a video, {int(fit['loo_harmed'])} harmed.",
         "",
         "| group | hypernet vs base | hypernet + guard vs base | worst video with the guard |",

@@ -56,9 +56,7 @@ def stepped(
     the pairs' inputs with noise of `noise_sigma` (1,) when given."""
     context = item["context"][None]
     with torch.no_grad():
-        generated = system.generator(
-            system.encoder.encode_context(context, item["context_times"][None], item["degradation"][None])
-        )
+        generated = system.generated_adapters(context, item["context_times"][None], item["degradation"][None])
     learned = system.refine.log_lr.exp().detach()
     blur = system.refine.log_blur.exp().detach() if hasattr(system.refine, "log_blur") else None
     refined = refine_steps(

@@ -263,16 +263,14 @@ class Refine(nn.Module):
             else:
                 self.log_noise_gain = nn.Parameter(log_gain)
 
-    def stepped(self, num_videos: int, closeups: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """Which of V videos take steps (V,) bool: in refine mode all, in crossscale those whose
-        context holds a close-up, in direct mode none."""
-        if self.mode == "direct" or not self.steps:
-            return torch.zeros(num_videos, dtype=torch.bool, device=device)
-        if self.mode == "refine":
-            return torch.ones(num_videos, dtype=torch.bool, device=device)
-        if closeups is None:
-            return torch.zeros(num_videos, dtype=torch.bool, device=device)
-        return closeups.bool().any(dim=1)
+    def stepped(self, context: torch.Tensor, closeups: torch.Tensor | None = None) -> torch.Tensor:
+        """Which of the V videos whose context frames are `context` (V, K, C, h, w) take steps,
+        (V,) bool: in refine mode all, in crossscale those whose context holds a close-up
+        (`closeups` (V, K); None: none), in direct mode or with no steps none."""
+        if self.mode == "crossscale" and closeups is not None and self.steps > 0:
+            return closeups.bool().any(dim=1)
+        takes = self.mode == "refine" and self.steps > 0
+        return torch.full((context.shape[0],), takes, dtype=torch.bool, device=context.device)
 
     def forward(
         self, base: nn.Module, adapters: Adapters, context: torch.Tensor, closeups: torch.Tensor | None = None
@@ -281,13 +279,11 @@ class Refine(nn.Module):
         `base`; in direct mode the adapters unchanged. crossscale reads the frames `closeups`
         (V, K) marks: a video with none takes no step, and so does a video that does not say
         which frames are close-ups (None: a user's), as training's videos without close-ups do."""
-        if self.mode == "direct":
+        if not self.stepped(context, closeups).any():
             return adapters
         step_sizes = self.log_lr.exp()
         options = {}
         if self.mode == "crossscale":
-            if closeups is None or not closeups.any():
-                return adapters
             options = {"weights": closeups, "blur_sigma": self.log_blur.exp()}
         if self.noise:
             options["noise_sigma"] = noise_level(context, options.get("weights")) * self.log_noise_gain.exp()
@@ -447,8 +443,16 @@ class HyperLoRASystem(SRSystem):
         """Adapters for V videos from their context frames (V, K, C, h, w) and times (V, K);
         the degradation-ceiling control reads `degradation` (V, P) instead; refine crossscale
         takes its steps on the frames `closeups` (V, K) marks."""
-        adapters = self.generator(self.encoder.encode_context(context, times, degradation))
-        return self.refine(self.base, adapters, context, closeups)
+        return self.refine(self.base, self.generated_adapters(context, times, degradation), context, closeups)
+
+    def generated_adapters(
+        self,
+        context: torch.Tensor,
+        times: torch.Tensor | None = None,
+        degradation: torch.Tensor | None = None,
+    ) -> Adapters:
+        """The generator's adapters for V videos' context frames, before any refine step."""
+        return self.generator(self.encoder.encode_context(context, times, degradation))
 
     @torch.no_grad()
     def adapters_for_item(self, item: dict) -> Adapters:
@@ -515,14 +519,12 @@ class HyperLoRASystem(SRSystem):
     # -------------------------------------------------------------- steps
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         lr, hr, closeups = batch["lr"], batch["hr"], batch.get("context_closeup")
-        generated = self.generator(
-            self.encoder.encode_context(batch["context"], batch["context_times"], batch["degradation"])
-        )
+        generated = self.generated_adapters(batch["context"], batch["context_times"], batch["degradation"])
         loss = charbonnier(self.sr(lr, self.refine(self.base, generated, batch["context"], closeups)), hr)
         if self.refine.direct_weight:
             # the generated adapters of the videos that take steps, scored as they are too: each such
             # video's loss before the steps, weighted, summed over the batch's videos
-            stepped = self.refine.stepped(lr.shape[0], closeups, lr.device)
+            stepped = self.refine.stepped(batch["context"], closeups)
             if stepped.any():
                 before = {k: (a[stepped], b[stepped]) for k, (a, b) in generated.items()}
                 direct = charbonnier(self.sr(lr[stepped], before), hr[stepped])
