@@ -148,6 +148,28 @@ def finetune_adapters(
     return adapters
 
 
+def fit_on_closeups(
+    base: nn.Module,
+    spec: LoRASpec,
+    item: dict,
+    *,
+    steps: int,
+    learning_rate: float,
+    seed: int = 0,
+) -> Adapters:
+    """The internal-learning reference of the memory benchmark: a LoRA fitted on one recurrence
+    item's own cross-scale pairs, its close-ups degraded once more (the group's degradation) as
+    inputs and the close-ups themselves as targets: LR only, no HR seen (`crossscale_pairs`)."""
+    from hypernet.data.recurrence import crossscale_pairs
+
+    inputs, targets = crossscale_pairs(
+        item["closeups"], item["degradation"], clip_len=item["lr"].shape[0], seed=seed
+    )
+    return finetune_adapters(
+        base, spec, inputs, hr=targets, steps=steps, learning_rate=learning_rate, seed=seed
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # videos on disk, read a clip at a time
 

@@ -37,8 +37,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from hypernet.adaptation import finetune_adapters
-from hypernet.data.recurrence import crossscale_pairs, without_closeups
+from hypernet.adaptation import finetune_adapters, fit_on_closeups
+from hypernet.data.recurrence import without_closeups
 from hypernet.guard import check_margin, choose_strength
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters, check_strength, scale_adapters
@@ -105,17 +105,8 @@ def evaluate_video(
                 base, spec, lr, steps=cfg.selfsup_steps, learning_rate=cfg.finetune_lr, seed=cfg.seed
             )
         elif method == "crossscale":  # from LR alone: the close-ups are the targets
-            inputs, targets = crossscale_pairs(
-                item["closeups"], item["degradation"], clip_len=lr.shape[1], seed=cfg.seed
-            )
-            adapters = finetune_adapters(
-                base,
-                spec,
-                inputs,
-                hr=targets,
-                steps=cfg.crossscale_steps,
-                learning_rate=cfg.finetune_lr,
-                seed=cfg.seed,
+            adapters = fit_on_closeups(
+                base, spec, item, steps=cfg.crossscale_steps, learning_rate=cfg.finetune_lr, seed=cfg.seed
             )
         elif method == "hypernet_other":
             adapters = system.adapters_for_item(other_item)
@@ -422,6 +413,9 @@ def check_options(cfg: DictConfig) -> None:
             raise ValueError(f"{option}={value!r} must be an int >= {minimum}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be an int, got {cfg.seed!r}")
+    steps = cfg.get("refine_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"refine_steps={steps!r} must be null (the checkpoint's) or an int >= 0")
 
 
 def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, dict[str, Any]]:
@@ -437,9 +431,19 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, dict[str, Any]]:
     check_run_folder(cfg.paths.output_dir, resumable=False)
     system = load_hypernet(cfg.checkpoint, option="checkpoint=")
     cfg = fed_as_trained(cfg, system)
+    changes = {}  # another reading or another count of refine steps, asked for
     if cfg.context_tile != system.hparams["hypernet"]["encoder"].get("context_tile"):
-        tile = {"encoder": {"context_tile": cfg.context_tile}}  # another reading, asked for
-        system = load_hypernet(cfg.checkpoint, option="checkpoint=", hypernet=tile)
+        changes["encoder"] = {"context_tile": cfg.context_tile}
+    if cfg.get("refine_steps") is not None:
+        mode = system.hparams["hypernet"]["refine"]["mode"]
+        if mode == "direct" and cfg.refine_steps > 0:
+            raise ValueError(
+                f"refine_steps={cfg.refine_steps}: the model of {cfg.checkpoint} was trained in "
+                "hypernet.refine.mode=direct and takes no refine steps; leave refine_steps unset"
+            )
+        changes["refine"] = {"steps": cfg.refine_steps}
+    if changes:
+        system = load_hypernet(cfg.checkpoint, option="checkpoint=", hypernet=changes)
     datamodule = check_data(cfg, stages=("test", "validate"))  # data.scale and context_frames filled
     groups = dict(datamodule.test_sets) or {"single": datamodule.val_set}
     return cfg, system, groups

@@ -86,34 +86,44 @@ def noise_pattern(shape: torch.Size, device: torch.device, dtype: torch.dtype) -
     return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
 
 
+def inner_inputs(
+    frames: torch.Tensor,
+    *,
+    scale: int,
+    blur_sigma: torch.Tensor | None = None,
+    noise_sigma: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The inputs of the refine steps' pairs: V videos' LR frames (V, K, C, h, w) degraded once
+    more (blurred by blur_sigma when given, MATLAB bicubic down by the scale, with noise of each
+    video's noise_sigma (V,) when given), (V, K, C, h/s, w/s); their targets are the frames
+    themselves (ZSSR's pairs; from a close-up, the detail a wider view of it lacks). Downscaling
+    averages a frame's noise away, so without noise_sigma the pairs teach a noisy video's adapters
+    to upscale clean input, not the noisy frames they will meet. The noise is one fixed pattern
+    (seed 0) for every video, so that a video's steps are the same in any batch and on any run.
+    The adapters do not change them: made once, before the steps."""
+    source = frames if blur_sigma is None else gaussian_blur(frames, blur_sigma)
+    lower = imresize(source, scale=1 / scale)
+    if noise_sigma is not None:
+        pattern = noise_pattern(lower.shape[1:], lower.device, lower.dtype)
+        lower = lower + noise_sigma.to(lower.dtype).reshape(-1, 1, 1, 1, 1) * pattern
+    return lower.clamp(0, 1)
+
+
 def inner_loss(
     base: nn.Module,
     spec: LoRASpec,
     adapters: Adapters,
     frames: torch.Tensor,
+    inputs: torch.Tensor,
     *,
     weights: torch.Tensor | None = None,
-    blur_sigma: torch.Tensor | None = None,
-    noise_sigma: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The refine steps' loss over V videos' LR frames (V, K, C, h, w), each read as a training pair
-    of its own: degraded once more (blurred by blur_sigma when given, MATLAB bicubic down by the
-    scale, with noise of each video's noise_sigma (V,) when given) and upscaled back by the adapted
-    base, it should give the frame again (ZSSR's pairs; from a close-up, the detail a wider view
-    of it lacks). Downscaling averages a frame's noise away, so without noise_sigma the pairs
-    teach a noisy video's adapters to upscale clean input, not the noisy frames they will meet.
-    The noise is one fixed pattern (seed 0) for every video, so that a video's steps are the same
-    in any batch and on any run. A video's frames are averaged, weighted by `weights` (V, K) (its
-    close-ups alone, say; none: every frame), and the videos summed, so a video's steps do not
-    depend on which other videos share its batch."""
-    source = frames if blur_sigma is None else gaussian_blur(frames, blur_sigma)
-    lower = imresize(source, scale=1 / base.scale)
-    if noise_sigma is not None:
-        pattern = noise_pattern(lower.shape[1:], lower.device, lower.dtype)
-        lower = lower + noise_sigma.to(lower.dtype).reshape(-1, 1, 1, 1, 1) * pattern
-    lower = lower.clamp(0, 1)
-    height, width = lower.shape[-2] * base.scale, lower.shape[-1] * base.scale
-    upscaled = adapted_sr(base, spec, adapters, lower)
+    """The refine steps' loss: the pairs' `inputs` (inner_inputs of `frames`, V videos' LR frames
+    (V, K, C, h, w)) upscaled by the adapted base should give the frames again. A video's frames
+    are averaged, weighted by `weights` (V, K) (its close-ups alone, say; none: every frame), and
+    the videos summed, so a video's steps do not depend on which other videos share its batch."""
+    height, width = inputs.shape[-2] * base.scale, inputs.shape[-1] * base.scale
+    upscaled = adapted_sr(base, spec, adapters, inputs)
     error = torch.sqrt((upscaled - frames[..., :height, :width]) ** 2 + 1e-6).mean(dim=(-3, -2, -1))  # (V, K)
     weights = torch.ones_like(error) if weights is None else weights.to(error.dtype)
     return ((error * weights).sum(1) / weights.sum(1).clamp_min(1)).sum()

@@ -18,6 +18,8 @@ beside the study's run.sh:
     memory.png      the recurrence group's gains by model: the hypernet and its controls
     as_trained.csv  each model's adapters on validation recurrence videos with and without its
                     steps (as_trained_<model>/), its table in results.md
+    step_counts.csv each stepping model's adapters after 0 to its trained count of steps, timed,
+                    beside the reference (counts_<model>/), its tables in results.md
     step_probe.csv, step_probe_noise.csv
                     the step probe's rows (step_probe/, scripts/probe_refine_steps.py), its tables
                     in results.md
@@ -28,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from probe_refine_steps import cell, counts_table  # the probe's own table, as it prints it (scripts/)
 
 from hypernet.files import atomic_write_text
 from hypernet.metrics import gain_summary
@@ -46,11 +50,6 @@ MODELS = {
 }
 GUARDED = "crossscale_s0"  # the second seed's model, chosen on validation: its guard and the real-size groups
 CONTROLS = ("hypernet_other", "hypernet_without_closeups", "crossscale", "oracle")
-
-
-def cell(values: list[float]) -> str:
-    s = gain_summary(values)
-    return f"{s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} ({int(s['videos_improved'])}/{len(values)})"
 
 
 def differences(table: dict, group: str, first: str, second: str) -> list[float]:
@@ -181,6 +180,33 @@ def as_trained_lines(runs: Path, out: Path) -> list[str]:
     ]
 
 
+def counts_lines(runs: Path, out: Path) -> list[str]:
+    """Each stepping model's adapters after 0 to its trained count of steps on 16 validation
+    recurrence videos, timed, beside the reference (probe_refine_steps.py --step-counts); every
+    video in step_counts.csv."""
+    rows, lines = [], []
+    for model in MODELS:
+        path = runs / f"counts_{model}" / "counts.csv"
+        if not path.is_file():
+            continue
+        chosen = read_table_csv(path)
+        rows += [{"model": model, **r} for r in chosen]
+        lines += ["", f"`{model}`:", "", *counts_table(chosen)]
+    if not rows:
+        return []
+    write_table_csv(out / "step_counts.csv", rows)
+    return [
+        "",
+        "## Time against gain: fewer steps at inference (validation recurrence videos; step_counts.csv)",
+        "",
+        "Each model's adapters after 0 to its trained count of refine steps (its learned step sizes), wide "
+        "shot PSNR-Y over the base, and own minus the next video's adapters at the same count; the share "
+        "of the internal-learning reference's gain (a LoRA fitted on the close-ups, 100 steps) at a share "
+        "of its time, both measured on the same videos in one run.",
+        *lines,
+    ]
+
+
 def plot(path: Path, tables: dict[str, dict]) -> None:
     import matplotlib
 
@@ -252,6 +278,7 @@ def collect(runs: Path, out: Path) -> None:
     lines += no_harm_lines(runs)
     out.mkdir(parents=True, exist_ok=True)
     lines += as_trained_lines(runs, out)
+    lines += counts_lines(runs, out)
     lines += probe_lines(runs, out)
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     write_table_csv(out / "per_video.csv", per_video)

@@ -28,14 +28,14 @@ probe.md (means +- s.e.) to DIR. experiments/content_memory/run.sh runs it.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
 
-from hypernet.adaptation import finetune_adapters
+from hypernet.adaptation import fit_on_closeups
 from hypernet.config import compose_config
 from hypernet.data.datamodule import check_data
-from hypernet.data.recurrence import crossscale_pairs
 from hypernet.files import atomic_write_text
 from hypernet.metrics import gain_summary, video_metrics
 from hypernet.models.lora import Adapters
@@ -73,6 +73,12 @@ def stepped(
         noise_sigma=noise_sigma,
     )
     return {n: (a.detach(), b.detach()) for n, (a, b) in refined.items()}
+
+
+def cell(values: list[float]) -> str:
+    """Gains as `mean +- s.e. (videos improved/videos)`."""
+    s = gain_summary(values)
+    return f"{s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} ({int(s['videos_improved'])}/{len(values)})"
 
 
 NOISE_GAINS = (0.5, 1.0, 1.5)
@@ -145,6 +151,83 @@ def as_trained(system, items: list[dict], psnr, cell, args: argparse.Namespace) 
     print("\n".join(lines))
 
 
+def step_counts(system, items: list[dict], psnr, args: argparse.Namespace) -> None:
+    """Time against gain: the checkpoint's adapters after 0, 1, ... up to its trained count of
+    refine steps (its learned step sizes), each timed as eval times the hypernet (the adapters
+    made from the item, seconds per video) and with its own minus the next video's adapters at
+    the same count, beside the internal-learning reference's gain and seconds on the same videos
+    (`fit_on_closeups`, args.steps Adam steps: eval's `crossscale`). Each video's counts and its
+    reference are timed one after the other, so that a load that drifts over the run (another job
+    on the machine) weighs on both sides alike; counts.csv, counts.md."""
+    trained = system.refine.steps
+    counts = range(trained + 1)
+    system.adapters_for_item(items[0])  # the first call pays one-off costs no video should carry
+    made, seconds = {}, {}
+    for i, item in enumerate(items):
+        for count in counts:
+            system.refine.steps = count
+            started = time.perf_counter()
+            made[i, count] = system.adapters_for_item(item)
+            seconds[i, count] = time.perf_counter() - started
+        started = time.perf_counter()
+        made[i, "reference"] = fit_on_closeups(
+            system.base, system.spec, item, steps=args.steps, learning_rate=args.lr
+        )
+        seconds[i, "reference"] = time.perf_counter() - started
+    system.refine.steps = trained
+    base_psnr = [psnr(item, None) for item in items]
+    rows = []
+    for key in [*counts, "reference"]:
+        for i, item in enumerate(items):
+            own = psnr(item, made[i, key])
+            other = "" if key == "reference" else own - psnr(item, made[(i + 1) % len(items), key])
+            rows.append(
+                {
+                    "video_id": item["video_id"],
+                    "steps": key,
+                    "gain_y": own - base_psnr[i],
+                    "own_minus_other_y": other,
+                    "seconds": seconds[i, key],
+                }
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_table_csv(args.out / "counts.csv", rows)
+    lines = [f"`{Path(args.checkpoint).as_posix()}` on {len(items)} validation recurrence videos:", ""]
+    lines += counts_table(rows)
+    atomic_write_text(args.out / "counts.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def counts_table(rows: list[dict]) -> list[str]:
+    """counts.csv's rows (values as written or as read back) as a table: each count's gain, own
+    minus other and share of the reference's gain at a share of its time (mean over mean)."""
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    reference = [r for r in rows if str(r["steps"]) == "reference"]
+    ref_gain = mean([float(r["gain_y"]) for r in reference])
+    ref_seconds = mean([float(r["seconds"]) for r in reference])
+    lines = [
+        "| refine steps | gain over the base | own minus the next video's | share of the reference's gain "
+        "| share of its time |",
+        "|---|---|---|---|---|",
+    ]
+    counts = sorted({int(r["steps"]) for r in rows if str(r["steps"]) != "reference"})
+    for count in counts:
+        chosen = [r for r in rows if str(r["steps"]) == str(count)]
+        gain = [float(r["gain_y"]) for r in chosen]
+        lines.append(
+            f"| {count} | {cell(gain)} | {cell([float(r['own_minus_other_y']) for r in chosen])} "
+            f"| {mean(gain) / ref_gain:.0%} | {mean([float(r['seconds']) for r in chosen]) / ref_seconds:.2%} |"
+        )
+    lines.append(
+        f"| reference ({len(reference)} videos) | {cell([float(r['gain_y']) for r in reference])} | | 100% "
+        f"| 100% ({ref_seconds:.2f} s a video) |"
+    )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -153,6 +236,11 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("outputs/step_probe"))
     parser.add_argument(
         "--as-trained", action="store_true", help="only the checkpoint's adapters with and without its steps"
+    )
+    parser.add_argument(
+        "--step-counts",
+        action="store_true",
+        help="the checkpoint's adapters after 0 to its trained count of steps, timed, beside the reference",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -173,12 +261,12 @@ def main() -> None:
             sr = adapted_sr(base, spec, adapters, item["lr"][None]).clamp(0, 1)
         return video_metrics(sr, item["hr"][None], crop_border=cfg.crop_border)["psnr_y"].item()
 
-    def cell(values: list[float]) -> str:
-        s = gain_summary(values)
-        return f"{s['gain_y']:+.3f} +- {s['gain_y_stderr']:.3f} ({int(s['videos_improved'])}/{len(values)})"
-
+    args.lr = cfg.finetune_lr
     if args.as_trained:
         as_trained(system, items, psnr, cell, args)
+        return
+    if args.step_counts:
+        step_counts(system, items, psnr, args)
         return
     rows = []
     base_psnr = [psnr(item, None) for item in items]
@@ -205,12 +293,7 @@ def main() -> None:
             flush=True,
         )
     for i, item in enumerate(items):
-        inputs, targets = crossscale_pairs(
-            item["closeups"], item["degradation"], clip_len=item["lr"].shape[0], seed=0
-        )
-        fitted = finetune_adapters(
-            base, spec, inputs, hr=targets, steps=args.steps, learning_rate=cfg.finetune_lr
-        )
+        fitted = fit_on_closeups(base, spec, item, steps=args.steps, learning_rate=args.lr)
         rows.append(
             {"video_id": item["video_id"], "kind": "reference", "steps": args.steps, "size": cfg.finetune_lr,
              "gain_y": psnr(item, fitted) - base_psnr[i]}

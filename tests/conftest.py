@@ -57,6 +57,20 @@ def gated_checkpoint(tiny_checkpoints, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def stepping_checkpoint(gated_checkpoint, tmp_path_factory) -> Path:
+    """The gated checkpoint as a crossscale model: two normalised refine steps on the close-ups
+    (the options memory models train with; the blur at its initial sigma of 1)."""
+    state = read_checkpoint(gated_checkpoint, option="--checkpoint")
+    state["hyper_parameters"]["hypernet"]["refine"].update(
+        mode="crossscale", steps=2, lr=1e-3, normalize=True
+    )
+    state["state_dict"]["refine.log_blur"] = torch.zeros(())
+    path = tmp_path_factory.mktemp("stepping") / "stepping.ckpt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def learned_checkpoint(gated_checkpoint, tmp_path_factory) -> Path:
     """The gated checkpoint with a learned guard fitted into it (hypernet.fit_guard on 12 small
     videos), through the entry point's prepare and fit."""

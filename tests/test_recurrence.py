@@ -221,6 +221,38 @@ def test_the_without_closeups_control_is_the_hypernet_reading_another_context(ga
     assert psnr["hypernet"] != psnr["hypernet_without_closeups"]  # the close-ups change the adapters
 
 
+def test_eval_takes_the_refine_steps_it_is_given(stepping_checkpoint, gated_checkpoint, tmp_path):
+    """refine_steps=N: a stepping model takes N steps at inference (its step sizes as trained); 0 is
+    its generator's adapters alone. A model that takes no steps, or a count below 0, is refused by
+    name before anything is written."""
+    overrides = ["data.hr_size=32", "data.num_frames=15", "data.clip_len=3", "data.test_recurrence=1"]
+
+    def prepared(checkpoint, *more):
+        cfg = compose_config(
+            "eval", [*overrides, f"checkpoint={checkpoint}", f"paths.output_dir={tmp_path / 'eval'}", *more]
+        )
+        return evaluation.prepare(cfg)
+
+    _, as_trained, groups = prepared(stepping_checkpoint)
+    _, none, _ = prepared(stepping_checkpoint, "refine_steps=0")
+    _, one, _ = prepared(stepping_checkpoint, "refine_steps=1")
+    assert (as_trained.refine.steps, none.refine.steps, one.refine.steps) == (2, 0, 1)
+    item = groups["recurrence"][0]
+    context = item["context"][None]
+    generated = none.generated_adapters(context, item["context_times"][None], item["degradation"][None])
+    made = {n: s.adapters_for_item(item) for n, s in (("0", none), ("1", one), ("2", as_trained))}
+    for name, (a, b) in generated.items():
+        assert torch.equal(made["0"][name][0], a) and torch.equal(made["0"][name][1], b)
+    assert not all(
+        torch.equal(made["1"][n][1], made["2"][n][1]) for n in generated
+    )  # the second step moves them
+    with pytest.raises(ValueError, match=r"refine_steps=2: .*refine.mode=direct and takes no refine steps"):
+        prepared(gated_checkpoint, "refine_steps=2")
+    with pytest.raises(ValueError, match=r"refine_steps=-1 must be null .* or an int >= 0"):
+        prepared(stepping_checkpoint, "refine_steps=-1")
+    assert not (tmp_path / "eval").exists()
+
+
 def test_every_stage2_test_reports_the_recurrence_group(gated_checkpoint):
     import lightning as L
 

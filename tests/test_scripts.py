@@ -170,3 +170,24 @@ def test_probe_as_trained_writes_each_videos_adapters_with_and_without_steps(gat
     assert [r["video_id"] for r in rows] == ["recurrence-val0", "recurrence-val1"]
     assert all(r["as_trained_y"] == r["generated_y"] and float(r["as_trained_y"]) != 0 for r in rows)
     assert (tmp_path / "as_trained.md").read_text().strip() in out
+
+
+def test_probe_step_counts_times_each_count_beside_the_reference(stepping_checkpoint, tmp_path):
+    """probe_refine_steps.py --step-counts on a model trained with two steps: every validation
+    recurrence video's row at 0, 1 and 2 steps and the reference's, each timed, and the table of
+    shares it prints."""
+    from hypernet.runs import read_table_csv
+
+    out = run_script(
+        "scripts/probe_refine_steps.py", str(stepping_checkpoint), "--step-counts", "--videos", "2",
+        "--steps", "3", "-o", str(tmp_path),
+    )  # fmt: skip
+    rows = read_table_csv(tmp_path / "counts.csv")
+    assert [(r["video_id"], r["steps"]) for r in rows] == [
+        (f"recurrence-val{v}", str(k)) for k in (0, 1, 2) for v in (0, 1)
+    ] + [("recurrence-val0", "reference"), ("recurrence-val1", "reference")]
+    assert all(float(r["seconds"]) > 0 for r in rows)
+    gains = {k: [float(r["gain_y"]) for r in rows if r["steps"] == k] for k in ("0", "1", "2")}
+    assert gains["0"] != gains["1"] != gains["2"]  # each step moves the adapters
+    table = (tmp_path / "counts.md").read_text()
+    assert table.strip() in out and "| reference (2 videos) |" in table and table.count("\n| ") == 5

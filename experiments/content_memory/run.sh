@@ -112,6 +112,14 @@ as_trained() {  # model
   $py scripts/probe_refine_steps.py $out/$1/checkpoints/best.ckpt --as-trained --videos 16 -o $out/as_trained_$1 \
     > "$out/as_trained_$1.log" 2>&1
 }
+# time against gain: a stepping model's adapters after 0 to its trained count of steps, timed, beside
+# the internal-learning reference on the same 16 validation recurrence videos; the count eval_<model>_k<N>
+# uses (below) is read from these tables, never from the test group
+counts() {  # model
+  [ -f "$out/counts_$1/counts.md" ] && return 0
+  $py scripts/probe_refine_steps.py $out/$1/checkpoints/best.ckpt --step-counts --videos 16 -o $out/counts_$1 \
+    > "$out/counts_$1.log" 2>&1
+}
 # the step probe: both_plain_s0's adapters on 8 validation recurrence videos, refined by plain and
 # normalised steps of several sizes and counts, beside the fitted LoRA; then the study's steps on
 # pairs with and without noise, on 16 validation videos of the training family's degradations

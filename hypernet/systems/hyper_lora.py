@@ -34,7 +34,7 @@ from hypernet.models.base import build_base
 from hypernet.models.encoder import frame_times
 from hypernet.models.generator import adapter_spread
 from hypernet.models.lora import Adapters, LoRASpec
-from hypernet.sr import adapted_sr, bicubic_upscale, charbonnier, inner_loss, noise_level
+from hypernet.sr import adapted_sr, bicubic_upscale, charbonnier, inner_inputs, inner_loss, noise_level
 from hypernet.systems.base_sr import BaseSRSystem
 from hypernet.systems.common import (
     HYPERNET_PARTS,
@@ -281,23 +281,19 @@ class Refine(nn.Module):
         which frames are close-ups (None: a user's), as training's videos without close-ups do."""
         if not self.stepped(context, closeups).any():
             return adapters
-        step_sizes = self.log_lr.exp()
-        options = {}
-        if self.mode == "crossscale":
-            options = {"weights": closeups, "blur_sigma": self.log_blur.exp()}
-        if self.noise:
-            options["noise_sigma"] = noise_level(context, options.get("weights")) * self.log_noise_gain.exp()
-        second_order = self.training and not self.first_order
+        weights = closeups if self.mode == "crossscale" else None
         return refine_steps(
             base,
             self.spec,
             adapters,
             context,
             count=self.steps,
-            step_sizes=step_sizes,
+            step_sizes=self.log_lr.exp(),
             normalize=self.normalize,
-            second_order=second_order,
-            **options,
+            second_order=self.training and not self.first_order,
+            weights=weights,
+            blur_sigma=self.log_blur.exp() if self.mode == "crossscale" else None,
+            noise_sigma=noise_level(context, weights) * self.log_noise_gain.exp() if self.noise else None,
         )
 
 
@@ -311,15 +307,21 @@ def refine_steps(
     step_sizes: torch.Tensor,
     normalize: bool,
     second_order: bool,
-    **options: Any,
+    weights: torch.Tensor | None = None,
+    blur_sigma: torch.Tensor | None = None,
+    noise_sigma: torch.Tensor | None = None,
 ) -> Adapters:
     """`count` gradient steps of the adapters on `inner_loss` over the frames `context` (V, K, C,
     h, w), each target layer's factors moved by its step size (step_sizes, one per layer of
     spec.targets) times their gradient, or times the gradient over its joint RMS (`normalize`).
-    `options` go to inner_loss (weights, blur_sigma, noise_sigma). With `second_order` the steps
-    stay in the graph (training through them); otherwise each gradient is a constant."""
+    The pairs' inputs (`inner_inputs`: blur_sigma, noise_sigma) are made once, every step reads
+    them; `weights` (V, K) weighs the frames. With `second_order` the steps stay in the graph
+    (training through them); otherwise each gradient is a constant."""
     names = list(spec.names)
     current = adapters
+    if count < 1:
+        return current
+    inputs = inner_inputs(context, scale=base.scale, blur_sigma=blur_sigma, noise_sigma=noise_sigma)
     for _ in range(count):
         with torch.enable_grad():
             # tensors outside any graph (validation) become leaves the inner loss can differentiate
@@ -329,7 +331,9 @@ def refine_steps(
             }
             flat = [t for n in names for t in current[n]]
             grads = torch.autograd.grad(
-                inner_loss(base, spec, current, context, **options), flat, create_graph=second_order
+                inner_loss(base, spec, current, context, inputs, weights=weights),
+                flat,
+                create_graph=second_order,
             )
         if not second_order:
             grads = [g.detach() for g in grads]
