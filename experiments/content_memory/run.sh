@@ -78,7 +78,7 @@ queue_a() {
   guard crossscale_s0
   as_trained mixed_s0 && as_trained crossscale_s0
   train anchored_s0 experiment=hyper_memory $base "${crossscale[@]}" hypernet.refine.direct_weight=1.0 seed=0 \
-    && evaluate anchored_s0 && as_trained anchored_s0
+    && evaluate anchored_s0 && as_trained anchored_s0 && counts anchored_s0
   train pooled_s0 experiment=hyper_memory $base seed=0 && evaluate pooled_s0
   small
 }
@@ -90,6 +90,7 @@ queue_b() {
   train both_s0 experiment=hyper_memory $base "${grid[@]}" "${crossscale[@]}" seed=0 && evaluate both_s0
   train crossscale_s1 experiment=hyper_memory $base "${crossscale[@]}" seed=1 && evaluate crossscale_s1 \
     && as_trained both_s0 && as_trained crossscale_s1
+  counts crossscale_s0 && counts crossscale_s1 && counts both_s0
   train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
 }
 # do no harm: a model's learned guard (hypernet.fit_guard, fitted on its own videos) and the
@@ -113,8 +114,9 @@ as_trained() {  # model
     > "$out/as_trained_$1.log" 2>&1
 }
 # time against gain: a stepping model's adapters after 0 to its trained count of steps, timed, beside
-# the internal-learning reference on the same 16 validation recurrence videos; the count eval_<model>_k<N>
-# uses (below) is read from these tables, never from the test group
+# the internal-learning reference on the same 16 validation recurrence videos; (probe_refine_steps.py
+# --step-counts); a count other than the trained one is chosen from these tables, never from the
+# test group
 counts() {  # model
   [ -f "$out/counts_$1/counts.md" ] && return 0
   $py scripts/probe_refine_steps.py $out/$1/checkpoints/best.ckpt --step-counts --videos 16 -o $out/counts_$1 \
