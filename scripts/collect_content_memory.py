@@ -214,7 +214,7 @@ def plot(path: Path, tables: dict[str, dict]) -> None:
     import matplotlib.pyplot as plt
 
     shown = ("hypernet", "hypernet_other", "hypernet_without_closeups", "crossscale")
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(shown)
     models = list(tables)
     for i, method in enumerate(shown):
@@ -227,7 +227,9 @@ def plot(path: Path, tables: dict[str, dict]) -> None:
             [j + i * width for j in range(len(models))], means, width, yerr=errors, label=method, capsize=2
         )
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models)
+    ax.set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(models))], models, rotation=20, ha="right", fontsize=8
+    )
     ax.set_ylabel("PSNR-Y gain over the base on the wide shots (dB)")
     ax.set_title("test/recurrence: mean +- s.e.")
     ax.legend(fontsize=8)
@@ -253,8 +255,11 @@ def collect(runs: Path, out: Path) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     per_video, all_metrics, tables = [], {}, {}
-    for model in MODELS:
-        folder = runs / f"eval_{model}"
+    evaluations = [(model, runs / f"eval_{model}") for model in MODELS]
+    for model in MODELS:  # a stepping model at another count of refine steps (eval's refine_steps)
+        counts = sorted(int(f.name.rsplit("_k", 1)[1]) for f in runs.glob(f"eval_{model}_k*") if f.is_dir())
+        evaluations += [(f"{model}, {k} step{'s' * (k != 1)}", runs / f"eval_{model}_k{k}") for k in counts]
+    for model, folder in evaluations:
         if not (folder / "metrics.json").is_file():
             lines.append(f"| {model} | not run yet | | | | | | |")
             continue
