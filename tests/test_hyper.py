@@ -441,6 +441,69 @@ def test_direct_weight_scores_the_generated_adapters_of_the_videos_that_take_ste
     assert system.training_step(batch, 0).item() == none_plain.item()
 
 
+def test_split_is_checked(base_ckpt):
+    crossscale = "hypernet.refine.mode=crossscale"
+    with pytest.raises(ValueError, match=r"hypernet.refine.split=.sometimes. must be true or false"):
+        tiny_system(base_ckpt, crossscale, "hypernet.refine.split=sometimes")
+    with pytest.raises(ValueError, match=r"hypernet.refine.split=true .* hypernet.refine.mode=direct"):
+        tiny_system(base_ckpt, "hypernet.refine.mode=direct", "hypernet.refine.split=true")
+    with pytest.raises(ValueError, match=r"split=true .*direct_weight=1.0 .*: choose one"):
+        tiny_system(base_ckpt, crossscale, "hypernet.refine.split=true", "hypernet.refine.direct_weight=1.0")
+    with pytest.raises(
+        ValueError, match=r"split=true halves each layer's rank, and '.*' has rank 1: set hypernet.lora.rank"
+    ):
+        tiny_system(base_ckpt, crossscale, "hypernet.refine.split=true", "hypernet.lora.rank=1")
+
+
+def test_split_steps_the_second_half_with_the_first_in_place_and_drops_it_without_steps(base_ckpt):
+    """hypernet.refine.split: every video keeps the generated first half of each layer's rank; the
+    steps move the second half alone, scored with the first half in place; a video that takes no
+    step gets its second half dropped (B zero), so its adapter is the first half alone."""
+    from hypernet.systems.hyper_lora import rank_halves, rank_joined, refine_steps
+
+    system = tiny_system(
+        base_ckpt, "hypernet.refine.mode=crossscale", "hypernet.refine.split=true", "hypernet.refine.lr=0.5"
+    ).double()
+    system.eval()
+    with torch.no_grad():
+        system.generator.gates.fill_(0.3)
+    batch = {k: v.double() for k, v in tiny_batch(v=2).items()}
+    closeups = torch.tensor([[True, True, False], [False, False, False]])  # video 1 takes no step
+    generated = system.generated_adapters(batch["context"], batch["context_times"])
+    made = system.adapters_for(batch["context"], batch["context_times"], closeups=closeups)
+    kept, start = rank_halves(generated)
+    made_kept, made_moved = rank_halves(made)
+    stepped = refine_steps(
+        system.base, system.spec, start, batch["context"], count=system.refine.steps,
+        step_sizes=system.refine.log_lr.exp(), normalize=False, second_order=False, weights=closeups,
+        blur_sigma=system.refine.log_blur.exp(), under=kept,
+    )  # fmt: skip
+    for name in generated:
+        assert torch.equal(made_kept[name][0], kept[name][0]) and torch.equal(
+            made_kept[name][1], kept[name][1]
+        )
+        assert torch.equal(made_moved[name][1][1], torch.zeros_like(start[name][1][1]))  # dropped
+        assert torch.allclose(
+            made_moved[name][1][0], stepped[name][1][0]
+        )  # video 0: stepped, first half in place
+    assert any(not torch.equal(made_moved[n][1][0], start[n][1][0]) for n in generated)  # the step moved it
+    # the halves join back into the whole: the rank of every layer as the spec says
+    whole = rank_joined(kept, start)
+    assert all(
+        torch.equal(whole[n][0], generated[n][0]) and torch.equal(whole[n][1], generated[n][1]) for n in whole
+    )
+    # no close-up marked anywhere (a user's video): the first half alone for every video
+    plain = system.adapters_for(batch["context"], batch["context_times"])
+    assert all(not plain[n][1][..., 1:].any() for n in plain)  # rank 2: the second half is column 1
+    # trained through: every hypernet parameter gets a gradient through the steps
+    system.train()
+    made = system.adapters_for(batch["context"], batch["context_times"], closeups=~torch.zeros_like(closeups))
+    charbonnier(system.sr(batch["lr"], made), batch["hr"]).backward()
+    missing = [n for n, p in system.named_parameters() if p.requires_grad and not n.startswith("base.")
+               and (p.grad is None or not p.grad.abs().sum() > 0) and n != "generator.static_latents"]  # fmt: skip
+    assert not missing
+
+
 def test_noise_level_reads_white_noise_and_not_smooth_structure():
     """sr.noise_level: a smooth ramp reads (almost) nothing, the same ramp with white noise of
     sigma 0.03 reads 0.03 within 5%, and the weights choose the frames averaged."""

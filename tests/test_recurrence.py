@@ -281,10 +281,11 @@ def test_every_stage2_test_reports_the_recurrence_group(gated_checkpoint):
     assert "test/psnr_y_without_closeups" not in logged  # the main group has no close-ups to remove
 
 
-def test_stage2_trains_on_recurrence_videos_with_both_mechanisms(tiny_checkpoints, tmp_path):
+@pytest.mark.parametrize("anchor", ["hypernet.refine.direct_weight=1.0", "hypernet.refine.split=true"])
+def test_stage2_trains_on_recurrence_videos_with_both_mechanisms(tiny_checkpoints, tmp_path, anchor):
     """hyper_memory's parts end to end, tiny: recurrence videos in the training mix, spatial
-    tokens, refine steps on the close-ups (their generated adapters also scored before the steps),
-    the recurrence group scored after training."""
+    tokens, refine steps on the close-ups (their generated adapters also scored before the steps,
+    or the steps moving half of each layer's rank), the recurrence group scored after training."""
     import json
     import math
 
@@ -301,18 +302,18 @@ def test_stage2_trains_on_recurrence_videos_with_both_mechanisms(tiny_checkpoint
         "data.test_source=procedural",
         "hypernet.encoder.grid=2",
         "hypernet.refine.mode=crossscale",
-        "hypernet.refine.direct_weight=1.0",
+        anchor,
         "trainer.log_every_n_steps=1",
     )
     with open(tmp_path / "memory" / "val_videos.csv") as f:  # selection saw a recurrence video
         assert "recurrence-val0" in {row["video_id"] for row in csv.DictReader(f)}
-    # the generated adapters of the videos with close-ups were scored before the steps too
+    # with direct_weight the generated adapters of the videos with close-ups were scored before the steps too
     (logged,) = (tmp_path / "memory" / "csv").glob("*/metrics.csv")
     with open(logged) as f:
         before = [
             float(r["train/loss_before_steps"]) for r in csv.DictReader(f) if r.get("train/loss_before_steps")
         ]
-    assert before and all(math.isfinite(v) and v > 0 for v in before)
+    assert all(math.isfinite(v) and v > 0 for v in before) and bool(before) == ("direct_weight" in anchor)
     metrics = json.loads((tmp_path / "memory" / "metrics.json").read_text())
     for key in ("gain_y", "closeups_over_without_y", "own_over_shuffled_y"):
         assert f"test/recurrence/{key}" in metrics, key

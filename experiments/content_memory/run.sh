@@ -11,6 +11,13 @@
 #   crossscale   pooled + three normalised refine steps on the close-ups (hypernet.refine.normalize),
 #                their pairs noisy as the video (hypernet.refine.noise)
 #   both         grid + those steps
+#   split        crossscale at rank 8 with each layer's rank split in two (hypernet.refine.split): the
+#                first half the generated adapter as it is (all a video without close-ups gets), the
+#                second the start of the steps, taken with the first in place: added after, on
+#                validation recurrence videos, mixed_s0's adapters plus crossscale_s1's step delta
+#                gained +0.210 dB (each alone +0.167 and +0.177) with own minus other +0.082 (an
+#                exploratory sum of two models, validation only); rank 8 gives each half the rank 4
+#                of the models it joins
 #   anchored     crossscale, its training also scoring the generated adapters before the steps
 #                (hypernet.refine.direct_weight=1.0, the weight fixed beforehand): added after
 #                crossscale_s0's generator alone gained +0.077 dB on validation recurrence videos
@@ -82,6 +89,11 @@ queue_a() {
     && evaluate anchored_s0 && as_trained anchored_s0 && counts anchored_s0
   train pooled_s0 experiment=hyper_memory $base seed=0 && evaluate pooled_s0
   small
+  # the crossscale recipe's two seeds at one refine step: for each stepping model the count with the
+  # largest share of the reference at <= 1% of its time on validation (counts() below, before any
+  # test result at a count other than 3) is 1 step; crossscale_s0 44%, crossscale_s1 51%, both_s0
+  # 31%, anchored_s0 36%. The two seeds of the chosen recipe are evaluated at it.
+  evaluate crossscale_s1 1 && evaluate crossscale_s0 1
 }
 queue_b() {
   # as first trained: selected on the procedural validation scenes alone (data.val_recurrence=0)
@@ -92,12 +104,9 @@ queue_b() {
   train crossscale_s1 experiment=hyper_memory $base "${crossscale[@]}" seed=1 && evaluate crossscale_s1 \
     && as_trained both_s0 && as_trained crossscale_s1
   counts crossscale_s0 && counts crossscale_s1 && counts both_s0
+  train split_s0 experiment=hyper_memory $base "${crossscale[@]}" hypernet.lora.rank=8 hypernet.refine.split=true \
+    seed=0 && evaluate split_s0 && as_trained split_s0 && counts split_s0
   train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
-  # the crossscale recipe's two seeds at one refine step: for each stepping model the count with the
-  # largest share of the reference at <= 1% of its time on validation (counts() above, before any
-  # test result at a count other than 3) is 1 step; crossscale_s0 44%, crossscale_s1 51%, both_s0
-  # 31%, anchored_s0 36%. The two seeds of the chosen recipe are evaluated at it.
-  evaluate crossscale_s1 1 && evaluate crossscale_s0 1
 }
 # do no harm: a model's learned guard (hypernet.fit_guard, fitted on its own videos) and the
 # real-size groups (LR 128-320, five degradations) with it, as experiments/real_sizes measures them

@@ -180,6 +180,24 @@ def normalised_pair(
     return a / rms.view(-1, *[1] * (a.ndim - 1)), b / rms.view(-1, *[1] * (b.ndim - 1))
 
 
+def rank_halves(adapters: Adapters) -> tuple[Adapters, Adapters]:
+    """Each layer's adapter split along its rank r into the first r // 2 components and the rest:
+    two adapters whose sum is the whole (A (V, r, ...) rows, B (V, out, r) columns)."""
+    first, second = {}, {}
+    for name, (a, b) in adapters.items():
+        half = a.shape[1] // 2
+        first[name], second[name] = (a[:, :half], b[..., :half]), (a[:, half:], b[..., half:])
+    return first, second
+
+
+def rank_joined(first: Adapters, second: Adapters) -> Adapters:
+    """The inverse of rank_halves: the components of both, one adapter per layer (their sum)."""
+    return {
+        name: (torch.cat([a, second[name][0]], dim=1), torch.cat([b, second[name][1]], dim=-1))
+        for name, (a, b) in first.items()
+    }
+
+
 class Refine(nn.Module):
     """`hypernet.refine`: direct (the generator's adapters as they are), refine (k inner gradient
     steps on the self-supervised loss over every context frame) or crossscale (the same over the
@@ -208,7 +226,16 @@ class Refine(nn.Module):
     steps as they are, before the steps, at that weight. Trained through the steps alone, a
     generator makes a start for them, not an adapter: crossscale_s0's generated adapters alone
     gained +0.077 dB on its validation recurrence videos against +0.167 for a model without steps,
-    the degradation lost (experiments/content_memory). The weight keeps them an adapter."""
+    the degradation lost (experiments/content_memory). The weight keeps them an adapter.
+
+    With `split`, each layer's rank is two adapters: the first half is the generated adapter as it
+    is, never stepped, and the only one a video that takes no step gets; the second half is the
+    start of the steps, taken with the first half in place, and dropped (zero) where no step is
+    taken. Trained so, the first half must work alone on every video (what the generator learns
+    without steps: the degradation) and the second carries what the close-ups show on top of it.
+    On validation recurrence videos the sum of mixed_s0's adapters and crossscale_s1's step
+    delta gained +0.210 dB where each alone gained +0.167 and +0.177, with own minus another
+    video's +0.082 (experiments/content_memory)."""
 
     def __init__(
         self,
@@ -222,11 +249,12 @@ class Refine(nn.Module):
         normalize: bool = False,
         noise: bool = False,
         direct_weight: float = 0.0,
+        split: bool = False,
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"hypernet.refine.mode={mode!r} is not known; choose one of {list(MODES)}")
-        for option, value in (("normalize", normalize), ("noise", noise)):
+        for option, value in (("normalize", normalize), ("noise", noise), ("split", split)):
             if not isinstance(value, bool):
                 raise ValueError(f"hypernet.refine.{option}={value!r} must be true or false")
             if value and mode == "direct":
@@ -243,7 +271,20 @@ class Refine(nn.Module):
                 f"hypernet.refine.direct_weight={direct_weight} weighs the loss of the adapters before the refine "
                 "steps, and hypernet.refine.mode=direct takes none: set it to 0 or choose refine or crossscale"
             )
+        if split and direct_weight:
+            raise ValueError(
+                "hypernet.refine.split=true keeps the generated adapter's first half for the videos that take no "
+                f"step, and hypernet.refine.direct_weight={direct_weight} scores the generated adapters before the "
+                "steps too: choose one (set direct_weight to 0 or split to false)"
+            )
+        thin = [t.name for t in spec.targets if t.rank < 2]
+        if split and thin:
+            raise ValueError(
+                f"hypernet.refine.split=true halves each layer's rank, and {thin[0]!r} has rank 1: set "
+                "hypernet.lora.rank (and any overrides) to 2 or more"
+            )
         self.spec = spec
+        self.split = split
         self.mode, self.steps, self.first_order, self.normalize = mode, steps, first_order, normalize
         self.direct_weight = float(direct_weight)
         self.log_lr = nn.Parameter(torch.full((len(spec.targets),), math.log(lr)))
@@ -278,9 +319,30 @@ class Refine(nn.Module):
         """The adapters after the refine steps on the LR frames `context` (V, K, C, h, w) through
         `base`; in direct mode the adapters unchanged. crossscale reads the frames `closeups`
         (V, K) marks: a video with none takes no step, and so does a video that does not say
-        which frames are close-ups (None: a user's), as training's videos without close-ups do."""
-        if not self.stepped(context, closeups).any():
+        which frames are close-ups (None: a user's), as training's videos without close-ups do.
+        With `split`, the steps move each layer's second half of the rank, which a video that takes
+        no step drops."""
+        stepped = self.stepped(context, closeups)
+        if self.split:
+            kept, start = rank_halves(adapters)
+            moved = (
+                self.stepped_adapters(base, start, context, closeups, under=kept) if stepped.any() else start
+            )
+            dropped = {n: (a, b * stepped.to(b.dtype).view(-1, 1, 1)) for n, (a, b) in moved.items()}
+            return rank_joined(kept, dropped)
+        if not stepped.any():
             return adapters
+        return self.stepped_adapters(base, adapters, context, closeups)
+
+    def stepped_adapters(
+        self,
+        base: nn.Module,
+        adapters: Adapters,
+        context: torch.Tensor,
+        closeups: torch.Tensor | None,
+        under: Adapters | None = None,
+    ) -> Adapters:
+        """`adapters` after this module's steps (`refine_steps`), with `under` in place beside them."""
         weights = closeups if self.mode == "crossscale" else None
         return refine_steps(
             base,
@@ -294,6 +356,7 @@ class Refine(nn.Module):
             weights=weights,
             blur_sigma=self.log_blur.exp() if self.mode == "crossscale" else None,
             noise_sigma=noise_level(context, weights) * self.log_noise_gain.exp() if self.noise else None,
+            under=under,
         )
 
 
@@ -310,13 +373,16 @@ def refine_steps(
     weights: torch.Tensor | None = None,
     blur_sigma: torch.Tensor | None = None,
     noise_sigma: torch.Tensor | None = None,
+    under: Adapters | None = None,
 ) -> Adapters:
     """`count` gradient steps of the adapters on `inner_loss` over the frames `context` (V, K, C,
     h, w), each target layer's factors moved by its step size (step_sizes, one per layer of
     spec.targets) times their gradient, or times the gradient over its joint RMS (`normalize`).
     The pairs' inputs (`inner_inputs`: blur_sigma, noise_sigma) are made once, every step reads
-    them; `weights` (V, K) weighs the frames. With `second_order` the steps stay in the graph
-    (training through them); otherwise each gradient is a constant."""
+    them; `weights` (V, K) weighs the frames. `under` (Refine's split: the other half of each
+    layer's rank) takes part in the loss, joined before the stepped adapters, and is not moved.
+    With `second_order` the steps stay in the graph (training through them); otherwise each
+    gradient is a constant."""
     names = list(spec.names)
     current = adapters
     if count < 1:
@@ -330,8 +396,9 @@ def refine_steps(
                 for n in names
             }
             flat = [t for n in names for t in current[n]]
+            scored = current if under is None else rank_joined(under, current)
             grads = torch.autograd.grad(
-                inner_loss(base, spec, current, context, inputs, weights=weights),
+                inner_loss(base, spec, scored, context, inputs, weights=weights),
                 flat,
                 create_graph=second_order,
             )
