@@ -18,6 +18,7 @@ beside the study's run.sh:
     memory.png      the recurrence group's gains by model: the hypernet and its controls
     as_trained.csv  each model's adapters on validation recurrence videos with and without its
                     steps (as_trained_<model>/), its table in results.md
+    plus.csv        a stepping model's step delta added to a direct model's adapters (plus_<pair>/)
     step_counts.csv each stepping model's adapters after 0 to its trained count of steps, timed,
                     beside the reference (counts_<model>/), its tables in results.md
     step_probe.csv, step_probe_noise.csv
@@ -208,6 +209,26 @@ def counts_lines(runs: Path, out: Path) -> list[str]:
     ]
 
 
+def plus_lines(runs: Path, out: Path) -> list[str]:
+    """The plus probe (probe_refine_steps.py --plus): a stepping model's step delta added to a
+    direct model's adapters on validation recurrence videos; every video in plus.csv."""
+    rows, lines = [], []
+    for folder in sorted(runs.glob("plus_*")):
+        if (folder / "plus.md").is_file():
+            rows += [
+                {"pair": folder.name.removeprefix("plus_"), **r} for r in read_table_csv(folder / "plus.csv")
+            ]
+            lines += ["", *(folder / "plus.md").read_text().splitlines()]
+    if not rows:
+        return []
+    write_table_csv(out / "plus.csv", rows)
+    return [
+        "",
+        "## A step delta added to a direct model's adapters (validation recurrence videos; plus.csv)",
+        *lines,
+    ]
+
+
 def plot(path: Path, tables: dict[str, dict]) -> None:
     import matplotlib
 
@@ -285,6 +306,7 @@ def collect(runs: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines += as_trained_lines(runs, out)
     lines += counts_lines(runs, out)
+    lines += plus_lines(runs, out)
     lines += probe_lines(runs, out)
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     write_table_csv(out / "per_video.csv", per_video)

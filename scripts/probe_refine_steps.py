@@ -3,6 +3,8 @@ learns the video's content or only the group's degradation?
 
     .venv/bin/python scripts/probe_refine_steps.py CHECKPOINT [--videos 8] [-o DIR]
     .venv/bin/python scripts/probe_refine_steps.py CHECKPOINT --as-trained [--videos 16] [-o DIR]
+    .venv/bin/python scripts/probe_refine_steps.py CHECKPOINT --step-counts [--videos 16] [-o DIR]
+    .venv/bin/python scripts/probe_refine_steps.py CHECKPOINT --plus DIRECT_CHECKPOINT [--videos 16] [-o DIR]
 
 A stage-2 checkpoint's generated adapters on validation recurrence videos
 (`VSRDataModule.recurrence_videos(split="val")`: scenes of other seeds than the test group's,
@@ -17,6 +19,14 @@ With --as-trained, only the checkpoint's own adapters: as it makes them (its ref
 and as its generator makes them (no step), each over the base on the wide shot; as_trained.csv
 (every video) and as_trained.md (means +- s.e.). A generator trained only through the steps may
 make a start for them rather than an adapter.
+
+With --step-counts, time against gain: the checkpoint's adapters after 0 to its trained count of
+steps, each timed beside the reference on the same videos; counts.csv and counts.md.
+
+With --plus, does a model's step delta add to another model's adapters? Each video's adapters
+from DIRECT_CHECKPOINT (its generator, no step: the degradation) plus CHECKPOINT's step delta
+(its adapters as trained minus its generator's, exactly: a LoRA of their three ranks), beside
+each alone, and the sum with the next video's step delta in place of its own; plus.csv, plus.md.
 
 Then noise: on 16 validation recurrence videos under the training family's degradations (each
 its own blur and noise, as `data.val_recurrence` draws them), three normalised steps of 1e-3 (the study's) on
@@ -198,6 +208,84 @@ def step_counts(system, items: list[dict], psnr, args: argparse.Namespace) -> No
     print("\n".join(lines))
 
 
+def plus(stepper, direct, items: list[dict], args: argparse.Namespace) -> None:
+    """`direct`'s adapters (its generator's, no step) plus `stepper`'s step delta (its adapters as
+    trained minus its generator's alone), each video's PSNR-Y gain over the base on the wide shot,
+    beside each model alone and the sum with the next video's delta; plus.csv and plus.md."""
+    from hypernet.models.lora.stack import stack_adapters
+
+    if direct.spec.to_dict() != stepper.spec.to_dict():
+        raise SystemExit(f"error: --plus {args.plus} adapts other layers or ranks than {args.checkpoint}")
+    bases = zip(direct.base.state_dict().values(), stepper.base.state_dict().values(), strict=True)
+    if not all(torch.equal(a, b) for a, b in bases):
+        raise SystemExit(f"error: --plus {args.plus} specialises another base than {args.checkpoint}")
+    frames = [(m.trained_data or {}).get("context_frames") for m in (direct, stepper)]
+    if frames[0] != frames[1]:
+        raise SystemExit(
+            f"error: --plus {args.plus} reads {frames[0]} context frames, {args.checkpoint} {frames[1]}"
+        )
+    spec = stepper.spec
+
+    def psnr(item: dict, adapters) -> float:
+        with torch.no_grad():
+            sr = (
+                adapted_sr(stepper.base, *adapters, item["lr"][None])
+                if adapters
+                else stepper.base(item["lr"][None])
+            )
+        return video_metrics(sr.clamp(0, 1), item["hr"][None])["psnr_y"].item()
+
+    made = []
+    for item in items:
+        unmarked = {k: v for k, v in item.items() if k != "context_closeup"}  # no close-up: no step
+        made.append(
+            (
+                direct.adapters_for_item(unmarked),
+                stepper.adapters_for_item(item),
+                stepper.adapters_for_item(unmarked),
+            )
+        )
+
+    def summed(i: int, j: int):  # video i's direct adapters, video j's step delta
+        return stack_adapters(
+            [(spec, made[i][0]), (spec, made[j][1]), (spec, made[j][2])], weights=[1.0, 1.0, -1.0]
+        )
+
+    rows = []
+    for i, item in enumerate(items):
+        base = psnr(item, None)
+        own, other = psnr(item, summed(i, i)), psnr(item, summed(i, (i + 1) % len(items)))
+        rows.append(
+            {
+                "video_id": item["video_id"],
+                "direct_y": psnr(item, (spec, made[i][0])) - base,
+                "stepper_y": psnr(item, (spec, made[i][1])) - base,
+                "sum_y": own - base,
+                "sum_with_other_delta_y": other - base,
+                "own_minus_other_delta_y": own - other,
+            }
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_table_csv(args.out / "plus.csv", rows)
+    lines = [
+        f"`{Path(args.plus).as_posix()}`'s adapters plus `{Path(args.checkpoint).as_posix()}`'s step delta, "
+        f"{len(items)} validation recurrence videos (wide shot PSNR-Y over the base):",
+        "",
+        "| adapters | gain over the base |",
+        "|---|---|",
+    ]
+    names = {
+        "direct_y": "the direct model's alone",
+        "stepper_y": "the stepping model's, as trained",
+        "sum_y": "the sum",
+        "sum_with_other_delta_y": "the sum with the next video's step delta",
+        "own_minus_other_delta_y": "the sum: own delta minus the next video's",
+    }
+    lines += [f"| {name} | {cell([r[key] for r in rows])} |" for key, name in names.items()]
+    atomic_write_text(args.out / "plus.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def counts_table(rows: list[dict]) -> list[str]:
     """counts.csv's rows (values as written or as read back) as a table: each count's gain, own
     minus other and share of the reference's gain at a share of its time (mean over mean)."""
@@ -242,6 +330,9 @@ def main() -> None:
         action="store_true",
         help="the checkpoint's adapters after 0 to its trained count of steps, timed, beside the reference",
     )
+    parser.add_argument(
+        "--plus", help="a direct model's checkpoint: its adapters plus the checkpoint's step delta"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     overrides = [
@@ -267,6 +358,9 @@ def main() -> None:
         return
     if args.step_counts:
         step_counts(system, items, psnr, args)
+        return
+    if args.plus:
+        plus(system, load_hypernet(args.plus, option="--plus").eval(), items, args)
         return
     rows = []
     base_psnr = [psnr(item, None) for item in items]

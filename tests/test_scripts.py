@@ -191,3 +191,23 @@ def test_probe_step_counts_times_each_count_beside_the_reference(stepping_checkp
     assert gains["0"] != gains["1"] != gains["2"]  # each step moves the adapters
     table = (tmp_path / "counts.md").read_text()
     assert table.strip() in out and "| reference (2 videos) |" in table and table.count("\n| ") == 5
+
+
+def test_probe_plus_adds_a_models_step_delta_to_another_models_adapters(
+    stepping_checkpoint, gated_checkpoint, tmp_path
+):
+    """probe_refine_steps.py CKPT --plus DIRECT: every validation recurrence video's row, and the
+    sum's own-minus-other column is the difference of its two sums."""
+    from hypernet.runs import read_table_csv
+
+    out = run_script(
+        "scripts/probe_refine_steps.py", str(stepping_checkpoint), "--plus", str(gated_checkpoint),
+        "--videos", "2", "-o", str(tmp_path),
+    )  # fmt: skip
+    rows = read_table_csv(tmp_path / "plus.csv")
+    assert [r["video_id"] for r in rows] == ["recurrence-val0", "recurrence-val1"]
+    for r in rows:
+        own, other = float(r["sum_y"]), float(r["sum_with_other_delta_y"])
+        assert float(r["own_minus_other_delta_y"]) == pytest.approx(own - other, abs=1e-9)
+        assert own != float(r["direct_y"])  # the step delta moves the direct model's adapters
+    assert (tmp_path / "plus.md").read_text().strip() in out

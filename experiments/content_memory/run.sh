@@ -15,9 +15,9 @@
 #                first half the generated adapter as it is (all a video without close-ups gets), the
 #                second the start of the steps, taken with the first in place: added after, on
 #                validation recurrence videos, mixed_s0's adapters plus crossscale_s1's step delta
-#                gained +0.210 dB (each alone +0.167 and +0.177) with own minus other +0.082 (an
-#                exploratory sum of two models, validation only); rank 8 gives each half the rank 4
-#                of the models it joins
+#                gained +0.210 dB (each alone +0.167 and +0.177) with own minus other +0.082 (the
+#                plus probe below; validation only); rank 8 gives each half the rank 4 of the models
+#                it joins
 #   anchored     crossscale, its training also scoring the generated adapters before the steps
 #                (hypernet.refine.direct_weight=1.0, the weight fixed beforehand): added after
 #                crossscale_s0's generator alone gained +0.077 dB on validation recurrence videos
@@ -104,6 +104,7 @@ queue_b() {
   train crossscale_s1 experiment=hyper_memory $base "${crossscale[@]}" seed=1 && evaluate crossscale_s1 \
     && as_trained both_s0 && as_trained crossscale_s1
   counts crossscale_s0 && counts crossscale_s1 && counts both_s0
+  plus crossscale_s1 mixed_s0
   train split_s0 experiment=hyper_memory $base "${crossscale[@]}" hypernet.lora.rank=8 hypernet.refine.split=true \
     seed=0 && evaluate split_s0 && as_trained split_s0 && counts split_s0
   train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
@@ -136,6 +137,13 @@ counts() {  # model
   [ -f "$out/counts_$1/counts.md" ] && return 0
   $py scripts/probe_refine_steps.py $out/$1/checkpoints/best.ckpt --step-counts --videos 16 -o $out/counts_$1 \
     > "$out/counts_$1.log" 2>&1
+}
+# does a stepping model's step delta add to a direct model's adapters (the degradation)? each video's
+# adapters from the second model plus the first's steps' change, on 16 validation recurrence videos
+plus() {  # stepping model, direct model
+  [ -f "$out/plus_$1_$2/plus.md" ] && return 0
+  $py scripts/probe_refine_steps.py $out/$1/checkpoints/best.ckpt --plus $out/$2/checkpoints/best.ckpt --videos 16 \
+    -o $out/plus_$1_$2 > "$out/plus_$1_$2.log" 2>&1
 }
 # the step probe: both_plain_s0's adapters on 8 validation recurrence videos, refined by plain and
 # normalised steps of several sizes and counts, beside the fitted LoRA; then the study's steps on
