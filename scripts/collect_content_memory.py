@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from probe_refine_steps import cell, counts_table  # the probe's own table, as it prints it (scripts/)
@@ -279,7 +280,8 @@ def collect(runs: Path, out: Path) -> None:
     per_video, all_metrics, tables = [], {}, {}
     evaluations = [(model, runs / f"eval_{model}") for model in MODELS]
     for model in MODELS:  # a stepping model at another count of refine steps (eval's refine_steps)
-        counts = sorted(int(f.name.rsplit("_k", 1)[1]) for f in runs.glob(f"eval_{model}_k*") if f.is_dir())
+        named = (re.fullmatch(rf"eval_{model}_k(\d+)", f.name) for f in runs.glob(f"eval_{model}_k*"))
+        counts = sorted(int(m.group(1)) for m in named if m)
         evaluations += [(f"{model}, {k} step{'s' * (k != 1)}", runs / f"eval_{model}_k{k}") for k in counts]
     for model, folder in evaluations:
         if not (folder / "metrics.json").is_file():

@@ -171,7 +171,9 @@ def step_counts(system, items: list[dict], psnr, args: argparse.Namespace) -> No
     on the machine) weighs on both sides alike; counts.csv, counts.md."""
     trained = system.refine.steps
     counts = range(trained + 1)
-    system.adapters_for_item(items[0])  # the first call pays one-off costs no video should carry
+    # the first call of each side pays one-off costs no video should carry
+    system.adapters_for_item(items[0])
+    fit_on_closeups(system.base, system.spec, items[0], steps=1, learning_rate=args.lr)
     made, seconds = {}, {}
     for i, item in enumerate(items):
         for count in counts:
@@ -214,6 +216,11 @@ def plus(stepper, direct, items: list[dict], args: argparse.Namespace) -> None:
     beside each model alone and the sum with the next video's delta; plus.csv and plus.md."""
     from hypernet.models.lora.stack import stack_adapters
 
+    if stepper.refine.mode != "crossscale" or direct.refine.mode == "refine":
+        raise SystemExit(
+            f"error: --plus needs a crossscale model ({args.checkpoint}: {stepper.refine.mode}) and a model that "
+            f"takes no step on a video without close-ups marked ({args.plus}: {direct.refine.mode})"
+        )
     if direct.spec.to_dict() != stepper.spec.to_dict():
         raise SystemExit(f"error: --plus {args.plus} adapts other layers or ranks than {args.checkpoint}")
     bases = zip(direct.base.state_dict().values(), stepper.base.state_dict().values(), strict=True)
@@ -362,6 +369,11 @@ def main() -> None:
     if args.plus:
         plus(system, load_hypernet(args.plus, option="--plus").eval(), items, args)
         return
+    if system.refine.split:
+        raise SystemExit(
+            f"error: {args.checkpoint} steps half of each layer's rank (hypernet.refine.split); the step probe "
+            "steps whole adapters: use --as-trained or --step-counts"
+        )
     rows = []
     base_psnr = [psnr(item, None) for item in items]
     settings = [("plain", c, s) for c in COUNTS for s in PLAIN_SIZES] + [

@@ -5,6 +5,7 @@ there (`from tests.helpers import ...`), never from this file."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def stepping_checkpoint(gated_checkpoint, tmp_path_factory) -> Path:
     state["hyper_parameters"]["hypernet"]["refine"].update(
         mode="crossscale", steps=2, lr=1e-3, normalize=True
     )
+    state["state_dict"]["refine.log_lr"].fill_(math.log(1e-3))  # the weights hold the step sizes
     state["state_dict"]["refine.log_blur"] = torch.zeros(())
     path = tmp_path_factory.mktemp("stepping") / "stepping.ckpt"
     torch.save(state, path)

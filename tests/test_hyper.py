@@ -483,9 +483,9 @@ def test_split_steps_the_second_half_with_the_first_in_place_and_drops_it_withou
             made_kept[name][1], kept[name][1]
         )
         assert torch.equal(made_moved[name][1][1], torch.zeros_like(start[name][1][1]))  # dropped
-        assert torch.allclose(
-            made_moved[name][1][0], stepped[name][1][0]
-        )  # video 0: stepped, first half in place
+        # video 0: stepped with the first half in place, both factors
+        assert torch.allclose(made_moved[name][0][0], stepped[name][0][0])
+        assert torch.allclose(made_moved[name][1][0], stepped[name][1][0])
     assert any(not torch.equal(made_moved[n][1][0], start[n][1][0]) for n in generated)  # the step moved it
     # the halves join back into the whole: the rank of every layer as the spec says
     whole = rank_joined(kept, start)

@@ -319,6 +319,15 @@ def test_stage2_trains_on_recurrence_videos_with_both_mechanisms(tiny_checkpoint
         assert f"test/recurrence/{key}" in metrics, key
     state = torch.load(tmp_path / "memory" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert "refine.log_blur" in state and "encoder.tokenizer.cell_embedding" in state
+    if "split" in anchor:  # the trained model: a video without close-ups gets the first half alone
+        from tests.helpers import tiny_batch
+
+        system = load_hypernet(tmp_path / "memory" / "checkpoints" / "last.ckpt")
+        batch = tiny_batch()
+        with torch.no_grad():
+            adapters = system.adapters_for(batch["context"], batch["context_times"])
+        assert system.refine.split and all(not b[..., b.shape[-1] // 2 :].any() for _, b in adapters.values())
+        assert any(b[..., : b.shape[-1] // 2].any() for _, b in adapters.values())
 
 
 def test_validation_holds_recurrence_videos_read_as_training_reads_them():
