@@ -65,6 +65,7 @@ FLAT_HYPERNET_DEFAULTS = {
     "normalize": False,
     "noise": False,
     "direct_weight": 0.0,
+    "split": False,
 }
 # one flat hypernet option -> (part, option in that part)
 HYPERNET_OPTIONS = {
@@ -92,6 +93,7 @@ HYPERNET_OPTIONS = {
     "normalize": ("refine", "normalize"),
     "noise": ("refine", "noise"),
     "direct_weight": ("refine", "direct_weight"),
+    "split": ("refine", "split"),
 }
 TARGETS = {
     "lora": "hypernet.models.lora.find_targets",
