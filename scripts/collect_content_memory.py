@@ -230,6 +230,36 @@ def plus_lines(runs: Path, out: Path) -> list[str]:
     ]
 
 
+def sizes_lines(runs: Path) -> list[str]:
+    """Each model on the held-out photos' videos at HR 96 (the 20 standard videos) and HR 192
+    (sizes_<model>/: eval with data.test_large_hr=192): does a model trained at HR 192 lose the
+    standard videos for their frame size?"""
+    lines = []
+    for model in MODELS:
+        folder = runs / f"sizes_{model}"
+        if not (folder / "metrics.json").is_file():
+            continue
+        table = {
+            (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
+            for r in read_table_csv(folder / "results.csv")
+        }
+        cells = [cell(differences(table, group, "hypernet", "base")) for group in ("single", "large")]
+        lines.append(f"| {model} | {cells[0]} | {cells[1]} |")
+    if not lines:
+        return []
+    return [
+        "",
+        "## The standard videos at two frame sizes (sizes_<model>/)",
+        "",
+        "The hypernet over the base on the held-out photos' videos at HR 96 (LR 24: the 20 standard videos) and "
+        "at HR 192 (LR 48, the size the HR-192 models trained at; other camera paths over the same photos):",
+        "",
+        "| model | HR 96 (standard) | HR 192 |",
+        "|---|---|---|",
+        *lines,
+    ]
+
+
 def plot(path: Path, tables: dict[str, dict]) -> None:
     import matplotlib
 
@@ -305,6 +335,7 @@ def collect(runs: Path, out: Path) -> None:
     lines += ["", "Models:", ""] + [f"- `{m}`: {w}" for m, w in MODELS.items()]
     lines += frame_size_lines(runs, tables.get("mixed_s0"))
     lines += no_harm_lines(runs)
+    lines += sizes_lines(runs)
     out.mkdir(parents=True, exist_ok=True)
     lines += as_trained_lines(runs, out)
     lines += counts_lines(runs, out)

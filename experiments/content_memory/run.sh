@@ -94,6 +94,7 @@ queue_a() {
   # test result at a count other than 3) is 1 step; crossscale_s0 44%, crossscale_s1 51%, both_s0
   # 31%, anchored_s0 36%. The two seeds of the chosen recipe are evaluated at it.
   evaluate crossscale_s1 1 && evaluate crossscale_s0 1
+  sizes mixed_s0 && sizes crossscale_s1 && sizes pooled_s0
 }
 queue_b() {
   # as first trained: selected on the procedural validation scenes alone (data.val_recurrence=0)
@@ -137,6 +138,15 @@ counts() {  # model
   [ -f "$out/counts_$1/counts.md" ] && return 0
   $py scripts/probe_refine_steps.py $out/$1/checkpoints/best.ckpt --step-counts --videos 16 -o $out/counts_$1 \
     > "$out/counts_$1.log" 2>&1
+}
+# why the standard videos regress: a model on the held-out photos' videos at HR 96 (LR 24: the 20
+# standard videos) and at HR 192 (LR 48: the HR-192 models' training size), base and hypernet alone
+sizes() {  # model
+  local label=sizes_$1
+  [ -f "$out/$label/metrics.json" ] && return 0
+  rm -rf "${out:?}/$label"
+  $py -m hypernet.eval checkpoint=$out/$1/checkpoints/best.ckpt 'methods=[base,hypernet]' data.test_large_hr=192 \
+    paths.output_dir=$out/$label > "$out/$label.log" 2>&1
 }
 # does a stepping model's step delta add to a direct model's adapters (the degradation)? each video's
 # adapters from the second model plus the first's steps' change, on 16 validation recurrence videos
