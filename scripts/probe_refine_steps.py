@@ -169,7 +169,9 @@ def step_counts(system, items: list[dict], psnr, args: argparse.Namespace) -> No
     (`fit_on_closeups`, args.steps Adam steps: eval's `crossscale`). Each video's counts and its
     reference are timed one after the other, so that a load that drifts over the run (another job
     on the machine) weighs on both sides alike; counts.csv, counts.md."""
-    trained = system.refine.steps
+    trained = (
+        system.refine.steps if system.refine.mode != "direct" else 0
+    )  # a direct model: its adapters alone
     counts = range(trained + 1)
     # the first call of each side pays one-off costs no video should carry
     system.adapters_for_item(items[0])

@@ -89,6 +89,9 @@ queue_a() {
     && evaluate anchored_s0 && as_trained anchored_s0 && counts anchored_s0
   train pooled_s0 experiment=hyper_memory $base seed=0 && evaluate pooled_s0
   small
+  # the two models without steps in the same table: their adapters' own minus the next video's and
+  # share of the reference on the validation recurrence videos (what validation says of memory)
+  counts mixed_s0 && counts pooled_s0
   # the crossscale recipe's two seeds at one refine step: for each stepping model the count with the
   # largest share of the reference at <= 1% of its time on validation (counts() below, before any
   # test result at a count other than 3) is 1 step; crossscale_s0 44%, crossscale_s1 51%, both_s0
