@@ -50,6 +50,7 @@ MODELS = {
     "crossscale_s1": "crossscale_s0's recipe, seed 1",
     "anchored_s0": "crossscale_s0's recipe, training also scoring the generated adapters before the steps",
     "split_s0": "crossscale_s0's recipe at rank 8, the steps moving half of each layer's rank (the other half all a video without close-ups gets)",
+    "apart_s0": "split_s0, its first half trained on its own loss alone (the steps' path does not reach it)",
 }
 GUARDED = "crossscale_s0"  # the second seed's model, chosen on validation: its guard and the real-size groups
 CONTROLS = ("hypernet_other", "hypernet_without_closeups", "crossscale", "oracle")

@@ -66,6 +66,7 @@ FLAT_HYPERNET_DEFAULTS = {
     "noise": False,
     "direct_weight": 0.0,
     "split": False,
+    "detach_kept": False,
 }
 # one flat hypernet option -> (part, option in that part)
 HYPERNET_OPTIONS = {
@@ -94,6 +95,7 @@ HYPERNET_OPTIONS = {
     "noise": ("refine", "noise"),
     "direct_weight": ("refine", "direct_weight"),
     "split": ("refine", "split"),
+    "detach_kept": ("refine", "detach_kept"),
 }
 TARGETS = {
     "lora": "hypernet.models.lora.find_targets",

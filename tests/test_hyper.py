@@ -504,6 +504,44 @@ def test_split_steps_the_second_half_with_the_first_in_place_and_drops_it_withou
     assert not missing
 
 
+def test_detach_kept_trains_the_first_half_on_its_own_loss_alone(base_ckpt):
+    """hypernet.refine.detach_kept: the steps' path does not reach the first half of a video that
+    takes steps (its gradient there is zero), a video without steps trains it as it is, and the
+    training loss adds each stepped video's first half scored alone."""
+    from hypernet.systems.hyper_lora import rank_halves, rank_joined
+
+    crossscale = ("hypernet.refine.mode=crossscale", "hypernet.refine.split=true", "hypernet.refine.lr=0.5")
+    with pytest.raises(ValueError, match=r"detach_kept=true .* set hypernet.refine.split=true too"):
+        tiny_system(base_ckpt, "hypernet.refine.mode=crossscale", "hypernet.refine.detach_kept=true")
+    system = tiny_system(base_ckpt, *crossscale, "hypernet.refine.detach_kept=true").double().train()
+    system.log = lambda *args, **kwargs: None  # no trainer to log to
+    with torch.no_grad():
+        system.generator.gates.fill_(0.3)
+    batch = {k: v.double() for k, v in tiny_batch(v=2).items()}
+    batch["context_closeup"] = torch.tensor([[True, True, False], [False, False, False]])  # video 0 steps
+    generated = system.generated_adapters(batch["context"], batch["context_times"])
+    leaves = {
+        n: (a.detach().requires_grad_(True), b.detach().requires_grad_(True))
+        for n, (a, b) in generated.items()
+    }
+    refined = system.refine(system.base, leaves, batch["context"], batch["context_closeup"])
+    loss = charbonnier(system.sr(batch["lr"], refined), batch["hr"])
+    flat = [t for pair in leaves.values() for t in pair]
+    grads = dict(zip(leaves, zip(*[iter(torch.autograd.grad(loss, flat))] * 2, strict=True), strict=True))
+    first, second = rank_halves(grads)
+    assert all(
+        not a[0].any() and not b[0].any() for a, b in first.values()
+    )  # video 0's first half: no gradient
+    assert any(b[1].any() for _, b in first.values())  # video 1 (no steps) trains it
+    assert any(b[0].any() for _, b in second.values())  # video 0's steps train the second half
+    # the loss: the refined adapters' loss plus video 0's first half scored alone, over the batch
+    total = system.training_step(batch, 0)
+    kept, rest = rank_halves({n: (a[:1], b[:1]) for n, (a, b) in generated.items()})
+    alone = rank_joined(kept, {n: (a, torch.zeros_like(b)) for n, (a, b) in rest.items()})
+    expected = loss + charbonnier(system.sr(batch["lr"][:1], alone), batch["hr"][:1]) / 2
+    assert total.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
 def test_noise_level_reads_white_noise_and_not_smooth_structure():
     """sr.noise_level: a smooth ramp reads (almost) nothing, the same ramp with white noise of
     sigma 0.03 reads 0.03 within 5%, and the weights choose the frames averaged."""

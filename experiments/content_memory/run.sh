@@ -18,6 +18,9 @@
 #                gained +0.210 dB (each alone +0.167 and +0.177) with own minus other +0.082 (the
 #                plus probe below; validation only); rank 8 gives each half the rank 4 of the models
 #                it joins
+#   apart        split, its first half trained on its own loss alone (hypernet.refine.detach_kept): added
+#                after split_s0's first half alone gained +0.008 on validation (the steps took the
+#                degradation too); the plus probe's two parts were trained apart
 #   anchored     crossscale, its training also scoring the generated adapters before the steps
 #                (hypernet.refine.direct_weight=1.0, the weight fixed beforehand): added after
 #                crossscale_s0's generator alone gained +0.077 dB on validation recurrence videos
@@ -112,6 +115,8 @@ queue_b() {
   train split_s0 experiment=hyper_memory $base "${crossscale[@]}" hypernet.lora.rank=8 hypernet.refine.split=true \
     seed=0 && evaluate split_s0 && as_trained split_s0 && counts split_s0
   train grid_s0 experiment=hyper_memory $base "${grid[@]}" seed=0 && evaluate grid_s0
+  train apart_s0 experiment=hyper_memory $base "${crossscale[@]}" hypernet.lora.rank=8 hypernet.refine.split=true \
+    hypernet.refine.detach_kept=true seed=0 && evaluate apart_s0 && as_trained apart_s0 && counts apart_s0
 }
 # do no harm: a model's learned guard (hypernet.fit_guard, fitted on its own videos) and the
 # real-size groups (LR 128-320, five degradations) with it, as experiments/real_sizes measures them

@@ -198,6 +198,11 @@ def rank_joined(first: Adapters, second: Adapters) -> Adapters:
     }
 
 
+def detached_where(videos: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` (V, ...) with the rows of the videos (V,) bool marks cut from the graph, the same values."""
+    return torch.where(videos.view(-1, *[1] * (tensor.ndim - 1)), tensor.detach(), tensor)
+
+
 class Refine(nn.Module):
     """`hypernet.refine`: direct (the generator's adapters as they are), refine (k inner gradient
     steps on the self-supervised loss over every context frame) or crossscale (the same over the
@@ -235,7 +240,13 @@ class Refine(nn.Module):
     without steps: the degradation) and the second carries what the close-ups show on top of it.
     On validation recurrence videos the sum of mixed_s0's adapters and crossscale_s1's step
     delta gained +0.210 dB where each alone gained +0.167 and +0.177, with own minus another
-    video's +0.082 (experiments/content_memory)."""
+    video's +0.082 (experiments/content_memory). Trained together it did not: split_s0's first
+    half alone gained +0.008 on those videos, the steps took the degradation too.
+
+    With `detach_kept` (split only) the first half learns from its own loss alone: on a video that
+    takes steps the steps' path does not reach it, and training scores it alone on that video
+    too, so it is trained as a model without steps is (on every video, as it is), and the second
+    half learns what the close-ups add on top of it."""
 
     def __init__(
         self,
@@ -250,11 +261,17 @@ class Refine(nn.Module):
         noise: bool = False,
         direct_weight: float = 0.0,
         split: bool = False,
+        detach_kept: bool = False,
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"hypernet.refine.mode={mode!r} is not known; choose one of {list(MODES)}")
-        for option, value in (("normalize", normalize), ("noise", noise), ("split", split)):
+        for option, value in (
+            ("normalize", normalize),
+            ("noise", noise),
+            ("split", split),
+            ("detach_kept", detach_kept),
+        ):
             if not isinstance(value, bool):
                 raise ValueError(f"hypernet.refine.{option}={value!r} must be true or false")
             if value and mode == "direct":
@@ -283,8 +300,13 @@ class Refine(nn.Module):
                 f"hypernet.refine.split=true halves each layer's rank, and {thin[0]!r} has rank 1: set "
                 "hypernet.lora.rank (and any overrides) to 2 or more"
             )
+        if detach_kept and not split:
+            raise ValueError(
+                "hypernet.refine.detach_kept=true detaches the first half of a split rank from the steps: set "
+                "hypernet.refine.split=true too"
+            )
         self.spec = spec
-        self.split = split
+        self.split, self.detach_kept = split, detach_kept
         self.mode, self.steps, self.first_order, self.normalize = mode, steps, first_order, normalize
         self.direct_weight = float(direct_weight)
         self.log_lr = nn.Parameter(torch.full((len(spec.targets),), math.log(lr)))
@@ -325,6 +347,10 @@ class Refine(nn.Module):
         stepped = self.stepped(context, closeups)
         if self.split:
             kept, start = rank_halves(adapters)
+            if self.detach_kept:  # the steps' path does not reach the first half of a video that takes them
+                kept = {
+                    n: (detached_where(stepped, a), detached_where(stepped, b)) for n, (a, b) in kept.items()
+                }
             moved = (
                 self.stepped_adapters(base, start, context, closeups, under=kept) if stepped.any() else start
             )
@@ -592,15 +618,21 @@ class HyperLoRASystem(SRSystem):
         lr, hr, closeups = batch["lr"], batch["hr"], batch.get("context_closeup")
         generated = self.generated_adapters(batch["context"], batch["context_times"], batch["degradation"])
         loss = charbonnier(self.sr(lr, self.refine(self.base, generated, batch["context"], closeups)), hr)
-        if self.refine.direct_weight:
-            # the generated adapters of the videos that take steps, scored as they are too: each such
-            # video's loss before the steps, weighted, summed over the batch's videos
+        if self.refine.direct_weight or self.refine.detach_kept:
+            # the videos that take steps also score, weighted, the generated adapters as they are
+            # (direct_weight) or the split's first half alone (detach_kept, at weight 1), each such
+            # video's loss summed over the batch's videos
             stepped = self.refine.stepped(batch["context"], closeups)
             if stepped.any():
                 before = {k: (a[stepped], b[stepped]) for k, (a, b) in generated.items()}
+                weight, name = self.refine.direct_weight, "train/loss_before_steps"
+                if self.refine.detach_kept:
+                    kept, second = rank_halves(before)
+                    before = rank_joined(kept, {k: (a, torch.zeros_like(b)) for k, (a, b) in second.items()})
+                    weight, name = 1.0, "train/loss_kept_alone"
                 direct = charbonnier(self.sr(lr[stepped], before), hr[stepped])
-                self.log("train/loss_before_steps", direct, batch_size=int(stepped.sum()))
-                loss = loss + self.refine.direct_weight * direct * stepped.float().mean()
+                self.log(name, direct, batch_size=int(stepped.sum()))
+                loss = loss + weight * direct * stepped.float().mean()
         return self.checked_loss(loss, batch, batch_idx)
 
     def evaluate(self, batch: dict, batch_idx: int, *, split: str, group: str) -> None:
