@@ -56,6 +56,11 @@ GUARDED = "crossscale_s0"  # the second seed's model, chosen on validation: its 
 CONTROLS = ("hypernet_other", "hypernet_without_closeups", "crossscale", "oracle")
 
 
+def psnr_table(rows: list[dict]) -> dict[tuple[str, str, str], float]:
+    """An evaluation's results.csv rows as PSNR-Y by (group, video, method)."""
+    return {(r["group"], r["video_id"], r["method"]): float(r["psnr_y"]) for r in rows}
+
+
 def differences(table: dict, group: str, first: str, second: str) -> list[float]:
     """first minus second, PSNR-Y per video of the group (videos that have both)."""
     videos = sorted({v for g, v, m in table if g == group and m == first})
@@ -85,10 +90,7 @@ def frame_size_lines(runs: Path, at_192: dict | None) -> list[str]:
     folder = runs / "eval_mixed_s0_hr96"
     if not (folder / "metrics.json").is_file() or at_192 is None:
         return []
-    at_96 = {
-        (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-        for r in read_table_csv(folder / "results.csv")
-    }
+    at_96 = psnr_table(read_table_csv(folder / "results.csv"))
     lines = [
         "",
         "## Why HR 192: the benchmark at the training size",
@@ -113,10 +115,7 @@ def no_harm_lines(runs: Path) -> list[str]:
     folder = runs / f"eval_real_{GUARDED}"
     if not (folder / "metrics.json").is_file():
         return []
-    table = {
-        (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-        for r in read_table_csv(folder / "results.csv")
-    }
+    table = psnr_table(read_table_csv(folder / "results.csv"))
     fit = json.loads((runs / f"guard_{GUARDED}" / "metrics.json").read_text())
     lines = [
         "",
@@ -240,10 +239,7 @@ def sizes_lines(runs: Path) -> list[str]:
         folder = runs / f"sizes_{model}"
         if not (folder / "metrics.json").is_file():
             continue
-        table = {
-            (r["group"], r["video_id"], r["method"]): float(r["psnr_y"])
-            for r in read_table_csv(folder / "results.csv")
-        }
+        table = psnr_table(read_table_csv(folder / "results.csv"))
         cells = [cell(differences(table, group, "hypernet", "base")) for group in ("single", "large")]
         lines.append(f"| {model} | {cells[0]} | {cells[1]} |")
     if not lines:
@@ -319,7 +315,7 @@ def collect(runs: Path, out: Path) -> None:
             lines.append(f"| {model} | not run yet | | | | | | |")
             continue
         rows = read_table_csv(folder / "results.csv")
-        table = {(r["group"], r["video_id"], r["method"]): float(r["psnr_y"]) for r in rows}
+        table = psnr_table(rows)
         metrics = json.loads((folder / "metrics.json").read_text())
         tables[model], all_metrics[model] = table, metrics
         lines += model_lines(model, table, metrics)

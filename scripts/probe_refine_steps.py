@@ -48,7 +48,7 @@ from hypernet.config import compose_config
 from hypernet.data.datamodule import check_data
 from hypernet.files import atomic_write_text
 from hypernet.metrics import gain_summary, video_metrics
-from hypernet.models.lora import Adapters
+from hypernet.models.lora import Adapters, LoRASpec
 from hypernet.runs import write_table_csv
 from hypernet.sr import adapted_sr, noise_level
 from hypernet.systems.hyper_lora import fed_as_trained, load_hypernet, refine_steps
@@ -169,9 +169,7 @@ def step_counts(system, items: list[dict], psnr, args: argparse.Namespace) -> No
     (`fit_on_closeups`, args.steps Adam steps: eval's `crossscale`). Each video's counts and its
     reference are timed one after the other, so that a load that drifts over the run (another job
     on the machine) weighs on both sides alike; counts.csv, counts.md."""
-    trained = (
-        system.refine.steps if system.refine.mode != "direct" else 0
-    )  # a direct model: its adapters alone
+    trained = 0 if system.refine.mode == "direct" else system.refine.steps  # direct: its adapters alone
     counts = range(trained + 1)
     # the first call of each side pays one-off costs no video should carry
     system.adapters_for_item(items[0])
@@ -212,7 +210,7 @@ def step_counts(system, items: list[dict], psnr, args: argparse.Namespace) -> No
     print("\n".join(lines))
 
 
-def plus(stepper, direct, items: list[dict], args: argparse.Namespace) -> None:
+def plus(stepper, direct, items: list[dict], psnr, args: argparse.Namespace) -> None:
     """`direct`'s adapters (its generator's, no step) plus `stepper`'s step delta (its adapters as
     trained minus its generator's alone), each video's PSNR-Y gain over the base on the wide shot,
     beside each model alone and the sum with the next video's delta; plus.csv and plus.md."""
@@ -235,15 +233,6 @@ def plus(stepper, direct, items: list[dict], args: argparse.Namespace) -> None:
         )
     spec = stepper.spec
 
-    def psnr(item: dict, adapters) -> float:
-        with torch.no_grad():
-            sr = (
-                adapted_sr(stepper.base, *adapters, item["lr"][None])
-                if adapters
-                else stepper.base(item["lr"][None])
-            )
-        return video_metrics(sr.clamp(0, 1), item["hr"][None])["psnr_y"].item()
-
     made = []
     for item in items:
         unmarked = {k: v for k, v in item.items() if k != "context_closeup"}  # no close-up: no step
@@ -255,20 +244,21 @@ def plus(stepper, direct, items: list[dict], args: argparse.Namespace) -> None:
             )
         )
 
-    def summed(i: int, j: int):  # video i's direct adapters, video j's step delta
-        return stack_adapters(
-            [(spec, made[i][0]), (spec, made[j][1]), (spec, made[j][2])], weights=[1.0, 1.0, -1.0]
-        )
+    def summed(i: int, j: int) -> tuple[Adapters, LoRASpec]:
+        """Video i's direct adapters plus video j's step delta, with the spec of their ranks."""
+        parts = [(spec, made[i][0]), (spec, made[j][1]), (spec, made[j][2])]
+        summed_spec, adapters = stack_adapters(parts, weights=[1.0, 1.0, -1.0])
+        return adapters, summed_spec
 
     rows = []
     for i, item in enumerate(items):
         base = psnr(item, None)
-        own, other = psnr(item, summed(i, i)), psnr(item, summed(i, (i + 1) % len(items)))
+        own, other = psnr(item, *summed(i, i)), psnr(item, *summed(i, (i + 1) % len(items)))
         rows.append(
             {
                 "video_id": item["video_id"],
-                "direct_y": psnr(item, (spec, made[i][0])) - base,
-                "stepper_y": psnr(item, (spec, made[i][1])) - base,
+                "direct_y": psnr(item, made[i][0]) - base,
+                "stepper_y": psnr(item, made[i][1]) - base,
                 "sum_y": own - base,
                 "sum_with_other_delta_y": other - base,
                 "own_minus_other_delta_y": own - other,
@@ -356,9 +346,9 @@ def main() -> None:
     items = [videos[i] for i in range(len(videos))]
     base, spec = system.base, system.spec
 
-    def psnr(item: dict, adapters: Adapters | None) -> float:
+    def psnr(item: dict, adapters: Adapters | None, adapters_spec: LoRASpec = spec) -> float:
         with torch.no_grad():
-            sr = adapted_sr(base, spec, adapters, item["lr"][None]).clamp(0, 1)
+            sr = adapted_sr(base, adapters_spec, adapters, item["lr"][None]).clamp(0, 1)
         return video_metrics(sr, item["hr"][None], crop_border=cfg.crop_border)["psnr_y"].item()
 
     args.lr = cfg.finetune_lr
@@ -369,7 +359,7 @@ def main() -> None:
         step_counts(system, items, psnr, args)
         return
     if args.plus:
-        plus(system, load_hypernet(args.plus, option="--plus").eval(), items, args)
+        plus(system, load_hypernet(args.plus, option="--plus").eval(), items, psnr, args)
         return
     if system.refine.split:
         raise SystemExit(
