@@ -52,6 +52,7 @@ MODELS = {
     "split_s0": "crossscale_s0's recipe at rank 8, the steps moving half of each layer's rank (the other half all a video without close-ups gets)",
     "apart_s0": "split_s0, its first half trained on its own loss alone (the steps' path does not reach it)",
     "onestep_s0": "crossscale_s0's recipe trained at one refine step (the most that fits in 1% of the reference's time)",
+    "onestep_s1": "onestep_s0's recipe, seed 1",
 }
 GUARDED = "crossscale_s0"  # the second seed's model, chosen on validation: its guard and the real-size groups
 CONTROLS = ("hypernet_other", "hypernet_without_closeups", "crossscale", "oracle")

@@ -122,6 +122,9 @@ queue_b() {
   # best single normalised step on validation)
   train onestep_s0 experiment=hyper_memory $base "${crossscale[@]/refine.steps=3/refine.steps=1}" seed=0 \
     && evaluate onestep_s0 && as_trained onestep_s0 && counts onestep_s0
+  # its second seed, started beside it (before any result of either), for the case validation ranks it first
+  train onestep_s1 experiment=hyper_memory $base "${crossscale[@]/refine.steps=3/refine.steps=1}" seed=1 \
+    && evaluate onestep_s1 && as_trained onestep_s1 && counts onestep_s1
 }
 # do no harm: a model's learned guard (hypernet.fit_guard, fitted on its own videos) and the
 # real-size groups (LR 128-320, five degradations) with it, as experiments/real_sizes measures them
