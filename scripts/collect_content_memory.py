@@ -93,12 +93,16 @@ def frame_size_lines(runs: Path, at_192: dict | None) -> list[str]:
     if not (folder / "metrics.json").is_file() or at_192 is None:
         return []
     at_96 = psnr_table(read_table_csv(folder / "results.csv"))
+    videos = {video for group, video, _ in at_96 if group == "recurrence"}
+    # scenes are recurrence-<n>, photographs recurrence-<photo>-<n>
+    photos = sum(not video.removeprefix("recurrence-").isdigit() for video in videos)
+    scenes = len(videos) - photos
     lines = [
         "",
         "## Why HR 192: the benchmark at the training size",
         "",
-        "mixed_s0 on test/recurrence at HR 96 (LR 24: a close-up downscaled once more is 6 pixels; 16 scenes + 8 "
-        "videos of the held-out photos that fit) and at HR 192 (LR 48; 16 scenes):",
+        f"mixed_s0 on test/recurrence at HR 96 (LR 24: a close-up downscaled once more is 6 pixels; {scenes} scenes + "
+        f"{photos} videos of the held-out photos that fit) and at HR 192 (LR 48; 16 scenes):",
         "",
         "| frame size | hypernet vs base | reference vs base | oracle vs base |",
         "|---|---|---|---|",
