@@ -82,6 +82,7 @@ grid=(hypernet.encoder.grid=4 hypernet.encoder.num_latents=16)
 plain=hypernet.refine.mode=crossscale
 crossscale=(hypernet.refine.mode=crossscale hypernet.refine.normalize=true hypernet.refine.noise=true
   hypernet.refine.steps=3 hypernet.refine.lr=1e-3)
+onestep=("${crossscale[@]/refine.steps=3/refine.steps=1}")  # the same, trained at one step
 # each model is evaluated as soon as it is trained, so that results arrive while the rest train
 queue_a() {
   train mixed_s0 experiment=hyper_content $base seed=0 && evaluate mixed_s0
@@ -120,10 +121,10 @@ queue_b() {
   # added after the 3-step models' test results: one step is the most that fits in 1% of the
   # reference's time, so the crossscale recipe trained at one step (its size, 1e-3, the step probe's
   # best single normalised step on validation)
-  train onestep_s0 experiment=hyper_memory $base "${crossscale[@]/refine.steps=3/refine.steps=1}" seed=0 \
+  train onestep_s0 experiment=hyper_memory $base "${onestep[@]}" seed=0 \
     && evaluate onestep_s0 && as_trained onestep_s0 && counts onestep_s0
   # its second seed, started beside it (before any result of either), for the case validation ranks it first
-  train onestep_s1 experiment=hyper_memory $base "${crossscale[@]/refine.steps=3/refine.steps=1}" seed=1 \
+  train onestep_s1 experiment=hyper_memory $base "${onestep[@]}" seed=1 \
     && evaluate onestep_s1 && as_trained onestep_s1 && counts onestep_s1
 }
 # do no harm: a model's learned guard (hypernet.fit_guard, fitted on its own videos) and the
